@@ -1,0 +1,199 @@
+"""Latency and throughput of the face API over real HTTP on loopback.
+
+    .venv/bin/python benchmarks/serve_latency.py [--torch-threads 1] [--requests 1000]
+
+It starts its own local Ray and Serve, pushes a DCGAN-64 with random weights to a temp registry,
+serves it with ganray's default serving config (except where flags say otherwise), and prints:
+
+  - latency p50/p95/p99 of GET /v1/faces/{seed}.png with 1 client;
+  - throughput (faces/s) with 1, 8 and 32 concurrent clients, each face its own GET;
+  - the same with POST /v1/faces batches (format=base64), where HTTP costs are shared by many faces;
+  - served / offline: throughput at 32 clients over render_faces + encode_png batched in one process
+    with the same model and torch threads (the ceiling for this model on these threads);
+  - serving overhead: p50 at 1 client minus one image's forward + encode in process.
+
+Every level sends a fixed number of requests, then everything this script started is shut down.
+Clients, proxy, ingress and model share the machine's cores: on 2 cores the numbers are a floor.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ganray.config import FaceServiceConfig, ModelConfig  # noqa: E402
+from ganray.generate.render import encode_png, labels_for_conditions, render_faces  # noqa: E402
+from ganray.models.dcgan import Generator  # noqa: E402
+from ganray.registry import Registry  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def offline_throughput(generator: torch.nn.Module, batch_size: int, batches: int) -> float:
+    """Faces/s of render_faces + encode_png in this process, batch after batch."""
+    seed = 0
+
+    def one_batch() -> None:
+        nonlocal seed
+        seeds = list(range(seed, seed + batch_size))
+        seed += batch_size
+        labels = labels_for_conditions(generator, None, batch_size, seeds=seeds)
+        for image in render_faces(generator, seeds, 1.0, labels):
+            encode_png(image)
+
+    for _ in range(3):
+        one_batch()
+    start = time.perf_counter()
+    for _ in range(batches):
+        one_batch()
+    return batch_size * batches / (time.perf_counter() - start)
+
+
+def single_image_ms(generator: torch.nn.Module, repeats: int) -> float:
+    """Median ms of one face's forward + PNG encode (batch of 1): the part of a request that is the model."""
+    times = []
+    for seed in range(repeats + 10):
+        start = time.perf_counter()
+        labels = labels_for_conditions(generator, None, 1, seeds=[seed])
+        encode_png(render_faces(generator, [seed], 1.0, labels)[0])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[10:]) * 1000
+
+
+async def load(base: str, clients: int, requests: int, faces_per_request: int, seed0: int) -> tuple[float, list[float]]:
+    """`requests` requests from `clients` concurrent clients; (faces/s, per-request latencies in ms)."""
+    import httpx
+
+    latencies: list[float] = []
+    next_index = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < requests:
+                i = next_index
+                next_index += 1
+                seed = seed0 + i * faces_per_request
+                start = time.perf_counter()
+                if faces_per_request == 1:
+                    r = await client.get(f"/v1/faces/{seed}.png")
+                else:
+                    seeds = list(range(seed, seed + faces_per_request))
+                    r = await client.post("/v1/faces", json={"seeds": seeds, "format": "base64"})
+                latencies.append((time.perf_counter() - start) * 1000)
+                if r.status_code != 200:
+                    raise RuntimeError(f"request failed: {r.status_code} {r.text[:200]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return requests * faces_per_request / elapsed, latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the generator replica "
+                        "and of the offline baseline")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
+    parser.add_argument("--latency-requests", type=int, default=300, help="sequential requests for 1-client latency")
+    parser.add_argument("--post-faces", type=int, default=16, help="faces per POST in the batched rows")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="generator.max_batch_size "
+                        "(default: the config's)")
+    parser.add_argument("--batch-wait-ms", type=float, default=None, help="generator.batch_wait_timeout_s in ms "
+                        "(default: the config's)")
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from ganray.serve.app import build_app
+
+    overrides = {"torch_threads": args.torch_threads}
+    if args.max_batch_size is not None:
+        overrides["max_batch_size"] = args.max_batch_size
+    if args.batch_wait_ms is not None:
+        overrides["batch_wait_timeout_s"] = args.batch_wait_ms / 1000
+    work = Path(tempfile.mkdtemp(prefix="ganray-bench-"))
+    config = FaceServiceConfig.model_validate({"model": {"registry": str(work / "registry")},
+                                               "generator": overrides})
+
+    # The model: a default DCGAN-64 with random weights, pushed and promoted like a trained one.
+    model_config, resolution = ModelConfig(), 64
+    registry = Registry(config.model.registry)
+    version = registry.push(Generator(model_config, resolution).state_dict(), model_config.model_dump(),
+                            resolution, {}, {"source": "benchmarks/serve_latency.py"})
+    registry.promote(version, config.model.alias)
+
+    # Offline baseline first, while nothing else runs.
+    torch.set_num_threads(args.torch_threads)
+    generator = registry.load_generator(version).generator
+    offline = offline_throughput(generator, config.generator.max_batch_size, batches=20)
+    model_ms = single_image_ms(generator, repeats=200)
+
+    rows: list[tuple[str, str]] = []
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"), log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(config), name="bench", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(load(base, 8, 200, 1, seed0=10**9))  # warm up every path
+
+        _, latencies = asyncio.run(load(base, 1, args.latency_requests, 1, seed0=0))
+        p50 = percentile(latencies, 50)
+        rows += [("GET latency, 1 client: p50 / p95 / p99",
+                  f"{p50:.1f} / {percentile(latencies, 95):.1f} / {percentile(latencies, 99):.1f} ms")]
+        served = {}
+        for clients in (1, 8, 32):
+            faces_per_s, latencies = asyncio.run(load(base, clients, args.requests, 1, seed0=clients * 10**6))
+            served[clients] = faces_per_s
+            rows.append((f"GET throughput, {clients} clients", f"{faces_per_s:.0f} faces/s "
+                         f"(p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms)"))
+        post_requests = max(args.requests // args.post_faces, 20)
+        for clients in (1, 8):
+            faces_per_s, latencies = asyncio.run(load(base, clients, post_requests, args.post_faces,
+                                                      seed0=clients * 10**7))
+            rows.append((f"POST {args.post_faces} faces, {clients} clients", f"{faces_per_s:.0f} faces/s "
+                         f"(p50 {percentile(latencies, 50):.1f} ms per request)"))
+        rows += [
+            (f"offline render_faces+encode_png, batch {config.generator.max_batch_size}", f"{offline:.0f} faces/s"),
+            ("served (GET, 32 clients) / offline", f"{served[32] / offline:.2f}  (goal >= 0.8)"),
+            ("one face forward+encode in process", f"{model_ms:.1f} ms"),
+            ("serving overhead: p50 at 1 client - that", f"{p50 - model_ms:.1f} ms  (goal <= 15 ms)"),
+        ]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+    g = config.generator
+    print(f"\nface API on {torch.get_num_threads()} torch thread(s); DCGAN-64 {version}, random weights; "
+          f"max_batch_size {g.max_batch_size}, batch_wait_timeout_s {g.batch_wait_timeout_s}")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

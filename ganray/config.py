@@ -1,0 +1,417 @@
+"""Typed job configs.
+
+Every job (train, data import, generate, serve) is a pydantic model loaded from a YAML file in
+`configs/` and overridden from the command line with `--set section.key=value`. Unknown keys, wrong
+types and impossible values are rejected here, before any Ray work starts, with a message that
+names the key (`ConfigError`; the CLI turns it into exit status 2).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message names the offending key."""
+
+
+class Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _power_of_two(value: int, lo: int, hi: int, name: str) -> int:
+    if value < lo or value > hi or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two between {lo} and {hi}, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+class SyntheticData(Section):
+    """The built-in procedural face dataset (ganray.data.synthetic): no download, deterministic."""
+
+    count: int = Field(10_000, gt=0, description="number of faces (face i is always the same face)")
+    seed: int = Field(0, ge=0, description="dataset seed; face i of seed s never changes")
+
+
+class DataConfig(Section):
+    """Where training images come from: the built-in faces, or shards made by `ganray data import`."""
+
+    source: Literal["synthetic", "shards"] = "synthetic"
+    url: str | None = Field(None, description="shards folder (local path or s3://) when source=shards")
+    synthetic: SyntheticData = SyntheticData()
+    resolution: int = 64
+    hflip: bool = Field(True, description="random horizontal flip augmentation")
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        return _power_of_two(v, 8, 1024, "resolution")
+
+    @model_validator(mode="after")
+    def _url_for_shards(self) -> "DataConfig":
+        if self.source == "shards" and not self.url:
+            raise ValueError("data.url is required when data.source is 'shards'")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class ModelConfig(Section):
+    """The GAN's networks (ganray.models.dcgan). Widths and conditioning are fixed per run."""
+
+    arch: Literal["dcgan"] = "dcgan"
+    z_dim: int = Field(100, gt=0)
+    g_width: int = Field(64, gt=0, description="channels of G's last block; doubled per block up")
+    d_width: int = Field(64, gt=0, description="channels of D's first block; doubled per block down")
+    max_channels: int = Field(512, gt=0, description="cap on channels in any block")
+    conditional: bool = Field(False, description="condition G and D on the dataset's attributes")
+    condition_on: list[str] = Field(
+        default_factory=list, description="attribute names to condition on; empty = all of the dataset's"
+    )
+    embed_dim: int = Field(16, gt=0, description="size of each attribute embedding joined to z")
+    d_norm: Literal["batch", "instance", "layer", "none"] = Field(
+        "batch", description="normalisation in D's blocks after the first (layer = GroupNorm(1, C))"
+    )
+    spectral_norm: bool = Field(False, description="spectral normalisation on D's weights")
+
+    @model_validator(mode="after")
+    def _conditioning(self) -> "ModelConfig":
+        if self.condition_on and not self.conditional:
+            raise ValueError("model.condition_on is set but model.conditional is false")
+        if len(set(self.condition_on)) != len(self.condition_on):
+            raise ValueError(f"model.condition_on lists an attribute twice: {self.condition_on}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(64, gt=0, description="global batch: split evenly over the workers")
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    threads_per_worker: int = Field(1, gt=0, description="torch intra-op threads in each worker (CPU)")
+    max_steps: int = Field(1000, gt=0, description="G optimisation steps to train for")
+    loss: Literal["minimax", "non_saturating", "wgan_gp", "hinge"] = "non_saturating"
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps_per_g_step: int = Field(1, gt=0, description="D updates before each G update")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (0 = off)")
+    gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for wgan_gp")
+    ema_beta: float = Field(0.999, ge=0, lt=1, description="G_ema <- beta*G_ema + (1-beta)*G per step")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "bf16", description="autocast dtype; fp16 needs a GPU (uses a GradScaler)"
+    )
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(10, gt=0, description="steps between reported metrics")
+    checkpoint_every: int = Field(200, gt=0, description="steps between full-state checkpoints")
+    num_to_keep: int = Field(3, gt=0, description="checkpoints kept in storage")
+    sample_seeds: int = Field(64, gt=0, description="fixed seeds drawn in each checkpoint's sample grid")
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts after failures (-1 = forever)")
+
+    @field_validator("g_lr", "d_lr")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"learning rate must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch(self) -> "TrainConfig":
+        if self.batch_size < self.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) is smaller than train.num_workers ({self.num_workers})"
+            )
+        if self.batch_size % self.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must divide evenly over train.num_workers ({self.num_workers})"
+            )
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("train.precision 'fp16' needs train.use_gpu: true (use bf16 on CPU)")
+        return self
+
+
+class RunConfig(Section):
+    name: str = Field("ganray", min_length=1, description="run name: re-running the same name resumes it")
+    storage_path: str = Field("./runs", description="local path or s3:// URL for checkpoints and logs")
+    ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local Ray")
+
+
+class TrainJob(Section):
+    """configs/*.yaml for `ganray train` / jobs/train.py."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> "TrainJob":
+        _power_of_two(self.data.resolution, 32, 256, "data.resolution (DCGAN)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Data import
+
+
+class LabelConfig(Section):
+    """Where labels come from: a named preset, a file-name regex, or a CSV/JSON sidecar (one at most).
+
+    With none of them the import is unlabeled. A file whose labels cannot be found is dropped
+    (reason `bad_label`); label values are numbered in sorted order (numeric when all are numbers).
+    """
+
+    preset: Literal["utkface"] | None = Field(None, description="utkface: AGE_GENDER_RACE_*.jpg names")
+    pattern: str | None = Field(
+        None, description="regex matched against the whole file name; its named groups are the label columns"
+    )
+    sidecar: str | None = Field(
+        None, description="CSV or JSON file (path or URL) with one record per image: file name + labels"
+    )
+    sidecar_key: str = Field("file", description="sidecar column holding the file name (or path inside src)")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            compiled = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regex: {e}") from None
+        if not compiled.groupindex:
+            raise ValueError("needs at least one named group, e.g. (?P<smile>yes|no)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LabelConfig":
+        chosen = [k for k in ("preset", "pattern", "sidecar") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one label source, got {' and '.join(chosen)}")
+        return self
+
+
+class ImportConfig(Section):
+    """`ganray data import SRC DST`: a folder or ZIP of images -> Parquet shards + manifest.json."""
+
+    src: str = Field(..., description="folder or .zip of images (local path or fsspec URL)")
+    dst: str = Field(..., description="output folder for Parquet shards + manifest")
+    resolution: int = 64
+    labels: LabelConfig = LabelConfig()
+    min_size: int = Field(32, gt=0, description="drop images whose shorter side is smaller")
+    blank_std: float = Field(3.0, ge=0, description="drop images whose pixel std is below this")
+    blur_threshold: float = Field(
+        1.0, ge=0, description="drop images whose variance of the Laplacian (luma 0-255, centre crop "
+        "shrunk to 128 px) is below this; 1.0 keeps every UTKFace photo (their lowest is ~1.8)"
+    )
+    deduplicate: bool = Field(
+        True, description="drop later copies of byte-identical files (first in sorted path order is kept)"
+    )
+    shard_rows: int = Field(2000, gt=0, description="rows per Parquet shard (the last one may hold fewer)")
+    batch_size: int = Field(256, gt=0, description="images per preprocessing task")
+    examples_per_reason: int = Field(20, ge=0, description="dropped file names listed per reason in the manifest")
+    overwrite: bool = Field(
+        False, description="write into a non-empty dst that is not a previous import (files of the same name are replaced)"
+    )
+
+    @field_validator("resolution")
+    @classmethod
+    def _res(cls, v: int) -> int:
+        return _power_of_two(v, 8, 1024, "resolution")
+
+
+class ImportJob(Section):
+    import_: ImportConfig = Field(..., alias="import")
+    ray_address: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+J = TypeVar("J", bound=BaseModel)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.batch_size=64), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r}: {e}") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def load_config(cls: type[J], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> J:
+    """Load `cls` from a YAML file (optional), then apply `--set` overrides, then validate."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        tree.update(loaded)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving (the face API on Ray Serve)
+
+
+class ServedModel(Section):
+    """Which registry model the face API serves, and how it notices that the alias moved."""
+
+    registry: str = Field("./registry", description="model registry URL (local path or s3://)")
+    alias: str = Field("production", min_length=1, description="registry alias (or version id) to serve")
+    poll_interval_s: float = Field(
+        10.0, ge=0, description="seconds between checks of the alias; a moved alias is hot-reloaded (0 = never)"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "bf16", description="render precision; use the bulk job's to get its exact bytes (fp16 needs a GPU)"
+    )
+
+
+class ReplicaOptions(Section):
+    """Ray Serve options of one deployment: autoscaling_config, ray_actor_options and queue bounds."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, gt=0)
+    target_ongoing_requests: float = Field(gt=0, description="ongoing requests per replica that autoscaling aims for")
+    max_ongoing_requests: int = Field(gt=0, description="requests in flight per replica")
+    max_queued_requests: int = Field(
+        gt=0, description="requests queued at each caller before it answers 503: the bound on the queue"
+    )
+    num_cpus: float = Field(ge=0, description="CPUs reserved per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicaOptions":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class GeneratorDeploymentConfig(ReplicaOptions):
+    """The batched generator deployment, where the model runs. Its callers are the ingress replicas."""
+
+    target_ongoing_requests: float = Field(32, gt=0)
+    max_ongoing_requests: int = Field(64, gt=0)
+    max_queued_requests: int = Field(128, gt=0)
+    num_cpus: float = Field(1.0, ge=0)
+    max_batch_size: int = Field(64, gt=0, description="most faces per forward pass (@serve.batch)")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, description="how long a partial batch waits for more faces (@serve.batch)"
+    )
+    torch_threads: int = Field(1, gt=0, description="torch intra-op threads per replica")
+
+
+class IngressDeploymentConfig(ReplicaOptions):
+    """The FastAPI ingress deployment: HTTP, validation, fan-in to the generator. Its callers are the proxies."""
+
+    target_ongoing_requests: float = Field(64, gt=0)
+    max_ongoing_requests: int = Field(128, gt=0)
+    max_queued_requests: int = Field(256, gt=0)
+    num_cpus: float = Field(0.5, ge=0)
+
+
+class FaceAPIConfig(Section):
+    """Request limits and access."""
+
+    max_count: int = Field(64, gt=0, description="most faces one POST /v1/faces may ask for")
+    max_seed: int = Field(2**63 - 1, ge=0, le=2**63 - 1, description="largest seed accepted")
+    default_psi: float = Field(1.0, ge=0, le=2, description="truncation psi when a request gives none")
+    api_key: str | None = Field(
+        None, min_length=1, description="required in X-API-Key when set (else $GANRAY_API_KEY; /healthz stays open)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 503 when a queue is full")
+
+
+class FaceServiceConfig(Section):
+    """The face API application: the args of `ganray.serve.app:build_app` (configs/serve.yaml)."""
+
+    model: ServedModel = ServedModel()
+    api: FaceAPIConfig = FaceAPIConfig()
+    generator: GeneratorDeploymentConfig = GeneratorDeploymentConfig()
+    ingress: IngressDeploymentConfig = IngressDeploymentConfig()
+
+    @model_validator(mode="after")
+    def _one_request_fits_a_batch(self) -> "FaceServiceConfig":
+        # A request's faces are rendered together, by one model version, in one batch.
+        if self.api.max_count > self.generator.max_batch_size:
+            raise ValueError(f"api.max_count ({self.api.max_count}) is above generator.max_batch_size "
+                             f"({self.generator.max_batch_size}): one request's faces must fit in one batch")
+        return self
+
+
+class ServeHTTPConfig(Section):
+    host: str = Field("127.0.0.1", description="address the HTTP proxy binds (0.0.0.0 for every interface)")
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+class ServeJob(FaceServiceConfig):
+    """configs/serve_local.yaml for `ganray serve`: the application plus where to run it."""
+
+    ray_address: str | None = Field(None, description="Ray cluster to deploy to; None starts a local Ray")
+    http: ServeHTTPConfig = ServeHTTPConfig()
+    app_name: str = Field("ganray", min_length=1)
+    route_prefix: str = Field("/", pattern=r"^/", description="URL path the application is served under")

@@ -1,0 +1,401 @@
+"""`ganray data import SRC DST`: a folder or ZIP of images (any fsspec URL) -> training shards.
+
+The steps, and where each runs:
+1. driver: list the image files (names only, never bytes) and look up their labels (file name
+   regex, preset or sidecar); files without labels are dropped as `bad_label`.
+2. Ray Data: `from_items(paths)` -> `map_batches` that reads each file with fsspec (ZIP members
+   through fsspec too), hashes it and preprocesses it (ganray.data.preprocess) -> materialized.
+3. driver: pulls only (path, hash, drop reason, labels) back to find exact duplicates: the first
+   file in sorted path order keeps its place, later copies are dropped as `duplicate`.
+4. Ray: the kept rows, still in sorted path order, are cut into `shard_rows` slices and one task
+   writes each slice as a Parquet shard under a temporary name.
+5. commit: shards are renamed into place and `manifest.json` is written last, so a folder with a
+   manifest is always a complete import and an error leaves no partial output behind.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from ganray.config import ConfigError, ImportConfig, LabelConfig
+from ganray.data import preprocess
+from ganray.data._fs import join, new_run_id, temp_name, to_url, url_to_fs, write_bytes_atomic
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "ganray-shards/1"
+SHARD_NAME = "shard-{:05d}.parquet"
+
+# UTKFace names are AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (one real file lacks the dot before "jpg").
+UTKFACE_PATTERN = re.compile(r"(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_[^_]+")
+UTKFACE_AGE_BINS = [(0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None)]
+UTKFACE_ATTRIBUTES = {
+    "age_group": [f"{lo}-{hi}" if hi is not None else f"{lo}+" for lo, hi in UTKFACE_AGE_BINS],
+    "gender": ["male", "female"],
+    "race": ["white", "black", "asian", "indian", "other"],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels (driver side: they come from names and a small sidecar, never from image bytes)
+
+
+@dataclass
+class Labeler:
+    """Maps a path inside the source to {attribute: value}, or None when its labels cannot be found."""
+
+    names: list[str]
+    lookup: Callable[[str], dict[str, str] | None]
+    values: dict[str, list[str]] | None = None  # fixed vocabularies (presets); None = infer from the data
+
+
+def _basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _utkface_labels(path: str) -> dict[str, str] | None:
+    m = UTKFACE_PATTERN.fullmatch(_basename(path))
+    if m is None:
+        return None
+    age = int(m["age"])
+    age_group = next(i for i, (lo, hi) in enumerate(UTKFACE_AGE_BINS) if hi is None or age <= hi)
+    return {
+        "age_group": UTKFACE_ATTRIBUTES["age_group"][age_group],
+        "gender": UTKFACE_ATTRIBUTES["gender"][int(m["gender"])],
+        "race": UTKFACE_ATTRIBUTES["race"][int(m["race"])],
+    }
+
+
+def _pattern_labeler(pattern: str) -> Labeler:
+    regex = re.compile(pattern)
+
+    def lookup(path: str) -> dict[str, str] | None:
+        m = regex.fullmatch(_basename(path))
+        if m is None or any(v is None for v in m.groupdict().values()):
+            return None
+        return m.groupdict()
+
+    return Labeler(list(regex.groupindex), lookup)
+
+
+def load_sidecar(url: str, key: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """A CSV (header row) or JSON (list of records, or {file: {label: value}}) -> (label names, table)."""
+    try:
+        with fsspec.open(url, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"import.labels.sidecar: {url} not found") from None
+    if url.lower().endswith(".json"):
+        data = json.loads(text)
+        records = data if isinstance(data, list) else [{key: name, **labels} for name, labels in data.items()]
+    else:
+        records = list(csv.DictReader(io.StringIO(text)))
+    if not records or key not in records[0]:
+        raise ConfigError(f"import.labels.sidecar: {url} has no '{key}' column (import.labels.sidecar_key)")
+    names = [k for k in records[0] if k != key]
+    table = {str(r[key]): {n: "" if r.get(n) is None else str(r[n]).strip() for n in names} for r in records}
+    return names, table
+
+
+def _sidecar_labeler(url: str, key: str) -> Labeler:
+    names, table = load_sidecar(url, key)
+
+    def lookup(path: str) -> dict[str, str] | None:
+        labels = table.get(path) or table.get(_basename(path))
+        if labels is None or any(v == "" for v in labels.values()):
+            return None
+        return labels
+
+    return Labeler(names, lookup)
+
+
+def make_labeler(cfg: LabelConfig) -> Labeler:
+    if cfg.preset == "utkface":
+        return Labeler(list(UTKFACE_ATTRIBUTES), _utkface_labels, UTKFACE_ATTRIBUTES)
+    if cfg.pattern is not None:
+        return _pattern_labeler(cfg.pattern)
+    if cfg.sidecar is not None:
+        return _sidecar_labeler(cfg.sidecar, cfg.sidecar_key)
+    return Labeler([], lambda path: {})
+
+
+def infer_values(names: list[str], labels: list[dict[str, str]]) -> dict[str, list[str]]:
+    """Each attribute's values in sorted order (numeric order when every value is an integer)."""
+    def order(v: str) -> tuple:
+        return (0, int(v), v) if re.fullmatch(r"-?\d+", v) else (1, 0, v)
+
+    values = {}
+    for name in names:
+        seen = {lab[name] for lab in labels}
+        numeric = all(re.fullmatch(r"-?\d+", v) for v in seen)
+        values[name] = sorted(seen, key=order if numeric else None)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Source listing and reading
+
+
+def is_image_name(path: str) -> bool:
+    parts = path.split("/")
+    # Hidden files and macOS archive debris (__MACOSX/, ._name) are never images of the set.
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return False
+    return parts[-1].lower().endswith(preprocess.IMAGE_EXTENSIONS)
+
+
+def list_images(src: str) -> list[str]:
+    """Sorted paths of the image files inside `src` (a folder, or a .zip file), relative to it."""
+    fs, root = url_to_fs(src)
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        raise ConfigError(f"import.src: {src} does not exist")
+    if root.lower().endswith(".zip") and fs.isfile(root):
+        with fs.open(root, "rb") as f, zipfile.ZipFile(f) as archive:
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+    elif fs.isdir(root):
+        names = [p[len(root) + 1:] for p in fs.find(root)]
+    else:
+        raise ConfigError(f"import.src: {src} is neither a folder nor a .zip file")
+    return sorted(n for n in names if is_image_name(n))
+
+
+def read_sources(src: str, paths: list[str]) -> list[bytes | None]:
+    """The bytes of each path inside `src`; None for a ZIP member that cannot be extracted.
+
+    Storage errors (missing object, network) raise: they are not a property of the file and
+    must not silently shrink the dataset.
+    """
+    fs, root = url_to_fs(src)
+    if root.lower().endswith(".zip"):
+        out: list[bytes | None] = []
+        with fs.open(root, "rb") as f, zipfile.ZipFile(f) as archive:
+            for p in paths:
+                try:
+                    out.append(archive.read(p))
+                except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError):
+                    out.append(None)  # corrupt member (bad CRC, broken deflate) or unknown compression
+        return out
+    full = [join(root, p) for p in paths]
+    blobs = fs.cat(full)  # one call: concurrent requests on object stores
+    return [blobs[fs._strip_protocol(p)] for p in full]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray steps
+
+
+def _output_schema(label_names: list[str]) -> pa.Schema:
+    return pa.schema(
+        [("image", pa.binary()), *[(n, pa.int64()) for n in label_names],
+         ("source_path", pa.string()), ("content_hash", pa.string()), ("drop_reason", pa.string())]
+    )
+
+
+def preprocess_batch(batch: dict[str, np.ndarray], *, src: str, label_names: list[str], resolution: int,
+                     min_size: int, blank_std: float, blur_threshold: float) -> pa.Table:
+    """Read, hash and preprocess one batch of source files. Dropped rows keep an empty image."""
+    paths = [str(p) for p in batch["path"]]
+    images, hashes, reasons = [], [], []
+    for data in read_sources(src, paths):
+        if data is None:
+            images.append(b"")
+            hashes.append("")
+            reasons.append("undecodable")
+            continue
+        image, reason = preprocess.preprocess(
+            data, resolution, min_size=min_size, blank_std=blank_std, blur_threshold=blur_threshold
+        )
+        images.append(b"" if image is None else preprocess.encode_png(image))
+        hashes.append(preprocess.content_hash(data))
+        reasons.append(reason or "")
+    columns = {"image": images, **{n: batch[n].astype(np.int64) for n in label_names},
+               "source_path": paths, "content_hash": hashes, "drop_reason": reasons}
+    return pa.table(columns, schema=_output_schema(label_names))
+
+
+def keep_rows(batch: pa.Table, *, duplicates: set[str]) -> pa.Table:
+    """The rows that passed every check and are not a later copy of an earlier file."""
+    keep = [r == "" and p not in duplicates
+            for r, p in zip(batch["drop_reason"].to_pylist(), batch["source_path"].to_pylist())]
+    return batch.filter(pa.array(keep, type=pa.bool_())).drop_columns(["drop_reason"])
+
+
+@ray.remote
+def write_shard(url: str, *tables: pa.Table) -> int:
+    table = pa.concat_tables(tables)
+    fs, path = url_to_fs(url)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="none")  # PNG bytes do not compress further
+    return table.num_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Destination and manifest
+
+
+def read_manifest(url: str) -> dict | None:
+    """The manifest of the import at `url`, or None if there is no (ganray) manifest there."""
+    fs, root = url_to_fs(url)
+    path = join(root, MANIFEST_NAME)
+    fs.invalidate_cache(root)
+    if not fs.exists(path):
+        return None
+    try:
+        manifest = json.loads(fs.cat_file(path))
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _previous_import(cfg: ImportConfig) -> dict | None:
+    """The manifest already at dst (to be replaced), or None; refuses a foreign non-empty dst."""
+    fs, root = url_to_fs(cfg.dst)
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return None
+    if not fs.isdir(root):
+        raise ConfigError(f"import.dst: {cfg.dst} is a file, not a folder")
+    if not fs.ls(root, detail=False):
+        return None
+    previous = read_manifest(cfg.dst)
+    if previous is None and not cfg.overwrite:
+        raise ConfigError(
+            f"import.dst: {cfg.dst} is not empty and is not a previous import (no {MANIFEST_NAME}); "
+            "choose an empty folder or set import.overwrite=true"
+        )
+    return previous
+
+
+def manifest_hash(manifest: dict, rows_digest: str) -> str:
+    """Identity of the imported data: what was kept, its labels and how it was preprocessed.
+
+    The source URL is left out on purpose: the same data imported from another place is the same
+    dataset.
+    """
+    identity = {k: manifest[k] for k in ("format", "resolution", "attributes", "settings")}
+    identity["rows"] = rows_digest
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_import(cfg: ImportConfig) -> dict:
+    """Import cfg.src into cfg.dst (see the module docstring); returns the manifest written."""
+    previous = _previous_import(cfg)
+    paths = list_images(cfg.src)
+    labeler = make_labeler(cfg.labels)
+    labels = {p: labeler.lookup(p) for p in paths}
+    dropped: dict[str, list[str]] = {reason: [] for reason in preprocess.DROP_REASONS}
+    dropped["bad_label"] = [p for p in paths if labels[p] is None]
+    labeled = [p for p in paths if labels[p] is not None]
+    attributes = labeler.values or infer_values(labeler.names, [labels[p] for p in labeled])
+    value_index = {n: {v: i for i, v in enumerate(vs)} for n, vs in attributes.items()}
+    items = [{"path": p, **{n: value_index[n][labels[p][n]] for n in attributes}} for p in labeled]
+    if not items:
+        raise ValueError(f"import: no labeled images in {cfg.src} ({len(paths)} image files seen)")
+
+    source = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / cfg.batch_size))
+    # Sorted path order must survive every step: it decides which duplicate is kept and what each
+    # shard holds. Set on this dataset's own context (shared by the datasets derived from it).
+    source.context.execution_options.preserve_order = True
+    label_names = list(attributes)
+    processed = source.map_batches(
+        preprocess_batch, batch_size=cfg.batch_size, batch_format="numpy",
+        fn_kwargs=dict(src=cfg.src, label_names=label_names, resolution=cfg.resolution, min_size=cfg.min_size,
+                       blank_std=cfg.blank_std, blur_threshold=cfg.blur_threshold),
+    ).materialize()
+
+    index = processed.select_columns(["source_path", "content_hash", "drop_reason", *label_names]).take_all()
+    index.sort(key=lambda row: row["source_path"])
+    first_with_hash: dict[str, str] = {}
+    kept_rows = []
+    for row in index:
+        if row["drop_reason"]:
+            dropped[row["drop_reason"]].append(row["source_path"])
+        elif cfg.deduplicate and row["content_hash"] in first_with_hash:
+            dropped["duplicate"].append(row["source_path"])
+        else:
+            first_with_hash[row["content_hash"]] = row["source_path"]
+            kept_rows.append(row)
+    if not kept_rows:
+        raise ValueError(f"import: every image in {cfg.src} was dropped: "
+                         f"{ {r: len(p) for r, p in dropped.items() if p} }")
+
+    manifest = {
+        "format": FORMAT,
+        "source": cfg.src,
+        "resolution": cfg.resolution,
+        "attributes": attributes,
+        "settings": {"min_size": cfg.min_size, "blank_std": cfg.blank_std, "blur_threshold": cfg.blur_threshold,
+                     "deduplicate": cfg.deduplicate, "labels": cfg.labels.model_dump()},
+        "counts": {"seen": len(paths), "kept": len(kept_rows), "dropped": sum(map(len, dropped.values()))},
+        "dropped": {reason: len(ps) for reason, ps in dropped.items()},
+        "dropped_examples": {reason: sorted(ps)[: cfg.examples_per_reason] for reason, ps in dropped.items() if ps},
+        "label_histograms": {
+            n: {v: c for v, c in zip(vs, np.bincount([r[n] for r in kept_rows], minlength=len(vs)).tolist())}
+            for n, vs in attributes.items()
+        },
+    }
+    rows_digest = hashlib.sha256(
+        "".join(f"{r['content_hash']} {[r[n] for n in label_names]}\n" for r in kept_rows).encode()
+    ).hexdigest()
+
+    manifest["manifest_hash"] = manifest_hash(manifest, rows_digest)
+    kept = processed.map_batches(keep_rows, batch_format="pyarrow", fn_kwargs={"duplicates": set(dropped["duplicate"])})
+    _write_and_commit(cfg, kept, len(kept_rows), manifest, previous)
+    return manifest
+
+
+def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, manifest: dict,
+                      previous: dict | None) -> None:
+    """Write the shards under temporary names, then swap them in and write the manifest last.
+
+    Until the swap nothing under dst changes (a previous import stays valid); if anything fails,
+    the temporary files are removed.
+    """
+    fs, root = url_to_fs(cfg.dst)
+    run_id = new_run_id()
+    starts = list(range(cfg.shard_rows, n_kept, cfg.shard_rows))
+    slices = kept.split_at_indices(starts) if starts else [kept.materialize()]
+    names = [SHARD_NAME.format(i) for i in range(len(slices))]
+    temps = [join(root, temp_name(name, run_id)) for name in names]
+    created_root = not fs.exists(root)
+    fs.makedirs(root, exist_ok=True)
+    try:
+        rows = ray.get([write_shard.remote(to_url(fs, tmp), *part.to_arrow_refs()) for tmp, part in zip(temps, slices)])
+        if sum(rows) != n_kept:
+            raise RuntimeError(f"import: wrote {sum(rows)} rows but kept {n_kept}")
+        manifest["shards"] = [{"file": name, "rows": n} for name, n in zip(names, rows)]
+        if previous is not None:
+            # The manifest goes first: from here until the new one is written, dst is not an import.
+            fs.rm_file(join(root, MANIFEST_NAME))
+            for shard in previous["shards"]:
+                if shard["file"] not in names and fs.exists(join(root, shard["file"])):
+                    fs.rm_file(join(root, shard["file"]))
+        for tmp, name in zip(temps, names):
+            fs.mv(tmp, join(root, name))
+        write_bytes_atomic(fs, join(root, MANIFEST_NAME), json.dumps(manifest, indent=1).encode())
+    except BaseException:
+        fs.invalidate_cache(root)
+        for tmp in temps:
+            if fs.exists(tmp):
+                fs.rm_file(tmp)
+        if created_root and fs.isdir(root) and not fs.ls(root, detail=False):
+            fs.rmdir(root)
+        raise

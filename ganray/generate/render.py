@@ -1,0 +1,145 @@
+"""The face for (model version, seed, psi, conditions): one definition, shared by the bulk job and Serve.
+
+Every step is a function of one face's inputs only, never of the batch it is rendered in:
+
+- latent: z = randn(z_dim) from a torch.Generator seeded with the face's seed (one per face);
+- truncation: z' = mean + psi * (z - mean), towards the generator's mean latent (the prior's
+  mean, 0, for DCGAN's N(0, I) z; a model that knows a better mean, e.g. the average output of a
+  mapping network, exposes it as a buffer named `latent_mean`);
+- labels: one value index per conditioned attribute; an attribute left open is drawn from the seed;
+- G(z', labels) in eval mode (BatchNorm uses its running statistics, not the batch's) under
+  autocast (bf16 by default), then uint8 = round((x + 1) * 127.5) clamped to [0, 255].
+
+With these, a face's pixels do not depend on batch size, position in the batch or thread count
+(checked in tests/test_render.py), so any worker renders the same bytes for the same face.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PNG_COMPRESS_LEVEL = 6  # fixed, so that equal pixels always give equal bytes
+
+
+def latents_for_seeds(seeds: Sequence[int], z_dim: int) -> Tensor:
+    """(B, z_dim) float32 latents: row i depends on seeds[i] alone."""
+    if len(seeds) == 0:
+        return torch.empty(0, z_dim)
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def latent_mean(generator: nn.Module) -> Tensor:
+    """The latent that truncation pulls towards: the model's `latent_mean` buffer, else 0 (the prior's mean)."""
+    buffers = dict(generator.named_buffers())
+    if "latent_mean" in buffers:
+        return buffers["latent_mean"].detach().float().cpu()
+    return torch.zeros(generator.z_dim)
+
+
+def truncate(z: Tensor, psi: float, mean: Tensor) -> Tensor:
+    """The truncation trick: psi = 1 leaves z as drawn, psi < 1 trades variety for typical faces."""
+    return mean + psi * (z - mean)
+
+
+def _seeded_index(seed: int, name: str, n: int) -> int:
+    # A hash, not a torch RNG stream: stable across platforms and independent of the latent draw.
+    digest = hashlib.sha256(f"{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n
+
+
+def resolve_conditions(generator: nn.Module, conditions: Mapping[str, str] | None,
+                       seed: int | None = None) -> dict[str, str]:
+    """The full condition set for one face: every attribute the model conditions on -> a value.
+
+    Attributes missing from `conditions` are drawn from `seed` (uniformly over the attribute's
+    values); without a seed they are an error. Raises ValueError naming a bad name or value.
+    """
+    values: dict[str, list[str]] = getattr(generator, "condition_values", {})
+    conditions = dict(conditions or {})
+    if not values:
+        if conditions:
+            raise ValueError(f"this model is unconditional: it takes no conditions (got {sorted(conditions)})")
+        return {}
+    for name, value in conditions.items():
+        if name not in values:
+            raise ValueError(f"unknown attribute {name!r}: this model conditions on {list(values)}")
+        if str(value) not in values[name]:
+            raise ValueError(f"unknown value {value!r} for attribute {name!r}: expected one of {values[name]}")
+    resolved = {}
+    for name, choices in values.items():
+        if name in conditions:
+            resolved[name] = str(conditions[name])
+        elif seed is not None:
+            resolved[name] = choices[_seeded_index(seed, name, len(choices))]
+        else:
+            raise ValueError(f"a value for attribute {name!r} is required: one of {choices}")
+    return resolved
+
+
+def labels_for_rows(generator: nn.Module, rows: Sequence[Mapping[str, str]]) -> Tensor | None:
+    """(B, n_cond) value indices for fully resolved per-face conditions; None for an unconditional model."""
+    values: dict[str, list[str]] = getattr(generator, "condition_values", {})
+    if not values:
+        return None
+    return torch.tensor([[values[name].index(row[name]) for name in values] for row in rows], dtype=torch.long)
+
+
+def labels_for_conditions(generator: nn.Module, conditions: Mapping[str, str] | None, batch: int,
+                          seeds: Sequence[int] | None = None) -> Tensor | None:
+    """(batch, n_cond) value indices for the same `conditions` on every face; None if unconditional.
+
+    With `seeds` (one per face), attributes left out of `conditions` are drawn per seed; without,
+    every attribute must be given. ValueError names a bad attribute or value.
+    """
+    if seeds is None:
+        rows = [resolve_conditions(generator, conditions)] * batch
+    else:
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+        rows = [resolve_conditions(generator, conditions, s) for s in seeds]
+    return labels_for_rows(generator, rows)
+
+
+def _device(generator: nn.Module) -> torch.device:
+    return next(generator.parameters()).device
+
+
+def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, labels: Tensor | None = None,
+                 precision: str = "bf16") -> np.ndarray:
+    """uint8 images (B, H, W, 3) for `seeds`, with `labels` (B, n_cond) for a conditional model."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if generator.training:
+        raise ValueError("the generator is in training mode: call .eval() (BatchNorm must use running statistics)")
+    device = _device(generator)
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision 'fp16' needs a GPU: use 'bf16' or 'fp32' on CPU")
+    z = truncate(latents_for_seeds(seeds, generator.z_dim), psi, latent_mean(generator))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        x = generator(z.to(device), None if labels is None else labels.to(device))
+    pixels = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of one (H, W, 3) uint8 image: fixed compression and no metadata, so equal pixels
+    always give equal bytes."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of PNG bytes (the inverse of encode_png)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))

@@ -1,0 +1,89 @@
+"""`ganray serve`: the face API on Ray Serve, in the foreground until Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ganray.config import ServeJob, load_config
+
+LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve_local.yaml"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ganray.cli import add_config_args
+
+    serve = sub.add_parser(
+        "serve", help="serve faces over HTTP with Ray Serve (blocks; Ctrl-C stops)",
+        description="Start the face API (GET /v1/faces/{seed}.png, POST /v1/faces, GET /v1/model, "
+                    "/healthz, docs at /docs) on a local Ray, or on ray_address. It serves the registry "
+                    f"alias model.alias and hot-reloads it when the alias moves. Example config: {LOCAL_CONFIG}. "
+                    "For clusters use `serve deploy configs/serve.yaml`.",
+    )
+    add_config_args(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a service manager's stop gets the same clean shutdown as Ctrl-C
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    job = load_config(ServeJob, args.config, args.overrides)  # exits 2 on a bad config, before Ray starts
+    cluster = job.ray_address or os.environ.get("RAY_ADDRESS")
+    if not cluster:
+        # Locally the registry is reachable from here: refuse a model that cannot serve now, rather
+        # than after Serve has retried its replicas. (A cluster may see storage that we cannot.)
+        version = _check_model(job)
+        print(f"serving {job.model.alias!r} = {version} from {job.model.registry}", flush=True)
+
+    import ray
+    from ray import serve
+
+    from ganray.runtime import init_ray
+    from ganray.serve.app import build_app
+
+    init_ray(job.ray_address)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        serve.start(http_options={"host": job.http.host, "port": job.http.port})
+        serve.run(build_app(job), name=job.app_name, route_prefix=job.route_prefix)
+        base = f"http://{job.http.host}:{job.http.port}{job.route_prefix.rstrip('/')}"
+        print(f"face API up: {base}/v1/faces/42.png  (model: {base}/v1/model, docs: {base}/docs)", flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr, flush=True)
+        return 0
+    except RuntimeError as e:  # Serve reports a deployment that failed to start this way
+        print(f"ganray serve: the application failed to start: {e}", file=sys.stderr)
+        return 1
+    finally:
+        # Remove what this command started: the application; and Serve and Ray too when they are
+        # this process's local ones (on a cluster they may serve other applications).
+        try:
+            serve.delete(job.app_name)
+            if not cluster:
+                serve.shutdown()
+        finally:
+            if not cluster:
+                ray.shutdown()
+
+
+def _check_model(job: ServeJob) -> str:
+    from ganray.cli import UsageError
+    from ganray.registry import Registry, RegistryError
+    from ganray.storage import normalize_url
+
+    registry = Registry(normalize_url(job.model.registry))
+    try:
+        return registry.load_generator(job.model.alias).version
+    except RegistryError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # a corrupt weights file and the like: nothing could be served
+        raise UsageError(f"cannot load {job.model.alias!r} from {job.model.registry}: "
+                         f"{type(e).__name__}: {e}") from None

@@ -1,0 +1,141 @@
+"""What goes over the wire: the HTTP API's JSON bodies, and the messages between the two deployments."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SEED_MAX = 2**63 - 1  # seeds are int64 everywhere (torch.Generator.manual_seed, Parquet columns)
+PSI_MIN, PSI_MAX = 0.0, 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Between the ingress and the generator deployment
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """Faces for `seeds`, all with the same psi and requested conditions (attributes left out are
+    drawn per seed, as in the bulk job)."""
+
+    seeds: tuple[int, ...]
+    psi: float
+    conditions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """One request's faces, all from the same model version.
+
+    `error` is set, and nothing rendered, when the model refuses the conditions (the message names
+    the attribute). `pngs` is None when the faces were only resolved, not rendered.
+    """
+
+    model_version: str
+    conditions: list[dict[str, str]] = field(default_factory=list)  # resolved, one per seed
+    pngs: list[bytes] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ServedModelInfo:
+    """What one generator replica serves (GET /v1/model, /healthz)."""
+
+    version: str
+    alias: str
+    registry: str
+    resolution: int
+    z_dim: int
+    precision: str
+    conditions: dict[str, list[str]]
+    load_error: LoadError | None
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """The last model the generator failed to load (it keeps serving the one it had)."""
+
+    version: str | None  # None when the alias itself could not be resolved
+    error: str
+    at: str  # ISO 8601, UTC
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP bodies
+
+
+class FacesRequest(BaseModel):
+    """POST /v1/faces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int | None = Field(
+        None, ge=1, description="number of faces; defaults to len(seeds), or 1 without seeds. "
+        "At most the service's max_count (GET /v1/model, `limits`)."
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] | None = Field(
+        None, min_length=1, description=f"seeds in [0, {SEED_MAX}] (or the service's max_seed); "
+        "omitted: random seeds, returned in the response"
+    )
+    psi: float | None = Field(
+        None, ge=PSI_MIN, le=PSI_MAX, description="truncation psi; omitted: the service's default_psi"
+    )
+    conditions: dict[str, str] = Field(
+        default_factory=dict, description="attribute -> value (GET /v1/model lists them); attributes left "
+        "out are drawn from each face's seed"
+    )
+    format: Literal["base64", "png"] = Field(
+        "base64", description="base64: each face's PNG inline in `image_base64`; png: no image data, "
+        "each face's `url` is the GET endpoint that renders exactly that face"
+    )
+
+
+class Face(BaseModel):
+    seed: int
+    psi: float
+    conditions: dict[str, str] = Field(description="every attribute the model conditions on, as rendered")
+    model_version: str
+    image_base64: str | None = Field(None, description="the PNG, base64 (format=base64)")
+    url: str | None = Field(None, description="GET URL of this face's PNG (format=png)")
+
+
+class FacesResponse(BaseModel):
+    model_version: str
+    format: Literal["base64", "png"]
+    faces: list[Face]
+
+
+class Limits(BaseModel):
+    max_count: int
+    max_seed: int
+    psi_min: float = PSI_MIN
+    psi_max: float = PSI_MAX
+    default_psi: float
+
+
+class ModelLoadError(BaseModel):
+    version: str | None
+    error: str
+    at: str
+
+
+class ModelResponse(BaseModel):
+    """GET /v1/model: what this replica serves, and the last reload that failed, if any."""
+
+    version: str
+    alias: str
+    registry: str
+    resolution: int
+    z_dim: int
+    precision: str
+    conditions: dict[str, list[str]] = Field(description="attribute -> accepted values ({} = unconditional)")
+    load_error: ModelLoadError | None = Field(
+        None, description="the alias points at a version that failed to load; the version above keeps serving"
+    )
+    limits: Limits
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model_version: str

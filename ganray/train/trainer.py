@@ -1,0 +1,129 @@
+"""Driver side of training: check the run, build the dataset, hand the loop to Ray Train's TorchTrainer."""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+
+import ray.data
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ganray.config import ConfigError, TrainJob
+from ganray.data.dataset import build_train_dataset, dataset_attributes, dataset_manifest_hash
+from ganray.runtime import init_ray
+from ganray.storage import url_to_fs
+from ganray.train import checkpoint as ckpt
+from ganray.train.loop import train_loop_per_worker
+
+# Settings a resumed run may change; anything else must match the run's checkpoints.
+RESUMABLE_CHANGES = {
+    "run.ray_address", "train.max_steps", "train.num_workers", "train.use_gpu", "train.threads_per_worker",
+    "train.log_every", "train.checkpoint_every", "train.num_to_keep", "train.max_failures",
+    "train.sample_seeds", "train.precision",
+}
+
+
+@dataclass
+class TrainOutcome:
+    run_url: str
+    checkpoint: str | None
+    samples_png: str | None
+    loss_png: str | None
+    metrics_jsonl: str | None
+    step: int
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def storage_root(job: TrainJob) -> str:
+    """Ray Train wants absolute local paths; URLs (s3://...) pass through."""
+    path = job.run.storage_path
+    return path if "://" in path else os.path.abspath(path)
+
+
+def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
+    """Refuse to continue a run that was started with another model, data or optimiser."""
+    latest = ckpt.latest_checkpoint(storage_root(job), job.run.name)
+    if latest is None:
+        return None
+    meta = ckpt.read_meta(latest)
+    before = _flatten(meta["config"])
+    now = _flatten(job.model_dump(mode="json"))
+    changed = sorted(k for k in set(before) | set(now)
+                     if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
+                     and not k.startswith("run."))
+    if meta["manifest_hash"] != manifest_hash:
+        changed.append("dataset (manifest hash)")
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" if k in before or k in now else k
+                            for k in changed)
+        raise ConfigError(
+            f"run '{job.run.name}' in {storage_root(job)} was trained with a different setup ({details}); "
+            f"resume it with its own config or choose another run.name")
+    return latest
+
+
+def run_training(job: TrainJob) -> TrainOutcome:
+    attributes = dataset_attributes(job.data)
+    if job.model.conditional and not attributes:
+        raise ConfigError("model.conditional is true but the dataset has no label columns")
+    manifest_hash = dataset_manifest_hash(job.data)
+    resume_from = check_resumable(job, manifest_hash)
+    if resume_from:
+        print(f"[ganray] resuming run '{job.run.name}' from {resume_from}", flush=True)
+    init_ray(job.run.ray_address)  # only once the run is known to be valid
+
+    # Per-epoch progress bars of the data split are noise in a training log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Decoded images live in the object store once; every epoch re-reads them without decoding.
+    dataset = build_train_dataset(job.data).materialize()
+    cpu_per_worker = 0 if job.train.use_gpu else job.train.threads_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
+                           "manifest_hash": manifest_hash},
+        torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
+            resources_per_worker={"CPU": cpu_per_worker, **({"GPU": 1} if job.train.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=job.run.name, storage_path=storage_root(job),
+            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep)),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return publish_run_outputs(job)
+
+
+def publish_run_outputs(job: TrainJob) -> TrainOutcome:
+    """Copy the latest checkpoint's grid, plot and metrics to the run folder, where people look."""
+    root = storage_root(job)
+    run = ckpt.run_url(root, job.run.name)
+    latest = ckpt.latest_checkpoint(root, job.run.name)
+    if latest is None:
+        return TrainOutcome(run, None, None, None, None, 0)
+    fs, latest_path = url_to_fs(latest)
+    _, run_path = url_to_fs(run)
+    published = {}
+    for name in (ckpt.SAMPLES_FILE, ckpt.LOSS_PLOT_FILE, ckpt.METRICS_FILE):
+        src = posixpath.join(latest_path, name)
+        if fs.exists(src):
+            fs.copy(src, posixpath.join(run_path, name))
+            published[name] = posixpath.join(run, name)
+    step = json.loads(fs.cat_file(posixpath.join(latest_path, ckpt.META_FILE)))["step"]
+    return TrainOutcome(run, latest, published.get(ckpt.SAMPLES_FILE), published.get(ckpt.LOSS_PLOT_FILE),
+                        published.get(ckpt.METRICS_FILE), step)

@@ -1,0 +1,112 @@
+"""Shared fixtures: one real local Ray per test session, and a real S3-protocol server on loopback."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+# Quieter, faster Ray in tests (see ../shared/notes/ray-on-this-machine.md).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+UTKFACE_ZIP = REPO.parent / "shared" / "datasets" / "utkface" / "utkface-200px.zip"
+
+
+S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray for the whole session (2 CPUs, no dashboard, its own temp dir).
+
+    It depends on `s3_server` so that the S3 endpoint and credentials are in the environment
+    before Ray starts: its workers inherit them.
+    """
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ganray-ray-")
+    ctx = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=int(1.5e9),
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": {k: os.environ[k] for k in S3_ENV_KEYS}},
+        log_to_driver=False,
+    )
+    yield ctx
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto_server) on 127.0.0.1; yields its endpoint URL.
+
+    Credentials and endpoint go into the environment so that s3fs, pyarrow and Ray workers
+    started afterwards all talk to it.
+    """
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start")
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the loopback S3 server; yields its name."""
+    import uuid
+
+    import boto3
+
+    name = f"ganray-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,381 @@
+"""The face API over real HTTP on 127.0.0.1, on the session's real local Ray.
+
+Three applications share one Serve instance, each under its own route prefix:
+  /main      the API as configured for users (with an API key), serving alias `production`;
+  /reload    alias `staging`, polled fast, its key from $GANRAY_API_KEY: hot reload and failed reload;
+  /overload  tiny queues and a generator that waits for batches that never fill: 503 + Retry-After.
+Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a temp registry.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+import torch
+import yaml
+
+from ganray.config import FaceServiceConfig, ModelConfig, ServeJob, load_config
+from ganray.generate.render import encode_png, labels_for_conditions, render_faces
+from ganray.models.dcgan import Generator
+from ganray.registry import Registry
+
+from conftest import REPO, free_port
+
+ATTRIBUTES = {"age": ["young", "old"], "smile": ["no", "yes"]}
+RESOLUTION = 32
+TINY = ModelConfig(z_dim=16, g_width=8, max_channels=32, conditional=True, embed_dim=4)
+MAIN_KEY = "main-secret"
+ENV_KEY = "env-secret"
+MAX_SEED = 10**6
+
+
+def push_random_model(registry: Registry, init_seed: int) -> str:
+    torch.manual_seed(init_seed)
+    generator = Generator(TINY, RESOLUTION, ATTRIBUTES)
+    return registry.push(generator.state_dict(), TINY.model_dump(), RESOLUTION, ATTRIBUTES,
+                         {"source": "tests/test_serve.py", "init_seed": init_seed})
+
+
+def expected_pngs(registry: Registry, version: str, seeds: list[int], psi: float,
+                  conditions: dict[str, str] | None = None, precision: str = "bf16") -> list[bytes]:
+    """What the bulk job writes for these faces: render_faces + encode_png, in one offline batch."""
+    generator = registry.load_generator(version).generator
+    labels = labels_for_conditions(generator, conditions, len(seeds), seeds=seeds)
+    return [encode_png(image) for image in render_faces(generator, seeds, psi, labels, precision)]
+
+
+def corrupt_weights(registry_url: str, version: str) -> None:
+    """Overwrite every weights file of `version` with garbage, as a broken upload would leave it."""
+    files = [p for p in Path(registry_url).rglob("*") if p.is_file() and version in p.parts
+             and p.suffix in (".safetensors", ".pt", ".bin")]
+    assert files, f"no weights file found for {version} under {registry_url}"
+    for path in files:
+        path.write_bytes(b"not a weights file" * 10)
+
+
+def app_config(**sections) -> FaceServiceConfig:
+    """Small replicas (the session's Ray has 2 CPUs, shared by three applications)."""
+    base = {
+        "generator": {"num_cpus": 0.2, "max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        "ingress": {"num_cpus": 0.1},
+        "api": {"max_count": 8},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return FaceServiceConfig.model_validate(base)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("registry"))
+    reg = Registry(url)
+    versions = [push_random_model(reg, init_seed) for init_seed in (1, 2, 3)]
+    reg.promote(versions[0], "production")
+    reg.promote(versions[0], "staging")
+    return reg, url, versions
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, registry):
+    """The three applications; yields their base URLs. Deletes only them at the end."""
+    from ray import serve
+
+    from ganray.serve.app import build_app
+
+    _, url, _ = registry
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    # If an earlier test module already started Serve, it keeps its port: ask Serve which one.
+    port = serve.context._get_global_client().http_config.port
+    with pytest.MonkeyPatch.context() as env:  # build_app reads $GANRAY_API_KEY when the config has no key
+        env.delenv("GANRAY_API_KEY", raising=False)
+        main_app = build_app(app_config(model={"registry": url, "poll_interval_s": 0.5},
+                                        api={"api_key": MAIN_KEY, "max_seed": MAX_SEED}))
+        overload_app = build_app(app_config(
+            model={"registry": url},
+            # Batches of 4 never fill (at most 2 requests reach the replica): each waits 0.5 s.
+            generator={"max_batch_size": 4, "batch_wait_timeout_s": 0.5, "max_ongoing_requests": 2,
+                       "max_queued_requests": 1},
+            ingress={"max_ongoing_requests": 4, "max_queued_requests": 2},
+            api={"max_count": 4, "retry_after_s": 2},
+        ))
+        env.setenv("GANRAY_API_KEY", ENV_KEY)
+        reload_app = build_app(app_config(model={"registry": url, "alias": "staging", "poll_interval_s": 0.3}))
+    apps = {"main": main_app, "reload": reload_app, "overload": overload_app}
+    for name, app in apps.items():
+        serve.run(app, name=f"test-serve-{name}", route_prefix=f"/{name}")
+    yield {name: f"http://127.0.0.1:{port}/{name}" for name in apps}
+    for name in apps:
+        serve.delete(f"test-serve-{name}")
+
+
+@pytest.fixture(scope="module")
+def main(service):
+    with httpx.Client(base_url=service["main"], headers={"X-API-Key": MAIN_KEY}, timeout=30) as client:
+        yield client
+
+
+def assert_422_names(response: httpx.Response, field: str) -> None:
+    assert response.status_code == 422, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    named = [e for e in detail if field in [str(p) for p in e["loc"]] or field in e["msg"]]
+    assert named, f"no error names {field!r}: {detail}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints, and the same bytes as the bulk job
+
+
+def test_face_png_is_the_bulk_jobs_bytes(main, registry):
+    reg, _, versions = registry
+    r = main.get("/v1/faces/7.png", params={"psi": 0.7, "age": "old"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-model-version"] == versions[0]
+    assert r.headers["x-seed"] == "7" and float(r.headers["x-psi"]) == 0.7
+    conditions = dict(parse_qsl(r.headers["x-conditions"]))
+    assert conditions["age"] == "old" and conditions["smile"] in ATTRIBUTES["smile"]  # drawn from the seed
+    assert r.content == expected_pngs(reg, versions[0], [7], 0.7, {"age": "old"})[0]
+
+
+def test_concurrent_requests_are_batched_without_changing_bytes(main, registry):
+    reg, _, versions = registry
+    seeds = list(range(100, 124))
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        responses = list(pool.map(lambda s: main.get(f"/v1/faces/{s}.png", params={"psi": 0.5}), seeds))
+    assert [r.status_code for r in responses] == [200] * len(seeds)
+    assert [r.content for r in responses] == expected_pngs(reg, versions[0], seeds, 0.5)
+
+
+def test_post_base64(main, registry):
+    reg, _, versions = registry
+    r = main.post("/v1/faces", json={"seeds": [1, 2, 3], "psi": 0.5, "conditions": {"smile": "yes"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == versions[0] == r.headers["x-model-version"]
+    faces = body["faces"]
+    assert [f["seed"] for f in faces] == [1, 2, 3]
+    assert all(f["psi"] == 0.5 and f["conditions"]["smile"] == "yes" and f["conditions"]["age"] in ATTRIBUTES["age"]
+               for f in faces)
+    pngs = [base64.b64decode(f["image_base64"]) for f in faces]
+    assert pngs == expected_pngs(reg, versions[0], [1, 2, 3], 0.5, {"smile": "yes"})
+
+
+def test_post_random_seeds_as_png_urls(main, registry):
+    reg, _, versions = registry
+    r = main.post("/v1/faces", json={"count": 3, "format": "png"})
+    assert r.status_code == 200, r.text
+    faces = r.json()["faces"]
+    seeds = [f["seed"] for f in faces]
+    assert len(seeds) == 3 and all(0 <= s <= MAX_SEED for s in seeds)
+    for face in faces:
+        assert face["image_base64"] is None and face["psi"] == 1.0  # the configured default_psi
+        url = urlsplit(face["url"])
+        got = main.get(url.path.removeprefix("/main"), params=dict(parse_qsl(url.query)))
+        assert got.status_code == 200
+        assert got.content == expected_pngs(reg, versions[0], [face["seed"]], 1.0, face["conditions"])[0]
+
+
+def test_model_and_health(main, registry, service):
+    _, url, versions = registry
+    r = main.get("/v1/model")
+    assert r.status_code == 200 and r.headers["x-model-version"] == versions[0]
+    info = r.json()
+    assert info["version"] == versions[0] and info["alias"] == "production" and info["registry"] == url
+    assert info["resolution"] == RESOLUTION and info["z_dim"] == TINY.z_dim and info["precision"] == "bf16"
+    assert info["conditions"] == ATTRIBUTES and info["load_error"] is None
+    assert info["limits"] == {"max_count": 8, "max_seed": MAX_SEED, "psi_min": 0.0, "psi_max": 2.0,
+                              "default_psi": 1.0}
+
+    health = httpx.get(f"{service['main']}/healthz")  # open without the key
+    assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": versions[0]}
+    docs = httpx.get(f"{service['main']}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = httpx.get(f"{service['main']}/openapi.json").json()["paths"]
+    assert {"/v1/faces/{seed}.png", "/v1/faces", "/v1/model", "/healthz"} <= set(paths)
+
+
+def test_api_key(service):
+    base = service["main"]
+    assert httpx.get(f"{base}/v1/faces/1.png").status_code == 401
+    assert httpx.get(f"{base}/v1/faces/1.png", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert httpx.get(f"{base}/v1/model").status_code == 401
+    assert httpx.post(f"{base}/v1/faces", json={"count": 1}).status_code == 401
+    assert httpx.get(f"{base}/v1/faces/-1.png").status_code == 401  # the key is checked before the input
+    assert httpx.get(f"{base}/v1/faces/1.png", headers={"X-API-Key": MAIN_KEY}).status_code == 200
+    # /reload has no key in its config: build_app took it from $GANRAY_API_KEY.
+    assert httpx.get(f"{service['reload']}/v1/model").status_code == 401
+    assert httpx.get(f"{service['reload']}/v1/model", headers={"X-API-Key": ENV_KEY}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: 422 naming the field, and the service stays up
+
+
+@pytest.mark.parametrize("path, params, field", [
+    ("/v1/faces/1.png", {"hair": "red"}, "hair"),                # unknown condition
+    ("/v1/faces/1.png", {"age": "ancient"}, "age"),              # unknown value
+    ("/v1/faces/1.png", [("age", "old"), ("age", "young")], "age"),  # a condition twice
+    ("/v1/faces/1.png", {"psi": "2.5"}, "psi"),
+    ("/v1/faces/1.png", {"psi": "-0.1"}, "psi"),
+    ("/v1/faces/1.png", {"psi": "abc"}, "psi"),
+    ("/v1/faces/-1.png", {}, "seed"),
+    (f"/v1/faces/{2**63}.png", {}, "seed"),                      # beyond int64
+    (f"/v1/faces/{MAX_SEED + 1}.png", {}, "seed"),               # beyond the configured max_seed
+    ("/v1/faces/abc.png", {}, "seed"),
+])
+def test_bad_get_is_422_naming_the_field(main, path, params, field):
+    assert_422_names(main.get(path, params=params), field)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"conditions": {"hair": "red"}}, "hair"),
+    ({"conditions": {"age": "ancient"}}, "age"),
+    ({"psi": 2.01}, "psi"),
+    ({"seeds": [-1]}, "seeds"),
+    ({"seeds": [2**63]}, "seeds"),
+    ({"seeds": [MAX_SEED + 1]}, "seeds"),
+    ({"seeds": [1.5]}, "seeds"),
+    ({"seeds": []}, "seeds"),
+    ({"count": 9}, "count"),                                     # over max_count
+    ({"seeds": list(range(9))}, "seeds"),
+    ({"count": 0}, "count"),
+    ({"count": 2, "seeds": [1, 2, 3]}, "count"),
+    ({"format": "jpeg"}, "format"),
+    ({"colour": "blue"}, "colour"),                              # unknown field
+])
+def test_bad_post_is_422_naming_the_field(main, body, field):
+    assert_422_names(main.post("/v1/faces", json=body), field)
+
+
+def test_malformed_json_is_422_and_the_service_stays_up(main):
+    r = main.post("/v1/faces", content=b'{"count": 2,', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+    assert main.get("/v1/faces/1.png").status_code == 200
+    assert main.get("/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Overload
+
+
+def test_overload_is_503_with_retry_after_and_recovers(service):
+    base = service["overload"]
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda s: client.get(f"{base}/v1/faces/{s}.png"), range(24)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    rejected = [r for r in responses if r.status_code == 503]
+    assert rejected and statuses.count(200) >= 2, statuses
+    assert all(r.headers.get("retry-after") == "2" for r in rejected), [dict(r.headers) for r in rejected]
+    # Both bounded queues turned requests away: the proxy's in front of the ingress (max 2) and the
+    # ingress's in front of the generator (max 1).
+    messages = {r.text for r in rejected}
+    assert any("max_queued_requests=2" in m for m in messages), messages
+    assert any("max_queued_requests=1" in m for m in messages), messages
+    assert httpx.get(f"{base}/v1/faces/1.png", timeout=30).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Hot reload
+
+
+def wait_for(predicate, timeout_s: float = 20, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_promotion_is_picked_up_without_failing_requests_and_a_bad_version_is_refused(service, registry):
+    reg, url, (v1, v2, v3) = registry
+    headers = {"X-API-Key": ENV_KEY}
+    client = httpx.Client(base_url=service["reload"], headers=headers, timeout=30)
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def hammer():  # a steady stream of requests across the swap
+        seed = 0
+        while not stop.is_set():
+            r = client.get(f"/v1/faces/{seed % 50}.png")
+            seen.append((r.status_code, r.headers.get("x-model-version")))
+            seed += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(seen) > 10, what="requests before the promotion")
+        reg.promote(v2, "staging")
+        wait_for(lambda: client.get("/v1/model").json()["version"] == v2, what="the new version to serve")
+        wait_for(lambda: sum(v == v2 for _, v in seen) > 10, what="requests after the swap")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert {status for status, _ in seen} == {200}, f"failed requests during the swap: {seen}"
+    versions = [v for _, v in seen]
+    assert set(versions) == {v1, v2}
+    r = client.get("/v1/faces/5.png", params={"psi": 0.8})
+    assert r.headers["x-model-version"] == v2
+    assert r.content == expected_pngs(reg, v2, [5], 0.8)[0]
+
+    # A version whose weights are broken: the old one keeps serving, the error is visible.
+    corrupt_weights(url, v3)
+    reg.promote(v3, "staging")
+    info = wait_for(lambda: (i := client.get("/v1/model").json())["load_error"] and i, what="the load error")
+    assert info["version"] == v2 and info["load_error"]["version"] == v3 and info["load_error"]["error"]
+    r = client.get("/v1/faces/5.png", params={"psi": 0.8})
+    assert r.status_code == 200 and r.headers["x-model-version"] == v2
+    assert r.content == expected_pngs(reg, v2, [5], 0.8)[0]
+
+    # Moving the alias back to what serves clears the error.
+    reg.promote(v2, "staging")
+    wait_for(lambda: client.get("/v1/model").json()["load_error"] is None, what="the error to clear")
+    client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files and the CLI (no Ray needed)
+
+
+def test_serve_config_file_builds_the_application():
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+    from ray._common.utils import import_attr
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "configs" / "serve.yaml").read_text()))
+    for app in config.applications:
+        built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args)
+        assert built is not None
+
+
+def test_local_config_and_cli_errors(tmp_path, capsys):
+    from ganray.cli import main
+
+    job = load_config(ServeJob, REPO / "configs" / "serve_local.yaml")
+    assert job.model.alias == "production" and job.http.port == 8000
+    assert main(["serve", "--set", "api.max_count=1000"]) == 2  # above generator.max_batch_size
+    assert main(["serve", "--set", f"model.registry={tmp_path}"]) == 2  # nothing to serve there
+    assert "error" in capsys.readouterr().err
+
+
+def test_app_args_accept_sections_and_dotted_keys():
+    from ganray.config import ConfigError
+    from ganray.serve.app import parse_app_args
+
+    config = parse_app_args({"model": {"alias": "staging"}, "api.max_count": "4", "generator.max_replicas": "3"})
+    assert config.model.alias == "staging" and config.api.max_count == 4 and config.generator.max_replicas == 3
+    with pytest.raises(ConfigError, match="api.max_count"):
+        parse_app_args({"api.max_count": "0"})
+    assert json.loads(config.model_dump_json())["generator"]["max_replicas"] == 3
