@@ -30,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ganray.config import FaceServiceConfig, ModelConfig  # noqa: E402
-from ganray.generate.render import encode_png, labels_for_conditions, render_faces  # noqa: E402
-from ganray.models.dcgan import Generator  # noqa: E402
-from ganray.registry import Registry  # noqa: E402
+from ganray.config import FaceServiceConfig, ModelConfig
+from ganray.generate.render import encode_png, labels_for_conditions, render_faces
+from ganray.models.dcgan import Generator
+from ganray.registry import Registry
 
 
 def free_port() -> int:

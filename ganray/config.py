@@ -221,7 +221,9 @@ class ImportConfig(Section):
         True, description="drop later copies of byte-identical files (first in sorted path order is kept)"
     )
     shard_rows: int = Field(2000, gt=0, description="rows per Parquet shard (the last one may hold fewer)")
-    batch_size: int = Field(256, gt=0, description="images per preprocessing task")
+    batch_size: int = Field(
+        1024, gt=0, description="images per preprocessing task (each task opens a ZIP source once)"
+    )
     examples_per_reason: int = Field(20, ge=0, description="dropped file names listed per reason in the manifest")
     overwrite: bool = Field(
         False, description="write into a non-empty dst that is not a previous import (files of the same name are replaced)"
@@ -400,6 +402,8 @@ class FaceServiceConfig(Section):
         if self.api.max_count > self.generator.max_batch_size:
             raise ValueError(f"api.max_count ({self.api.max_count}) is above generator.max_batch_size "
                              f"({self.generator.max_batch_size}): one request's faces must fit in one batch")
+        if self.model.precision == "fp16" and self.generator.num_gpus == 0:
+            raise ValueError("model.precision 'fp16' needs generator.num_gpus > 0 (use bf16 on CPU)")
         return self
 
 

@@ -108,8 +108,9 @@ def service(ray_session, registry):
         env.setenv("GANRAY_API_KEY", ENV_KEY)
         reload_app = build_app(app_config(model={"registry": url, "alias": "staging", "poll_interval_s": 0.3}))
     apps = {"main": main_app, "reload": reload_app, "overload": overload_app}
-    for name, app in apps.items():
-        serve.run(app, name=f"test-serve-{name}", route_prefix=f"/{name}")
+    # All three at once: their replicas start in parallel.
+    serve.run_many([serve.RunTarget(app, name=f"test-serve-{name}", route_prefix=f"/{name}")
+                    for name, app in apps.items()])
     yield {name: f"http://127.0.0.1:{port}/{name}" for name in apps}
     for name in apps:
         serve.delete(f"test-serve-{name}")
@@ -305,11 +306,12 @@ def test_promotion_is_picked_up_without_failing_requests_and_a_bad_version_is_re
     stop = threading.Event()
 
     def hammer():  # a steady stream of requests across the swap
-        seed = 0
-        while not stop.is_set():
-            r = client.get(f"/v1/faces/{seed % 50}.png")
-            seen.append((r.status_code, r.headers.get("x-model-version")))
-            seed += 1
+        with httpx.Client(base_url=service["reload"], headers=headers, timeout=30) as own_client:
+            seed = 0
+            while not stop.is_set():
+                r = own_client.get(f"/v1/faces/{seed % 50}.png")
+                seen.append((r.status_code, r.headers.get("x-model-version")))
+                seed += 1
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for t in threads:

@@ -24,7 +24,7 @@ import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import fsspec
 import numpy as np
@@ -39,6 +39,9 @@ from ganray.data._fs import join, new_run_id, temp_name, to_url, url_to_fs, writ
 MANIFEST_NAME = "manifest.json"
 FORMAT = "ganray-shards/1"
 SHARD_NAME = "shard-{:05d}.parquet"
+# Folder sources are fetched this many files per request batch: concurrency on object stores,
+# bounded memory for large photos.
+FETCH_CHUNK = 32
 
 # UTKFace names are AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (one real file lacks the dot before "jpg").
 UTKFACE_PATTERN = re.compile(r"(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_[^_]+")
@@ -174,25 +177,26 @@ def list_images(src: str) -> list[str]:
     return sorted(n for n in names if is_image_name(n))
 
 
-def read_sources(src: str, paths: list[str]) -> list[bytes | None]:
-    """The bytes of each path inside `src`; None for a ZIP member that cannot be extracted.
+def read_sources(src: str, paths: list[str]) -> Iterator[bytes | None]:
+    """The bytes of each path inside `src`, one at a time; None for a ZIP member that cannot be extracted.
 
     Storage errors (missing object, network) raise: they are not a property of the file and
     must not silently shrink the dataset.
     """
     fs, root = url_to_fs(src)
     if root.lower().endswith(".zip"):
-        out: list[bytes | None] = []
         with fs.open(root, "rb") as f, zipfile.ZipFile(f) as archive:
             for p in paths:
                 try:
-                    out.append(archive.read(p))
+                    yield archive.read(p)
                 except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError):
-                    out.append(None)  # corrupt member (bad CRC, broken deflate) or unknown compression
-        return out
-    full = [join(root, p) for p in paths]
-    blobs = fs.cat(full)  # one call: concurrent requests on object stores
-    return [blobs[fs._strip_protocol(p)] for p in full]
+                    yield None  # corrupt member (bad CRC, broken deflate) or unknown compression
+        return
+    for start in range(0, len(paths), FETCH_CHUNK):
+        full = [join(root, p) for p in paths[start:start + FETCH_CHUNK]]
+        blobs = fs.cat(full)  # one call per chunk: concurrent requests on object stores
+        for p in full:
+            yield blobs[fs._strip_protocol(p)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import hashlib
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 
 # Why an image is left out. `duplicate` and `bad_label` are decided by the importer, not here.
 DROP_REASONS = ("undecodable", "too_small", "blank", "blurry", "duplicate", "bad_label")
@@ -20,6 +20,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 WHITE = (255, 255, 255)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
+
+# Stored faces are small: level 1 encodes ~40% faster than the default 6 for ~4% more bytes.
+PNG_COMPRESS_LEVEL = 1
 
 # Sharpness is measured on the square crop shrunk to this size (see `sharpness`).
 BLUR_ANALYSIS_SIZE = 128
@@ -99,7 +102,7 @@ def preprocess(
         return None, "too_small"
     box = square_box(*img.size)
     crop = img.crop(box)
-    if np.asarray(crop).reshape(-1, 3).std(axis=0).max() < blank_std:  # every channel ~constant
+    if max(ImageStat.Stat(crop).stddev) < blank_std:  # every channel is (nearly) constant
         return None, "blank"
     if sharpness(crop) < blur_threshold:
         return None, "blurry"
@@ -109,7 +112,7 @@ def preprocess(
 
 def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

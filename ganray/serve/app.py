@@ -107,7 +107,7 @@ class FaceGenerator:
         self.render.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._settings = settings
         self._registry = Registry(settings.model.registry)
-        await self.follow_alias()
+        await self._follow_alias()
         if self._model is None:
             # Nothing to fall back on: fail the replica, so that the deployment reports why.
             raise RuntimeError(f"cannot serve {settings.model.alias!r} from {settings.model.registry}: "
@@ -119,11 +119,11 @@ class FaceGenerator:
         while self._settings.model.poll_interval_s > 0:
             await asyncio.sleep(self._settings.model.poll_interval_s)
             try:
-                await self.follow_alias()
-            except Exception:  # the poller must outlive any surprise; follow_alias records expected ones
+                await self._follow_alias()
+            except Exception:  # the poller must outlive any surprise; _follow_alias records expected ones
                 logger.exception("checking the model alias failed")
 
-    async def follow_alias(self) -> None:
+    async def _follow_alias(self) -> None:
         """Load the version the alias points at if it is not the one serving; on failure keep serving."""
         async with self._reload_lock:
             source = self._settings.model
