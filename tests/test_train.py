@@ -92,7 +92,8 @@ def _train_worker_pids() -> list[int]:
 
 
 def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tmp_path):
-    job = tiny_job(tmp_path, "killed", "train.max_steps=40", "train.checkpoint_every=4", "train.max_failures=2")
+    job = tiny_job(tmp_path, "killed", "train.max_steps=24", "train.checkpoint_every=4", "train.max_failures=2",
+                   "train.num_to_keep=20")
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_training(job)), daemon=True)
     thread.start()
@@ -108,7 +109,7 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tmp_path):
     psutil.Process(pids[-1]).kill()
     thread.join(timeout=600)
 
-    assert outcome["result"].step == 40
+    assert outcome["result"].step == 24
     events = [r for r in history(tmp_path / "killed") if r.get("event") == "resume"]
     assert events, "training did not restart from a checkpoint"
     assert events[0]["step"] >= 4

@@ -26,9 +26,9 @@ import torch.distributed as dist
 from ganray.config import TrainJob
 from ganray.data.dataset import to_training_batch
 from ganray.models.dcgan import build_models
-from ganray.models.losses import get_loss, gradient_penalty, r1_penalty
 from ganray.train import checkpoint as ckpt
 from ganray.train.report import save_loss_plot, save_sample_grid
+from ganray.train.steps import DStepResult, GANSteps, unwrap
 
 
 @dataclass
@@ -36,19 +36,6 @@ class Progress:
     step: int = 0           # G optimisation steps done
     images_seen: int = 0    # real images shown to D, over all workers
     history: list[dict[str, Any]] = field(default_factory=list)  # reported metrics, in order
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-@torch.no_grad()
-def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
-    """G_ema <- beta * G_ema + (1 - beta) * G; buffers (BatchNorm statistics) are copied."""
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.lerp_(p.detach(), 1.0 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
 
 
 def rng_state(aug_generator: torch.Generator) -> dict[str, Any]:
@@ -120,18 +107,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     G, D = build_models(job.model, resolution, attributes if job.model.conditional else None)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
-    use_scaler = cfg.precision == "fp16"
-    scaler_G = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    scaler_D = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     # Each rank draws its own noise and flips from here on.
     torch.manual_seed(cfg.seed * 1000 + rank + 1)
     aug_generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
-    progress = Progress()
 
     # --- Restore the full state from the latest checkpoint (worker restart or re-run).
+    state, progress = None, Progress()
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
@@ -140,114 +121,89 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"])
-        opt_D.load_state_dict(state["opt_D"])
-        scaler_G.load_state_dict(state["scaler"]["G"])
-        scaler_D.load_state_dict(state["scaler"]["D"])
         progress = Progress(state["step"], state["images_seen"], list(state["history"]))
-        rngs = state["rng"]
-        if len(rngs) == world_size:
-            set_rng_state(rngs[rank], aug_generator)
-        # With another worker count the old streams do not map onto the new ranks: the
+        # With another worker count the old RNG streams do not map onto the new ranks: the
         # fresh per-rank seeds above stand, and everything else is restored exactly.
+        if len(state["rng"]) == world_size:
+            set_rng_state(state["rng"][rank], aug_generator)
+
+    steps = GANSteps(ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D), G_ema, cfg,
+                     job.model.z_dim, device)
+    if state is not None:
+        steps.load_optimizer_state(state)
+        digest = ckpt.state_digest({"G": unwrap(steps.G).state_dict(), "D": unwrap(steps.D).state_dict(),
+                                    **steps.optimizer_state()})
+        progress.history.append({"event": "resume", "step": progress.step, "state_digest": digest})
         if rank == 0:
             print(f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); "
-                  f"state digest {ckpt.state_digest(state)}", flush=True)
-        progress.history.append({"event": "resume", "step": progress.step,
-                                 "state_digest": ckpt.state_digest(state)})
+                  f"state digest {digest}", flush=True)
         del state
 
-    G, D = ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D)
-    loss = get_loss(cfg.loss)
     local_batch = cfg.batch_size // world_size
-    z_dim = job.model.z_dim
-    conditional = job.model.conditional
-
-    def autocast():
-        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                              enabled=autocast_dtype is not None)
-
-    shard = ray.train.get_dataset_shard("train")
-    batches = epochs(shard, local_batch)
-    window_start, window_images = time.perf_counter(), 0
-    sums = {"loss_D": 0.0, "loss_G": 0.0, "D_real": 0.0, "D_fake": 0.0}
-    window_steps = 0
+    batches = epochs(ray.train.get_dataset_shard("train"), local_batch)
     probabilities = cfg.loss in ("minimax", "non_saturating")  # D outputs read as P(real)
+    window = MetricsWindow()
 
     while progress.step < cfg.max_steps:
         # --- Discriminator: d_steps_per_g_step updates, each on a fresh real batch.
         for _ in range(cfg.d_steps_per_g_step):
             real, labels = to_training_batch(next(batches), hflip=job.data.hflip, generator=aug_generator)
             real = real.to(device, non_blocking=True)
-            labels = labels.to(device) if conditional else None
-            z = torch.randn(local_batch, z_dim, device=device)
-            with torch.no_grad(), autocast():
-                fake = G(z, labels)
-            with autocast():
-                real_logits = D(real, labels)
-                fake_logits = D(fake.float(), labels)
-                loss_D = loss.d_loss(real_logits.float(), fake_logits.float())
-            # Penalties run in fp32: their double backward is where low precision hurts.
-            if loss.uses_gradient_penalty and cfg.gp_lambda > 0:
-                loss_D = loss_D + cfg.gp_lambda * gradient_penalty(D, real, fake.float(), labels)
-            if cfg.r1_gamma > 0:
-                loss_D = loss_D + (cfg.r1_gamma / 2) * r1_penalty(D, real, labels)
-            opt_D.zero_grad(set_to_none=True)
-            scaler_D.scale(loss_D).backward()
-            scaler_D.step(opt_D)
-            scaler_D.update()
+            labels = labels.to(device) if job.model.conditional else None
+            d = steps.discriminator_step(real, labels)
             progress.images_seen += cfg.batch_size
-            window_images += cfg.batch_size
-
-        # --- Generator: one update against the just-updated D.
-        z = torch.randn(local_batch, z_dim, device=device)
-        with autocast():
-            fake = G(z, labels)
-            fake_logits_G = D(fake, labels)
-            loss_G = loss.g_loss(fake_logits_G.float())
-        opt_G.zero_grad(set_to_none=True)
-        scaler_G.scale(loss_G).backward()
-        scaler_G.step(opt_G)
-        scaler_G.update()
-        update_ema(G_ema, _unwrap(G), cfg.ema_beta)
+            window.images += cfg.batch_size
+        # --- Generator: one update against the just-updated D, then the EMA.
+        loss_G = steps.generator_step(local_batch, labels)
         progress.step += 1
-
-        with torch.no_grad():
-            to_score = torch.sigmoid if probabilities else (lambda t: t)
-            sums["loss_D"] += loss_D.item()
-            sums["loss_G"] += loss_G.item()
-            sums["D_real"] += to_score(real_logits.float()).mean().item()
-            sums["D_fake"] += to_score(fake_logits.float()).mean().item()
-            window_steps += 1
+        window.add(d, loss_G, probabilities)
 
         # --- Metrics and checkpoints. ray.train.report is a barrier: every rank calls it together.
         at_checkpoint = progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps
         if progress.step % cfg.log_every == 0 or at_checkpoint:
-            elapsed = time.perf_counter() - window_start
-            metrics = mean_over_workers({k: v / window_steps for k, v in sums.items()}, device)
-            metrics.update(step=progress.step, images_seen=progress.images_seen,
-                           images_per_s=window_images / max(elapsed, 1e-9))
+            metrics = mean_over_workers(window.means(), device)
+            metrics.update(step=progress.step, images_seen=progress.images_seen, images_per_s=window.rate())
             progress.history.append(dict(metrics))
+            rngs = gather_from_all(rng_state(aug_generator))  # a collective: all ranks, every report
             checkpoint = None
-            rngs = gather_from_all(rng_state(aug_generator))  # collective: all ranks, every report
             with tempfile.TemporaryDirectory() as tmp:
                 if at_checkpoint and rank == 0:
-                    write_checkpoint(tmp, job, attributes, manifest_hash, progress, rngs, metrics,
-                                     G=_unwrap(G), D=_unwrap(D), G_ema=G_ema, opt_G=opt_G, opt_D=opt_D,
-                                     scalers={"G": scaler_G.state_dict(), "D": scaler_D.state_dict()})
+                    write_checkpoint(tmp, job, attributes, manifest_hash, progress, rngs, metrics, steps)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint,
                                  checkpoint_dir_name=ckpt.checkpoint_dir_name(progress.step) if at_checkpoint else None)
-            sums = dict.fromkeys(sums, 0.0)
-            window_steps, window_images, window_start = 0, 0, time.perf_counter()
+            window = MetricsWindow()
+
+
+class MetricsWindow:
+    """Running sums of the metrics between two reports."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.images = 0
+        self.steps = 0
+        self.sums = {"loss_D": 0.0, "loss_G": 0.0, "D_real": 0.0, "D_fake": 0.0}
+
+    def add(self, d: DStepResult, loss_G: torch.Tensor, probabilities: bool) -> None:
+        score = torch.sigmoid if probabilities else (lambda t: t)
+        self.sums["loss_D"] += d.loss.item()
+        self.sums["loss_G"] += loss_G.item()
+        self.sums["D_real"] += score(d.real_logits).mean().item()
+        self.sums["D_fake"] += score(d.fake_logits).mean().item()
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+    def rate(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
 
 
 def write_checkpoint(directory: str, job: TrainJob, attributes: dict, manifest_hash: str,
-                     progress: Progress, rngs: list[dict], metrics: dict, *, G, D, G_ema, opt_G, opt_D,
-                     scalers: dict) -> None:
+                     progress: Progress, rngs: list[dict], metrics: dict, steps: GANSteps) -> None:
     state = {
-        "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-        "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scalers,
+        "G": unwrap(steps.G).state_dict(), "D": unwrap(steps.D).state_dict(), "G_ema": steps.G_ema.state_dict(),
+        **steps.optimizer_state(),
         "step": progress.step, "images_seen": progress.images_seen,
         "rng": rngs, "history": progress.history,
         "config": job.model_dump(mode="json"), "manifest_hash": manifest_hash, "attributes": attributes,
@@ -262,7 +218,7 @@ def write_checkpoint(directory: str, job: TrainJob, attributes: dict, manifest_h
     with open(os.path.join(directory, ckpt.METRICS_FILE), "w") as f:
         for row in progress.history:
             f.write(json.dumps(row) + "\n")
-    save_sample_grid(G_ema, job, attributes, os.path.join(directory, ckpt.SAMPLES_FILE))
+    save_sample_grid(steps.G_ema, job, attributes, os.path.join(directory, ckpt.SAMPLES_FILE))
     save_loss_plot(progress.history, os.path.join(directory, ckpt.LOSS_PLOT_FILE))
     # meta.json last: its presence marks the checkpoint complete (see checkpoint.list_checkpoints).
     with open(os.path.join(directory, ckpt.META_FILE), "w") as f:

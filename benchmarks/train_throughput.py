@@ -1,0 +1,118 @@
+"""Training throughput: the Ray Train DDP job vs a plain single-process PyTorch loop, same machine, same run.
+
+    .venv/bin/python benchmarks/train_throughput.py            # DCGAN-64 defaults, 2 workers x 1 thread
+    .venv/bin/python benchmarks/train_throughput.py --steps 40 # shorter
+
+Both sides run the same GANSteps (one D update + one G update per step, bf16 autocast), the same
+model, the same global batch and the same total number of threads (Ray: 2 workers x 1 thread; plain:
+1 process x 2 threads), on the built-in faces. Images/s are steady-state: the first `--warmup`
+steps are left out of both. Prints both rates and their ratio (goal >= 0.9).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ganray.config import TrainJob, load_config  # noqa: E402
+from ganray.data.dataset import to_training_batch  # noqa: E402
+from ganray.data.synthetic import ATTRIBUTES, render_batch  # noqa: E402
+from ganray.models.dcgan import build_models  # noqa: E402
+from ganray.train.steps import GANSteps  # noqa: E402
+
+
+def make_job(args, storage: str) -> TrainJob:
+    return load_config(TrainJob, REPO / "configs" / "demo.yaml", [
+        f"run.storage_path={storage}", "run.name=bench",
+        f"data.resolution={args.resolution}", f"data.synthetic.count={args.images}",
+        f"model.g_width={args.width}", f"model.d_width={args.width}", "model.z_dim=100",
+        f"model.conditional={str(args.conditional).lower()}",
+        f"train.batch_size={args.batch}", "train.num_workers=2", "train.threads_per_worker=1",
+        f"train.max_steps={args.warmup + args.steps}", f"train.log_every={args.warmup}",
+        f"train.checkpoint_every={args.warmup + args.steps}", f"train.precision={args.precision}",
+    ])
+
+
+def plain_pytorch(job: TrainJob, args) -> float:
+    """Images/s of one process with 2 threads running the same steps on in-memory batches."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    attributes = ATTRIBUTES if job.model.conditional else None
+    G, D = build_models(job.model, job.data.resolution, attributes)
+    G_ema = build_models(job.model, job.data.resolution, attributes)[0].eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    steps = GANSteps(G, D, G_ema, job.train, job.model.z_dim, torch.device("cpu"))
+    data = render_batch(np.arange(args.images), job.data.resolution, 0)
+    flips = torch.Generator().manual_seed(0)
+    batch = job.train.batch_size
+    n_batches = args.images // batch
+
+    def one_step(i: int) -> None:
+        rows = slice((i % n_batches) * batch, (i % n_batches + 1) * batch)
+        real, labels = to_training_batch({k: v[rows] for k, v in data.items()}, hflip=True, generator=flips)
+        labels = labels if job.model.conditional else None
+        steps.discriminator_step(real, labels)
+        steps.generator_step(batch, labels)
+
+    for i in range(args.warmup):
+        one_step(i)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        one_step(args.warmup + i)
+    return args.steps * batch / (time.perf_counter() - start)
+
+
+def ray_train(job: TrainJob) -> float:
+    """Steady-state images/s of the Ray Train job, from its own metrics (after the warm-up window)."""
+    from ganray.train.trainer import run_training
+
+    outcome = run_training(job)
+    rows = [json.loads(line) for line in Path(outcome.metrics_jsonl.replace("file://", "")).read_text().splitlines()]
+    rows = [r for r in rows if "images_per_s" in r]
+    steady = rows[1:]  # the first window holds the warm-up steps
+    steps = [rows[0]["step"]] + [r["step"] for r in steady]
+    # Weighted by the steps in each window: total images / total time over the steady part.
+    seconds = sum((steps[i + 1] - steps[i]) * job.train.batch_size / r["images_per_s"] for i, r in enumerate(steady))
+    return (steps[-1] - steps[0]) * job.train.batch_size / seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--width", type=int, default=64, help="g_width = d_width (64 = classic DCGAN)")
+    p.add_argument("--batch", type=int, default=64, help="global batch")
+    p.add_argument("--steps", type=int, default=60, help="timed steps")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--images", type=int, default=2048, help="built-in faces in the dataset")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--conditional", action="store_true")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+    with tempfile.TemporaryDirectory() as storage:
+        job = make_job(args, storage)
+        plain = plain_pytorch(job, args)
+        print(f"plain PyTorch (1 process x 2 threads): {plain:8.1f} images/s", flush=True)
+        ray_rate = ray_train(job)
+    print()
+    print(f"model: DCGAN-{args.resolution} width {args.width}, global batch {args.batch}, {args.precision}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print(f"{'setup':40s} {'images/s':>10s}")
+    print(f"{'plain PyTorch, 1 process x 2 threads':40s} {plain:10.1f}")
+    print(f"{'Ray Train DDP, 2 workers x 1 thread':40s} {ray_rate:10.1f}")
+    print(f"ratio Ray Train / plain: {ray_rate / plain:.2f}  (goal >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
