@@ -419,3 +419,55 @@ class ServeJob(FaceServiceConfig):
     http: ServeHTTPConfig = ServeHTTPConfig()
     app_name: str = Field("ganray", min_length=1)
     route_prefix: str = Field("/", pattern=r"^/", description="URL path the application is served under")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model registry and bulk generation
+
+
+class RegistryConfig(Section):
+    url: str | None = Field(None, description="registry URL (local path or s3://); None = $GANRAY_REGISTRY "
+                                              "or ./registry")
+
+
+class GenerateConfig(Section):
+    """What to generate (these determine the bytes) and how to run it (these do not)."""
+
+    model: str = Field("latest", min_length=1, description="registry ref: version id (v3), alias, or 'latest'")
+    output: str = Field(..., min_length=1, description="output folder (local path or s3://)")
+    count: int = Field(1000, gt=0, description="number of faces: face ids 0 .. count-1")
+    format: Literal["parquet", "png", "both"] = "parquet"
+    shard_size: int = Field(1000, gt=0, description="faces per shard: shard k holds face ids [k*S, (k+1)*S)")
+    psi: float = Field(1.0, ge=0, le=2, description="truncation psi (1 = off, <1 = more typical faces)")
+    seed_offset: int = Field(0, ge=0, description="face i is rendered from seed seed_offset + i")
+    conditions: dict[str, str] = Field(default_factory=dict, description="attribute -> fixed value for every face")
+    balance: list[str] = Field(
+        default_factory=list,
+        description="attributes to balance: face i gets combination i mod (number of combinations)",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="autocast dtype (fp16 needs cuda)")
+    device: Literal["cpu", "cuda"] = "cpu"
+    # Execution only: the same faces whatever these are.
+    batch_size: int = Field(64, gt=0, description="faces per generator forward pass")
+    replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
+    threads_per_replica: int = Field(1, gt=0, description="torch threads in each generator actor (cpu)")
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GenerateConfig":
+        both = sorted(set(self.conditions) & set(self.balance))
+        if both:
+            raise ValueError(f"attributes {both} are both fixed (conditions) and balanced (balance)")
+        if len(set(self.balance)) != len(self.balance):
+            raise ValueError(f"balance lists an attribute twice: {self.balance}")
+        if self.precision == "fp16" and self.device != "cuda":
+            raise ValueError("precision 'fp16' needs device 'cuda' (use bf16 on CPU)")
+        return self
+
+
+class GenerateJob(Section):
+    """configs/generate_*.yaml for `ganray generate` / jobs/generate.py."""
+
+    ray_address: str | None = Field(None, description="Ray cluster to join; None = $RAY_ADDRESS or a local Ray")
+    registry: RegistryConfig = RegistryConfig()
+    generate: GenerateConfig

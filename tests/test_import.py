@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 from PIL import Image, ImageFilter
 
 from ganray.config import ConfigError, ImportConfig
@@ -179,6 +180,8 @@ def test_import_folder_with_sidecar(ray_session, source_dir, tmp_path):
     gray16 = np.asarray(Image.open(io.BytesIO(rows["b_gray16_no.png"]["image"])))
     assert 60 < gray16.mean() < 230  # scaled from 16 bits, not clipped to white
 
+    # The importer's order-preserving execution must not leak into the process's other datasets.
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order
     again = run_import(cfg)  # re-importing into a previous import replaces it, same identity
     assert again["manifest_hash"] == manifest["manifest_hash"]
 
@@ -192,11 +195,15 @@ def test_import_regex_labels_and_shard_shrink(ray_session, source_dir, tmp_path)
                                        labels={"pattern": REGEX}))
     assert_counts(manifest)
     assert manifest["attributes"] == {"smile": ["no", "yes"]}
-    assert manifest["manifest_hash"] != first["manifest_hash"] or manifest["shards"] != first["shards"]
+    assert manifest["manifest_hash"] == first["manifest_hash"]  # the shard layout is not the data
     assert sorted(p.name for p in dst.iterdir()) == ["manifest.json", "shard-00000.parquet"]
     rows = read_shards(dst)
     assert sorted(rows) == sorted(KEPT)
     assert {name: row["smile"] for name, row in rows.items()} == {n: int("_yes." in n) for n in KEPT}
+
+    keep_copies = run_import(ImportConfig(src=str(source_dir), dst=str(dst), resolution=RES, deduplicate=False,
+                                          labels={"pattern": REGEX}))
+    assert keep_copies["counts"]["kept"] == len(KEPT) + 1 and keep_copies["dropped"]["duplicate"] == 0
 
 
 def test_import_s3_to_s3(ray_session, source_dir, s3_bucket):

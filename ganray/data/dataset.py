@@ -11,7 +11,6 @@ import hashlib
 import json
 
 import numpy as np
-import pyarrow as pa
 import ray
 import torch
 
@@ -23,17 +22,12 @@ from ganray.data.synthetic import ATTRIBUTES, RENDERER_VERSION, synthetic_datase
 
 
 def shards_manifest(cfg: DataConfig) -> dict:
+    """The manifest of the import at data.url; a clear ConfigError when there is none."""
     manifest = read_manifest(cfg.url)
     if manifest is None:
         raise ConfigError(f"data.url: no ganray import at {cfg.url} (missing or foreign {MANIFEST_NAME}); "
                           "make one with `ganray data import`")
     return manifest
-
-
-def decode_batch(batch: pa.Table, *, resolution: int, label_names: list[str]) -> dict[str, np.ndarray]:
-    """Stored PNG bytes -> (B, H, W, 3) uint8 at `resolution`; labels pass through as int64."""
-    images = np.stack([preprocess.decode_png(png, resolution) for png in batch["image"].to_pylist()])
-    return {"image": images, **{n: batch[n].to_numpy().astype(np.int64) for n in label_names}}
 
 
 def build_train_dataset(cfg: DataConfig) -> ray.data.Dataset:
@@ -47,7 +41,7 @@ def build_train_dataset(cfg: DataConfig) -> ray.data.Dataset:
     return ray.data.read_parquet(
         shards, filesystem=pyarrow_filesystem(fs), columns=["image", *label_names]
     ).map_batches(
-        decode_batch, batch_format="pyarrow",
+        preprocess.decode_png_batch, batch_format="pyarrow",
         fn_kwargs={"resolution": cfg.resolution, "label_names": label_names},
     )
 
@@ -75,8 +69,8 @@ def to_training_batch(batch: dict[str, np.ndarray], hflip: bool,
     Flips are drawn from `generator` (one draw per image, only when hflip is on), so checkpointing
     the generator's state makes the augmentation resumable.
     """
-    images = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2)
-    x = images.to(torch.float32).div_(127.5).sub_(1.0)
+    # astype copies into a fresh writable array (Ray's batches can be read-only views of Arrow).
+    x = torch.from_numpy(batch["image"].astype(np.float32)).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
     if hflip:
         flip = torch.rand(x.shape[0], generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)

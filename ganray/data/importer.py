@@ -22,7 +22,6 @@ import math
 import re
 import zipfile
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -138,14 +137,11 @@ def make_labeler(cfg: LabelConfig) -> Labeler:
 
 def infer_values(names: list[str], labels: list[dict[str, str]]) -> dict[str, list[str]]:
     """Each attribute's values in sorted order (numeric order when every value is an integer)."""
-    def order(v: str) -> tuple:
-        return (0, int(v), v) if re.fullmatch(r"-?\d+", v) else (1, 0, v)
-
     values = {}
     for name in names:
         seen = {lab[name] for lab in labels}
         numeric = all(re.fullmatch(r"-?\d+", v) for v in seen)
-        values[name] = sorted(seen, key=order if numeric else None)
+        values[name] = sorted(seen, key=int) if numeric else sorted(seen)
     return values
 
 

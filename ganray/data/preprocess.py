@@ -1,6 +1,7 @@
 """Turning one source image file into one training image, or a reason to drop it.
 
-Pure functions on bytes and arrays (no Ray, no storage), so every rule here is unit-testable:
+Pure functions on bytes and arrays (no Ray, no storage, no torch: Ray Data workers import this
+module and should not pay for torch), so every rule here is unit-testable:
 decode (EXIF orientation applied, truncated files rejected), convert any mode to RGB8, check
 size/blankness/sharpness on the square centre crop, and resize that crop to the target resolution.
 """
@@ -10,6 +11,7 @@ import hashlib
 import io
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageOps, ImageStat
 
 # Why an image is left out. `duplicate` and `bad_label` are decided by the importer, not here.
@@ -122,3 +124,9 @@ def decode_png(data: bytes, resolution: int) -> np.ndarray:
     if img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.uint8)
+
+
+def decode_png_batch(batch: pa.Table, *, resolution: int, label_names: list[str]) -> dict[str, np.ndarray]:
+    """Stored shard rows -> the training schema: (B, H, W, 3) uint8 at `resolution`, int64 labels."""
+    images = np.stack([decode_png(png, resolution) for png in batch["image"].to_pylist()])
+    return {"image": images, **{n: batch[n].to_numpy().astype(np.int64) for n in label_names}}

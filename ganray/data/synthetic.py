@@ -2,8 +2,9 @@
 
 Face `i` of dataset seed `s` is a pure function of (s, i, resolution): every random choice comes
 from `numpy.random.default_rng([s, i])`, drawn in a fixed order, so any worker can render any face
-and gets the same bytes. Faces are drawn `SUPERSAMPLE`x larger on a unit-square layout and shrunk
-with an antialiased resize, so they look the same (only sharper) at any resolution.
+and gets the same bytes. Faces are laid out on a unit square, drawn at MIN_DRAW_SIZE px or more
+(at least MIN_SUPERSAMPLE x the resolution) and shrunk with an antialiased resize, so they look the
+same (only sharper) at any resolution.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def render_face(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray,
 
     # Every random draw below happens in the same order whatever the attributes, so a face's
     # jitter never depends on which branches ran (and the stream stays easy to reason about).
-    j = rng.uniform(-1.0, 1.0, size=16)
+    j = rng.uniform(-1.0, 1.0, size=14)  # geometry jitter, one per use below
     background = tuple(int(c) for c in rng.integers(90, 230, size=3))
     shirt = tuple(int(c) for c in rng.integers(30, 220, size=3))
     skin = _jitter_rgb(SKIN_RGB[labels["skin_tone"]], rng, 8)
@@ -168,8 +169,8 @@ def render_face(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray,
                 draw.line([(px(fx), px(eye_y + k * ery * 0.5)),
                            (px(fx + side * a * 0.10), px(eye_y + k * ery * 1.0))], fill=wl, width=ww)
             nx = cx + side * a * 0.22
-            draw.line([(px(nx), px(nose_top + nose_len * 0.8)), (px(cx + side * mouth_w * 1.1), px(mouth_y + b * 0.05))],
-                      fill=wl, width=ww)
+            draw.line([(px(nx), px(nose_top + nose_len * 0.8)),
+                       (px(cx + side * mouth_w * 1.1), px(mouth_y + b * 0.05))], fill=wl, width=ww)
 
     if labels["glasses"]:  # two rims, a bridge, and the arms toward the ears
         gw = width(b * 0.045)
@@ -181,8 +182,7 @@ def render_face(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray,
                       fill=frame, width=gw)
         draw.line([(px(cx - eye_dx + grx), px(eye_y)), (px(cx + eye_dx - grx), px(eye_y))], fill=frame, width=gw)
 
-    if size != resolution:
-        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.uint8), labels
 
 
@@ -197,7 +197,8 @@ def render_batch(ids: np.ndarray, resolution: int, seed: int) -> dict[str, np.nd
     return {"image": images, **labels}
 
 
-def synthetic_dataset(count: int, resolution: int, seed: int = 0, *, parallelism: int | None = None) -> ray.data.Dataset:
+def synthetic_dataset(count: int, resolution: int, seed: int = 0, *,
+                      parallelism: int | None = None) -> ray.data.Dataset:
     """A Ray Dataset of faces 0..count-1 of dataset `seed`, in the training schema, rendered lazily."""
     return ray.data.range(count, override_num_blocks=parallelism).map_batches(
         lambda batch: render_batch(batch["id"], resolution, seed), batch_format="numpy"

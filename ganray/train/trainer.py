@@ -87,7 +87,9 @@ def run_training(job: TrainJob) -> TrainOutcome:
     # Per-epoch progress bars of the data split are noise in a training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Decoded images live in the object store once; every epoch re-reads them without decoding.
-    dataset = build_train_dataset(job.data).materialize()
+    # One global shuffle first: imported shards are in file-name order (UTKFace: sorted by age),
+    # and the per-epoch local shuffle buffer only mixes neighbours.
+    dataset = build_train_dataset(job.data).random_shuffle(seed=job.train.seed).materialize()
     cpu_per_worker = 0 if job.train.use_gpu else job.train.threads_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
