@@ -40,8 +40,19 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from ganray.config import FaceAPIConfig, FaceServiceConfig, ReplicaOptions, ServedModel, load_config
-from ganray.generate.render import encode_png, labels_for_rows, render_faces, resolve_conditions
+from ganray.config import (
+    FaceAPIConfig,
+    FaceServiceConfig,
+    ReplicaOptions,
+    ServedModel,
+    load_config,
+)
+from ganray.generate.render import (
+    encode_png,
+    labels_for_rows,
+    render_faces,
+    resolve_conditions,
+)
 from ganray.registry import LoadedGenerator, Registry
 from ganray.serve.schemas import (
     SEED_MAX,
@@ -120,7 +131,7 @@ class FaceGenerator:
             await asyncio.sleep(self._settings.model.poll_interval_s)
             try:
                 await self._follow_alias()
-            except Exception:  # the poller must outlive any surprise; _follow_alias records expected ones
+            except Exception:  # the poller must outlive any surprise (expected failures are recorded)
                 logger.exception("checking the model alias failed")
 
     async def _follow_alias(self) -> None:
@@ -129,7 +140,7 @@ class FaceGenerator:
             source = self._settings.model
             try:
                 version = await asyncio.to_thread(self._registry.resolve, source.alias)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - storage down, bad alias...: keep serving, show why
                 self._record_load_error(None, e)
                 return
             if self._model is not None and version == self._model.version:
@@ -139,7 +150,7 @@ class FaceGenerator:
                 return  # versions are immutable: one that failed to load is not retried every poll
             try:
                 loaded = await asyncio.to_thread(self._load, version, source.precision)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever breaks a version, the current one keeps serving
                 self._record_load_error(version, e)
                 return
             previous = self._model.version if self._model else None

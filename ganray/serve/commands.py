@@ -79,11 +79,10 @@ def _check_model(job: ServeJob) -> str:
     from ganray.registry import Registry, RegistryError
     from ganray.storage import normalize_url
 
-    registry = Registry(normalize_url(job.model.registry))
     try:
-        return registry.load_generator(job.model.alias).version
+        return Registry(normalize_url(job.model.registry)).load_generator(job.model.alias).version
     except RegistryError as e:
         raise UsageError(str(e)) from None
-    except Exception as e:  # a corrupt weights file and the like: nothing could be served
+    except Exception as e:  # noqa: BLE001 - whatever it is, nothing could be served
         raise UsageError(f"cannot load {job.model.alias!r} from {job.model.registry}: "
                          f"{type(e).__name__}: {e}") from None
