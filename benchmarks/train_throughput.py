@@ -62,7 +62,7 @@ def plain_pytorch(job: TrainJob, args) -> float:
         real, labels = to_training_batch({k: v[rows] for k, v in data.items()}, hflip=True, generator=flips)
         labels = labels if job.model.conditional else None
         steps.discriminator_step(real, labels)
-        steps.generator_step(batch, labels)
+        steps.generator_step(batch, labels, i)
 
     for i in range(args.warmup):
         one_step(i)

@@ -111,6 +111,8 @@ class TrainConfig(Section):
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (0 = off)")
     gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for wgan_gp")
     ema_beta: float = Field(0.999, ge=0, lt=1, description="G_ema <- beta*G_ema + (1-beta)*G per step")
+    ema_warmup: bool = Field(
+        True, description="use beta_t = min(ema_beta, (1+t)/(10+t)) so early G_ema is not stuck near init")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "bf16", description="autocast dtype; fp16 needs a GPU (uses a GradScaler)"
     )

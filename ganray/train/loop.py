@@ -154,7 +154,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             progress.images_seen += cfg.batch_size
             window.images += cfg.batch_size
         # --- Generator: one update against the just-updated D, then the EMA.
-        loss_G = steps.generator_step(local_batch, labels)
+        loss_G = steps.generator_step(local_batch, labels, progress.step)
         progress.step += 1
         window.add(d, loss_G, probabilities)
 

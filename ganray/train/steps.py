@@ -76,7 +76,7 @@ class GANSteps:
         self.scaler_D.update()
         return DStepResult(loss.detach(), real_logits.detach(), fake_logits.detach())
 
-    def generator_step(self, batch_size: int, labels: Tensor | None) -> Tensor:
+    def generator_step(self, batch_size: int, labels: Tensor | None, step: int) -> Tensor:
         """Fakes for `labels` (the last real batch's, so G sees the data's attribute mix)."""
         z = torch.randn(batch_size, self.z_dim, device=self.device)
         with self.autocast():
@@ -86,8 +86,14 @@ class GANSteps:
         self.scaler_G.scale(loss).backward()
         self.scaler_G.step(self.opt_G)
         self.scaler_G.update()
-        update_ema(self.G_ema, unwrap(self.G), self.cfg.ema_beta)
+        update_ema(self.G_ema, unwrap(self.G), self.ema_beta(step))
         return loss.detach()
+
+    def ema_beta(self, step: int) -> float:
+        """The EMA decay at G step `step` (0-based), with the optional warm-up."""
+        if not self.cfg.ema_warmup:
+            return self.cfg.ema_beta
+        return min(self.cfg.ema_beta, (1 + step) / (10 + step))
 
     def optimizer_state(self) -> dict:
         return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
