@@ -116,3 +116,19 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tmp_path):
     restored = tmp_path / "killed" / ckpt.checkpoint_dir_name(events[0]["step"])
     # The restarted workers picked up exactly what the checkpoint holds.
     assert events[0]["state_digest"] == ckpt.read_meta(str(restored))["state_digest"]
+
+
+def test_checkpoints_to_s3_and_resume_from_there(ray_session, s3_bucket):
+    storage = f"s3://{s3_bucket}/runs"
+    run_training(tiny_job(storage, "s3run", "train.max_steps=2", "train.checkpoint_every=2"))
+    outcome = run_training(tiny_job(storage, "s3run", "train.max_steps=4", "train.checkpoint_every=2"))
+
+    assert outcome.step == 4
+    assert [c.rsplit("/", 1)[-1] for c in ckpt.list_checkpoints(storage, "s3run")] == \
+        ["checkpoint_00000002", "checkpoint_00000004"]
+    state = ckpt.load_state(outcome.checkpoint)
+    assert state["step"] == 4 and state["opt_D"]["state"]
+    resumed = [r for r in ckpt.load_state(outcome.checkpoint)["history"] if r.get("event") == "resume"]
+    assert resumed and resumed[0]["state_digest"] == \
+        ckpt.read_meta(ckpt.list_checkpoints(storage, "s3run")[0])["state_digest"]
+    assert outcome.samples_png.startswith("s3://")
