@@ -116,12 +116,20 @@ def exists(url: str) -> bool:
 
 
 def ls(url: str, detail: bool = False) -> list[Any]:
-    """Entries directly under `url` ([] when it does not exist); full paths, or fsspec info dicts."""
+    """Entries directly under `url` ([] when it does not exist), as URLs of the same form as `url`
+    (fsspec itself drops the s3:// prefix); with detail, fsspec info dicts with "name" as such a URL."""
     fs, path = url_to_fs(url)
     try:
-        return fs.ls(path, detail=detail)
+        entries = fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
+    children = []
+    for entry in entries:
+        child = join(url, posixpath.basename(entry["name"].rstrip("/")))
+        if child.rstrip("/") == url.rstrip("/"):
+            continue  # some filesystems list a folder marker object as the folder itself
+        children.append({**entry, "name": child} if detail else child)
+    return children
 
 
 def remove(url: str) -> None:

@@ -25,7 +25,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-PNG_COMPRESS_LEVEL = 6  # fixed, so that equal pixels always give equal bytes
+PNG_COMPRESS_LEVEL = 1  # fixed, so that equal pixels always give equal bytes; zlib level 1 encodes
+# ~4x faster than the default 6 for ~20% larger files, and PNG encoding bounds the bulk job on CPU
 
 
 def latents_for_seeds(seeds: Sequence[int], z_dim: int) -> Tensor:
@@ -54,33 +55,39 @@ def _seeded_index(seed: int, name: str, n: int) -> int:
     return int.from_bytes(digest[:8], "little") % n
 
 
-def resolve_conditions(generator: nn.Module, conditions: Mapping[str, str] | None,
-                       seed: int | None = None) -> dict[str, str]:
-    """The full condition set for one face: every attribute the model conditions on -> a value.
+def complete_conditions(condition_values: Mapping[str, Sequence[str]], conditions: Mapping[str, str] | None,
+                        seed: int | None = None) -> dict[str, str]:
+    """The full condition set for one face: every conditioned attribute (name -> values) -> a value.
 
     Attributes missing from `conditions` are drawn from `seed` (uniformly over the attribute's
     values); without a seed they are an error. Raises ValueError naming a bad name or value.
     """
-    values: dict[str, list[str]] = getattr(generator, "condition_values", {})
     conditions = dict(conditions or {})
-    if not values:
+    if not condition_values:
         if conditions:
             raise ValueError(f"this model is unconditional: it takes no conditions (got {sorted(conditions)})")
         return {}
     for name, value in conditions.items():
-        if name not in values:
-            raise ValueError(f"unknown attribute {name!r}: this model conditions on {list(values)}")
-        if str(value) not in values[name]:
-            raise ValueError(f"unknown value {value!r} for attribute {name!r}: expected one of {values[name]}")
+        if name not in condition_values:
+            raise ValueError(f"unknown attribute {name!r}: this model conditions on {list(condition_values)}")
+        if str(value) not in condition_values[name]:
+            raise ValueError(f"unknown value {value!r} for attribute {name!r}: "
+                             f"expected one of {list(condition_values[name])}")
     resolved = {}
-    for name, choices in values.items():
+    for name, choices in condition_values.items():
         if name in conditions:
             resolved[name] = str(conditions[name])
         elif seed is not None:
             resolved[name] = choices[_seeded_index(seed, name, len(choices))]
         else:
-            raise ValueError(f"a value for attribute {name!r} is required: one of {choices}")
+            raise ValueError(f"a value for attribute {name!r} is required: one of {list(choices)}")
     return resolved
+
+
+def resolve_conditions(generator: nn.Module, conditions: Mapping[str, str] | None,
+                       seed: int | None = None) -> dict[str, str]:
+    """complete_conditions for the attributes `generator` conditions on."""
+    return complete_conditions(getattr(generator, "condition_values", {}), conditions, seed)
 
 
 def labels_for_rows(generator: nn.Module, rows: Sequence[Mapping[str, str]]) -> Tensor | None:

@@ -1,0 +1,197 @@
+"""`ganray generate`: render `count` faces from a registry model into Parquet/PNG shards on Ray Data.
+
+The driver checks everything first (model, conditions, output) and writes nothing until then. It
+then claims the output (job.json), removes what an interrupted run left uncommitted, and streams
+the missing shards through the pipeline (ganray/generate/pipeline.py). It only ever sees one small
+commit record per shard, so its memory does not grow with `count`; Ray Data's backpressure keeps
+the workers' memory flat. Re-running the same job resumes it; the result is the same bytes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ganray import storage
+from ganray.config import GenerateJob
+from ganray.generate.output import (
+    SUMMARY_FILE,
+    GenerateError,
+    OutputLayout,
+    check_output,
+    committed_shards,
+    create_output,
+    json_bytes,
+    write_run_manifest,
+)
+from ganray.generate.plan import ConditionPlan, ShardRange, job_id, job_parameters, shard_ranges
+from ganray.registry import Registry, RegistryError, VersionInfo
+
+
+@dataclass(frozen=True)
+class GeneratePlan:
+    """A validated job: everything the pipeline needs, decided before anything is written."""
+
+    job: GenerateJob
+    registry_url: str
+    model: VersionInfo
+    conditions: ConditionPlan
+    layout: OutputLayout
+    shards: list[ShardRange]
+    identity: dict[str, Any]  # job.json: {"job_id", "parameters"}
+
+    @property
+    def job_id(self) -> str:
+        return self.identity["job_id"]
+
+
+def plan_job(job: GenerateJob) -> GeneratePlan:
+    """Validate the job against its registry model; raises GenerateError, writes nothing."""
+    cfg = job.generate
+    registry = Registry(job.registry.url)
+    try:
+        model = registry.show(cfg.model)
+    except RegistryError as e:
+        raise GenerateError(str(e)) from None
+    try:
+        conditions = ConditionPlan(model.conditions, cfg.conditions, cfg.balance)
+    except ValueError as e:
+        raise GenerateError(f"generate.conditions/balance: {e}") from None
+    parameters = job_parameters(cfg, model)
+    return GeneratePlan(
+        job=job,
+        registry_url=registry.url,
+        model=model,
+        conditions=conditions,
+        layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format),
+        shards=shard_ranges(cfg.count, cfg.shard_size),
+        identity={"job_id": job_id(parameters), "parameters": parameters},
+    )
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # None: $RAY_ADDRESS (set by `ray job submit`) if present, else a new local Ray.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
+
+
+def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
+    """(generator actor options, CPUs per encode/write task).
+
+    On CPU the actors get fractional CPUs that leave one CPU for encoding and writing: with whole
+    CPUs, actors can take every CPU and the tasks after them never run (Ray Data then waits
+    forever). Threads are set separately (torch.set_num_threads): CPUs here are only a reservation.
+    """
+    import ray
+
+    cfg = plan.job.generate
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    task_cpus = 1.0 if cpus >= 2 else 0.5
+    actor_cpus = round(min(float(cfg.threads_per_replica), max(cpus - task_cpus, 0.5) / cfg.replicas), 3)
+    actor = {"num_cpus": actor_cpus}
+    if cfg.device == "cuda":
+        actor["num_gpus"] = 1
+    return actor, task_cpus
+
+
+def _pipeline(plan: GeneratePlan, missing: list[ShardRange]):
+    import ray
+
+    from ganray.generate.pipeline import FaceRenderer, encode_pngs, write_shard
+
+    cfg = plan.job.generate
+    actor_options, task_cpus = _resources(plan)
+    items = [{"shard": s.index, "start": s.start, "stop": s.stop} for s in missing]
+    return (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(
+            FaceRenderer,
+            fn_constructor_kwargs=dict(
+                registry_url=plan.registry_url, version=plan.model.version, plan=plan.conditions,
+                seed_offset=cfg.seed_offset, psi=cfg.psi, batch_size=cfg.batch_size,
+                precision=cfg.precision, device=cfg.device, threads=cfg.threads_per_replica),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+            **actor_options,
+        )
+        .map_batches(encode_pngs, batch_size=1, batch_format="pyarrow", num_cpus=task_cpus)
+        .map_batches(
+            write_shard,
+            fn_kwargs=dict(layout=plan.layout, plan=plan.conditions, seed_offset=cfg.seed_offset, psi=cfg.psi,
+                           model_version=plan.model.version, job_id=plan.job_id),
+            batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
+        )
+    )
+
+
+def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) a generation job to completion; returns the summary (also in summary.json)."""
+    started = time.monotonic()
+    plan = plan_job(job)
+    cfg, layout = job.generate, plan.layout
+    resumed = check_output(layout, plan.identity)
+    if not resumed:
+        create_output(layout, plan.identity)
+    done = committed_shards(layout, plan.shards)
+    missing = [s for s in plan.shards if s.index not in done]
+    log(f"generate: job {plan.job_id}, model {cfg.model} -> {plan.model.version}, {cfg.count} faces in "
+        f"{len(plan.shards)} shards -> {layout.url} ({cfg.format}); "
+        + (f"resuming: {len(done)} shards already done, {len(missing)} to go" if resumed else "new output"))
+
+    faces_written = bytes_written = 0
+    pipeline_started = time.monotonic()
+    if missing:
+        _init_ray(job.ray_address)
+        # In a terminal Ray Data draws progress bars; elsewhere (logs, CI) we print a line now and then.
+        print_progress = not sys.stdout.isatty()
+        committed_now: set[int] = set()
+        last_report = time.monotonic()
+        for record in _pipeline(plan, missing).iter_rows():
+            if record["shard"] in committed_now:
+                continue
+            committed_now.add(record["shard"])
+            faces_written += record["rows"]
+            bytes_written += record["bytes"]
+            now = time.monotonic()
+            if print_progress and now - last_report >= cfg.progress_interval_s:
+                last_report = now
+                log(f"generate: {len(done) + len(committed_now)}/{len(plan.shards)} shards, "
+                    f"{faces_written} faces this run, {faces_written / (now - pipeline_started):.0f} faces/s")
+        done = committed_shards(layout, plan.shards)
+        if len(done) != len(plan.shards):
+            raise RuntimeError(f"{len(plan.shards) - len(done)} shards were not committed; re-run to finish them")
+    pipeline_s = time.monotonic() - pipeline_started
+
+    manifest = write_run_manifest(layout, plan.identity, plan.shards)
+    wall_s = time.monotonic() - started
+    summary = {
+        "job_id": plan.job_id,
+        "model": cfg.model,
+        "model_version": plan.model.version,
+        "output": layout.url,
+        "format": cfg.format,
+        "faces": manifest["faces"],
+        "shards": len(plan.shards),
+        "bytes": manifest["bytes"],
+        "resumed": resumed,
+        "faces_this_run": faces_written,
+        "shards_this_run": len(missing),
+        "bytes_this_run": bytes_written,
+        "faces_per_s": round(faces_written / pipeline_s, 1) if faces_written else None,
+        "wall_s": round(wall_s, 2),
+        "batch_size": cfg.batch_size,
+        "replicas": cfg.replicas,
+        "threads_per_replica": cfg.threads_per_replica,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.atomic_write(layout.path(SUMMARY_FILE), json_bytes(summary))
+    log(f"generate: done: {summary['faces']} faces in {summary['shards']} shards, {summary['bytes'] / 1e6:.1f} MB; "
+        f"this run {faces_written} faces in {wall_s:.1f} s"
+        + (f" ({summary['faces_per_s']:.0f} faces/s)" if faces_written else "")
+        + f"; manifest {layout.path('manifest.json')}")
+    return summary

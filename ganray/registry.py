@@ -1,0 +1,270 @@
+"""Model registry: numbered, immutable generator versions and movable aliases, on any fsspec URL.
+
+Layout under the registry URL (a local folder or s3://bucket/prefix):
+
+    versions/v1/.claim                 exclusive create: who took the id (never reused)
+    versions/v1/generator.safetensors  the generator's state dict (safetensors: no pickle)
+    versions/v1/config.json            {"model": ModelConfig, "resolution": R, "attributes": {...}}
+    versions/v1/provenance.json        training run, checkpoint, step, dataset manifest hash, metrics
+    versions/v1/version.json           id, content hash, created_at: written LAST, it commits the version
+    aliases/NAME.json                  {"alias": NAME, "version": "v1", "updated_at": ...}
+
+A version id is claimed by an exclusive create (a local `open(..., "x")`, an S3 conditional PUT),
+so two concurrent pushes never share an id and nothing is ever overwritten. A version without
+version.json is an interrupted push: invisible, and its id is skipped. An alias moves with one
+atomic write. The content hash is sha256(weights bytes + config.json bytes); loading checks it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from ganray import storage
+from ganray.config import ModelConfig
+
+DEFAULT_REGISTRY_URL = "./registry"
+REGISTRY_ENV = "GANRAY_REGISTRY"
+
+WEIGHTS_FILE = "generator.safetensors"
+CONFIG_FILE = "config.json"
+PROVENANCE_FILE = "provenance.json"
+VERSION_FILE = "version.json"
+CLAIM_FILE = ".claim"
+LATEST = "latest"  # a built-in alias: the newest complete version
+
+_VERSION_ID = re.compile(r"^v([1-9][0-9]*)$")
+_ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done (unknown ref, bad alias, corrupt version)."""
+
+
+def registry_url(url: str | None = None) -> str:
+    """The registry to use: `url` if given, else $GANRAY_REGISTRY, else ./registry."""
+    return url or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY_URL
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    # Key order is kept, not sorted: the order of attributes is the order of the label columns.
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def content_hash(weights: bytes, config: bytes) -> str:
+    return hashlib.sha256(weights + config).hexdigest()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    content_hash: str
+    created_at: str
+    model: dict[str, Any]
+    resolution: int
+    attributes: dict[str, list[str]]
+    provenance: dict[str, Any]
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def conditions(self) -> dict[str, list[str]]:
+        """The attributes the generator conditions on, name -> values ({} when unconditional)."""
+        if not self.model.get("conditional"):
+            return {}
+        names = self.model.get("condition_on") or list(self.attributes)
+        return {name: self.attributes[name] for name in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "content_hash": self.content_hash, "created_at": self.created_at,
+                "aliases": self.aliases, "resolution": self.resolution, "model": self.model,
+                "attributes": self.attributes, "conditions": self.conditions, "provenance": self.provenance}
+
+
+@dataclass(frozen=True)
+class LoadedGenerator:
+    version: str
+    generator: torch.nn.Module
+    info: VersionInfo
+
+
+class Registry:
+    def __init__(self, url: str | None = None):
+        self.url = storage.normalize_url(registry_url(url))
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _version_url(self, version: str, *parts: str) -> str:
+        return storage.join(self.url, "versions", version, *parts)
+
+    def _alias_url(self, alias: str) -> str:
+        return storage.join(self.url, "aliases", f"{alias}.json")
+
+    def _read_json(self, url: str) -> dict[str, Any]:
+        return json.loads(storage.read_bytes(url))
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _claimed_ids(self) -> list[int]:
+        ids = []
+        for entry in storage.ls(storage.join(self.url, "versions")):
+            match = _VERSION_ID.match(entry.rstrip("/").rsplit("/", 1)[-1])
+            if match:
+                ids.append(int(match.group(1)))
+        return ids
+
+    def _claim(self, version: str) -> bool:
+        """Take `version` for this push; False if another push already has it."""
+        claim = _json_bytes({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
+        fs, path = storage.url_to_fs(self._version_url(version, CLAIM_FILE))
+        try:
+            if storage.is_local(self.url):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "xb") as f:
+                    f.write(claim)
+            else:
+                fs.pipe_file(path, claim, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def push(self, generator_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
+             attributes: dict[str, list[str]] | None, provenance: dict[str, Any]) -> str:
+        """Store a generator as a new version; returns its id (e.g. "v3")."""
+        model = ModelConfig(**model_config).model_dump(mode="json")  # validates, fills defaults
+        attributes = {name: [str(v) for v in values] for name, values in (attributes or {}).items()}
+        self._build(model, resolution, attributes, generator_state)  # refuse weights that do not fit
+        weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator_state.items()})
+        config = _json_bytes({"model": model, "resolution": resolution, "attributes": attributes})
+
+        next_id = max(self._claimed_ids(), default=0) + 1
+        while not self._claim(f"v{next_id}"):
+            next_id += 1
+        version = f"v{next_id}"
+        storage.atomic_write(self._version_url(version, WEIGHTS_FILE), weights)
+        storage.atomic_write(self._version_url(version, CONFIG_FILE), config)
+        storage.atomic_write(self._version_url(version, PROVENANCE_FILE), _json_bytes(provenance))
+        storage.atomic_write(self._version_url(version, VERSION_FILE), _json_bytes(
+            {"version": version, "content_hash": content_hash(weights, config), "created_at": _now()}))
+        return version
+
+    def push_from_run(self, storage_path: str, run_name: str) -> str:
+        """Push G_ema of the newest checkpoint of a training run."""
+        from ganray.train.checkpoint import latest_checkpoint, load_state, read_meta
+
+        checkpoint = latest_checkpoint(storage_path, run_name)
+        if checkpoint is None:
+            raise RegistryError(f"no checkpoint found for run {run_name!r} under {storage_path}")
+        state = load_state(checkpoint)
+        meta = read_meta(checkpoint)
+        config = state["config"]
+        provenance = {
+            "run_name": run_name,
+            "storage_path": storage_path,
+            "checkpoint": checkpoint,
+            "step": state["step"],
+            "images_seen": state["images_seen"],
+            "dataset_manifest_hash": state["manifest_hash"],
+            "metrics": meta.get("metrics", {}),
+            "trained_at": meta.get("created_at"),
+            "train_config": config,
+        }
+        return self.push(state["G_ema"], config["model"], config["data"]["resolution"], state["attributes"],
+                         provenance)
+
+    def promote(self, ref: str, alias: str) -> str:
+        """Point `alias` at the version `ref` resolves to (one atomic write); returns that version."""
+        if not _ALIAS_NAME.match(alias) or _VERSION_ID.match(alias) or alias == LATEST:
+            raise RegistryError(
+                f"invalid alias {alias!r}: use letters, digits, '_', '.', '-', starting with a letter; "
+                f"not a version id (v1, v2, ...) and not {LATEST!r} (built in)")
+        version = self.resolve(ref)
+        storage.atomic_write(self._alias_url(alias),
+                             _json_bytes({"alias": alias, "version": version, "updated_at": _now()}))
+        return version
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """Complete version ids, oldest first."""
+        return [f"v{i}" for i in sorted(self._claimed_ids())
+                if storage.exists(self._version_url(f"v{i}", VERSION_FILE))]
+
+    def aliases(self) -> dict[str, str]:
+        found = {}
+        for entry in storage.ls(storage.join(self.url, "aliases")):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(".json") and not storage.is_temp(name):
+                found[name.removesuffix(".json")] = self._read_json(storage.join(self.url, "aliases", name))["version"]
+        return dict(sorted(found.items()))
+
+    def resolve(self, ref: str) -> str:
+        """The version id that `ref` (a version id, an alias or "latest") names."""
+        if _VERSION_ID.match(ref):
+            if storage.exists(self._version_url(ref, VERSION_FILE)):
+                return ref
+        elif ref == LATEST:
+            versions = self.versions()
+            if versions:
+                return versions[-1]
+        elif _ALIAS_NAME.match(ref) and storage.exists(self._alias_url(ref)):
+            return self._read_json(self._alias_url(ref))["version"]
+        known = self.versions()
+        raise RegistryError(f"unknown model {ref!r} in registry {self.url}: "
+                            + (f"versions {known}, aliases {sorted(self.aliases())}" if known else "it holds no versions"))
+
+    def show(self, ref: str) -> VersionInfo:
+        version = self.resolve(ref)
+        stamp = self._read_json(self._version_url(version, VERSION_FILE))
+        config = self._read_json(self._version_url(version, CONFIG_FILE))
+        return VersionInfo(
+            version=version,
+            content_hash=stamp["content_hash"],
+            created_at=stamp["created_at"],
+            model=config["model"],
+            resolution=config["resolution"],
+            attributes=config["attributes"],
+            provenance=self._read_json(self._version_url(version, PROVENANCE_FILE)),
+            aliases=[a for a, v in self.aliases().items() if v == version],
+        )
+
+    def list(self) -> list[VersionInfo]:
+        return [self.show(v) for v in self.versions()]
+
+    @staticmethod
+    def _build(model: dict[str, Any], resolution: int, attributes: dict[str, list[str]],
+               state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        from ganray.models.dcgan import Generator
+
+        generator = Generator(ModelConfig(**model), resolution, attributes)
+        try:
+            generator.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise RegistryError(f"the weights do not fit the model config: {e}") from None
+        return generator
+
+    def load_generator(self, ref: str, device: str | torch.device = "cpu") -> LoadedGenerator:
+        """The generator of `ref`, in eval mode on `device`, after checking its content hash."""
+        info = self.show(ref)
+        weights = storage.read_bytes(self._version_url(info.version, WEIGHTS_FILE))
+        config = storage.read_bytes(self._version_url(info.version, CONFIG_FILE))
+        if content_hash(weights, config) != info.content_hash:
+            raise RegistryError(f"version {info.version} in {self.url} is corrupt: its files do not match "
+                                f"the content hash {info.content_hash}")
+        generator = self._build(info.model, info.resolution, info.attributes, load_safetensors(weights))
+        return LoadedGenerator(version=info.version, generator=generator.to(device).eval(), info=info)

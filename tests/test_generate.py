@@ -1,0 +1,234 @@
+"""The bulk generation job on a real local Ray: rows, determinism, exactly-once resume, refusals, S3."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ganray import storage
+from ganray.cli import main as cli
+from ganray.config import GenerateJob, ModelConfig, load_config
+from ganray.generate.job import run_generate
+from ganray.generate.output import GenerateError
+from ganray.generate.render import decode_png, labels_for_conditions, render_faces
+from ganray.models.dcgan import Generator
+from ganray.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "adult", "senior"]}
+# 50 faces in shards of 16 (the last one short), both formats, balanced over gender, age drawn per seed.
+REFERENCE = {"count": 50, "shard_size": 16, "format": "both", "psi": 0.8, "seed_offset": 1000,
+             "balance": ["gender"], "batch_size": 64, "replicas": 1}
+# Many small shards, so that a run can be interrupted half way.
+INTERRUPTED = {"count": 160, "shard_size": 4, "format": "parquet", "psi": 1.0, "batch_size": 3}
+
+
+@pytest.fixture(scope="module")
+def registry_url(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(z_dim=16, g_width=8, conditional=True, embed_dim=4), 32, ATTRIBUTES)
+    with torch.no_grad():  # spread the weights: DCGAN's init gives near-flat images at this width
+        for p in g.parameters():
+            p.normal_(0.0, 0.3)
+    registry = Registry(str(tmp_path_factory.mktemp("registry")))
+    registry.promote(registry.push(g.state_dict(), ModelConfig(z_dim=16, g_width=8, conditional=True,
+                                                               embed_dim=4).model_dump(),
+                                   32, ATTRIBUTES, {"test": True}), "production")
+    return registry.url
+
+
+def overrides(registry_url: str, output: str, params: dict) -> list[str]:
+    return [f"registry.url={registry_url}", f"generate.output={output}", "generate.model=production",
+            "generate.progress_interval_s=0.5", *(f"generate.{k}={json.dumps(v)}" for k, v in params.items())]
+
+
+def generate(registry_url: str, output: str, **params) -> dict:
+    return run_generate(load_config(GenerateJob, None, overrides(registry_url, output, params)))
+
+
+def snapshot(url: str) -> dict[str, bytes]:
+    """Every file of an output (but the run's timings), by path relative to the output."""
+    fs, root = storage.url_to_fs(url)
+    return {path[len(root):].lstrip("/"): fs.cat_file(path) for path in fs.find(root)
+            if not path.endswith("summary.json")}
+
+
+def entries(output: str) -> list[str]:
+    return [u for u in storage.ls(storage.join(output, "_manifest")) if u.endswith(".json")]
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, registry_url, tmp_path_factory) -> str:
+    output = str(tmp_path_factory.mktemp("reference") / "faces")
+    generate(registry_url, output, **REFERENCE)
+    return output
+
+
+@pytest.fixture(scope="module")
+def interrupted_reference(ray_session, registry_url, tmp_path_factory) -> str:
+    output = str(tmp_path_factory.mktemp("interrupted-reference") / "faces")
+    generate(registry_url, output, **{**INTERRUPTED, "batch_size": 64})
+    return output
+
+
+def test_rows_are_unique_complete_balanced_and_decode_to_the_generator_output(reference, registry_url):
+    table = pq.read_table(os.path.join(reference, "parquet")).sort_by("face_id")
+    assert table.num_rows == 50 and table.column("face_id").to_pylist() == list(range(50))
+    assert table.column("seed").to_pylist() == [1000 + i for i in range(50)]
+    assert set(table.column("model_version").to_pylist()) == {"v1"}
+    assert table.column_names == ["face_id", "seed", "image", "width", "height", "model_version", "psi",
+                                  "conditions", "gender", "age", "job_id"]
+    genders = table.column("gender").to_pylist()
+    assert genders == ["female", "male"] * 25  # balanced: face i gets combination i mod 2
+    assert {json.loads(c)["age"] for c in table.column("conditions").to_pylist()} == set(ATTRIBUTES["age"])
+
+    manifest = json.loads(Path(reference, "manifest.json").read_text())
+    job = json.loads(Path(reference, "job.json").read_text())
+    assert manifest["job_id"] == job["job_id"] == table.column("job_id")[0].as_py()
+    assert manifest["parameters"]["model_version"] == "v1" and manifest["faces"] == 50
+    assert [s["face_ids"] for s in manifest["shards"]] == [[0, 16], [16, 32], [32, 48], [48, 50]]
+    summary = json.loads(Path(reference, "summary.json").read_text())
+    assert summary["faces"] == 50 and summary["shards"] == 4 and summary["faces_per_s"] > 0
+
+    # A stored PNG decodes to exactly the generator's uint8 output for that face.
+    g = Registry(registry_url).load_generator("v1").generator
+    row = table.slice(37, 1).to_pylist()[0]
+    labels = labels_for_conditions(g, json.loads(row["conditions"]), 1)
+    expected = render_faces(g, [row["seed"]], psi=0.8, labels=labels)[0]
+    np.testing.assert_array_equal(decode_png(row["image"]), expected)
+    # The PNG folder holds the same bytes, with its rows beside them.
+    assert Path(reference, "png", "shard-00002", "000000037.png").read_bytes() == row["image"]
+    meta = pq.read_table(os.path.join(reference, "png", "shard-00002", "metadata.parquet"))
+    assert meta.column("file").to_pylist()[5] == "png/shard-00002/000000037.png"
+    assert "image" not in meta.column_names and meta.num_rows == 16
+
+
+def test_same_bytes_whatever_the_batch_size_and_replica_count(reference, registry_url, tmp_path):
+    output = str(tmp_path / "faces")
+    generate(registry_url, output, **{**REFERENCE, "batch_size": 5, "replicas": 2})
+    assert snapshot(output) == snapshot(reference)
+
+
+def test_resume_after_the_driver_is_killed_gives_the_uninterrupted_bytes(
+        interrupted_reference, ray_session, registry_url, tmp_path):
+    output = str(tmp_path / "faces")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "ganray.cli", "generate",
+         *(a for o in overrides(registry_url, output, INTERRUPTED) for a in ("--set", o))],
+        cwd=REPO, env={**os.environ, "RAY_ADDRESS": ray_session.address_info["gcs_address"]},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(entries(output)) < 3 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait()
+    committed_at_kill = len(entries(output))
+    assert 3 <= committed_at_kill < 40 and not Path(output, "manifest.json").exists()
+    time.sleep(1)  # let Ray stop the dead driver's workers
+    committed = len(entries(output))
+    assert not Path(output, "_manifest", "shard-00038.json").exists()
+    # What a writer killed mid-shard leaves: a temporary file and a shard file without its entry.
+    Path(output, "parquet").mkdir(exist_ok=True)
+    Path(output, "parquet", "shard-00039.parquet.tmp-0123456789ab").write_bytes(b"partial")
+    Path(output, "parquet", "shard-00038.parquet").write_bytes(b"uncommitted")
+
+    summary = generate(registry_url, output, **INTERRUPTED)
+    assert summary["resumed"] and summary["shards_this_run"] == 40 - committed  # only the missing shards
+    assert snapshot(output) == snapshot(interrupted_reference)
+
+
+def _renderer_processes():
+    import psutil  # shipped with Ray (ray/thirdparty_files), importable once ray is imported
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("FaceRenderer" in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_a_killed_generator_actor_is_replaced_and_the_bytes_are_unchanged(
+        interrupted_reference, registry_url, tmp_path):
+    output = str(tmp_path / "faces")
+    killed = []
+
+    def kill_an_actor_mid_run():
+        deadline = time.monotonic() + 120
+        while len(entries(output)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for proc in _renderer_processes()[:1]:
+            proc.kill()
+            killed.append(len(entries(output)))
+
+    killer = threading.Thread(target=kill_an_actor_mid_run)
+    killer.start()
+    try:
+        generate(registry_url, output, **INTERRUPTED)
+    except Exception:  # if Ray Data gave up on the actor, a re-run finishes the job
+        generate(registry_url, output, **INTERRUPTED)
+    finally:
+        killer.join()
+    assert killed and killed[0] < 40, "the actor was not killed mid-run"
+    assert snapshot(output) == snapshot(interrupted_reference)
+
+
+def test_output_of_another_job_is_refused_and_left_alone(reference, registry_url, tmp_path):
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in Path(reference).rglob("*")}
+    with pytest.raises(GenerateError, match=r"belongs to another job(.|\n)*psi: 0.8 there, 0.5 in this job"):
+        generate(registry_url, reference, **{**REFERENCE, "psi": 0.5})
+    with pytest.raises(GenerateError, match="count: 50 there, 60 in this job"):
+        generate(registry_url, reference, **{**REFERENCE, "count": 60})
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in Path(reference).rglob("*")} == before
+
+    foreign = tmp_path / "not-ours"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("a,b\n")
+    with pytest.raises(GenerateError, match="not a ganray generate output"):
+        generate(registry_url, str(foreign), **REFERENCE)
+    assert [p.name for p in foreign.iterdir()] == ["data.csv"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"count": 0}, "generate.count: Input should be greater than 0"),
+    ({"shard_size": -5}, "generate.shard_size: Input should be greater than 0"),
+    ({"model": "v9"}, "unknown model 'v9'"),
+    ({"conditions": {"age": "old"}}, "unknown value 'old' for attribute 'age'"),
+    ({"balance": ["hair"]}, "cannot balance unknown attribute 'hair'"),
+])
+def test_bad_input_exits_2_and_writes_nothing(bad, message, registry_url, tmp_path, capsys):
+    output = tmp_path / "faces"
+    assert cli(["generate", *(a for o in overrides(registry_url, str(output), {**REFERENCE, **bad})
+                              for a in ("--set", o))]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_unwritable_output_exits_2(registry_url, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli(["generate", *(a for o in overrides(registry_url, str(blocker / "faces"), REFERENCE)
+                              for a in ("--set", o))]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert cli(["generate", *(a for o in overrides(registry_url, "s3://no-such-bucket/faces", REFERENCE)
+                              for a in ("--set", o))]) == 2
+    assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+
+
+def test_s3_output_has_the_same_bytes_as_local(reference, registry_url, s3_bucket):
+    output = f"s3://{s3_bucket}/faces"
+    summary = generate(registry_url, output, **REFERENCE)
+    assert summary["faces"] == 50 and summary["output"] == output
+    assert snapshot(output) == snapshot(reference)
+    assert json.loads(storage.read_bytes(f"{output}/summary.json"))["job_id"] == summary["job_id"]

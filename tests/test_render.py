@@ -1,0 +1,123 @@
+"""Seed -> face rendering: independent of batching, truncation, conditions, deterministic PNG bytes."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from ganray.config import ModelConfig
+from ganray.generate.render import (
+    decode_png,
+    encode_png,
+    labels_for_conditions,
+    latents_for_seeds,
+    render_faces,
+    resolve_conditions,
+)
+from ganray.models.dcgan import Generator
+
+ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "adult", "senior"]}
+
+
+def tiny_generator(conditional: bool = False, seed: int = 0) -> Generator:
+    """A small random generator whose faces use the whole pixel range (DCGAN's init at this width
+    gives nearly flat grey images, which would hide rounding differences)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(z_dim=16, g_width=8, conditional=conditional, embed_dim=4)
+    g = Generator(cfg, 32, ATTRIBUTES if conditional else None)
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0.0, 0.3)
+    return g.eval()
+
+
+def test_latents_depend_on_the_seed_alone():
+    batch = latents_for_seeds([5, 6, 7], z_dim=16)
+    assert torch.equal(batch[1], latents_for_seeds([6], 16)[0])
+    assert torch.equal(latents_for_seeds([7, 5], 16), batch[[2, 0]])
+    assert not torch.equal(batch[0], batch[1])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_faces_are_identical_across_batch_sizes_and_positions(precision):
+    g = tiny_generator()
+    seeds = list(range(100, 140))
+    whole = render_faces(g, seeds, psi=0.7, precision=precision)
+    assert whole.shape == (40, 32, 32, 3) and whole.dtype == np.uint8
+    in_chunks = np.concatenate([render_faces(g, seeds[i:i + 7], psi=0.7, precision=precision)
+                                for i in range(0, 40, 7)])
+    one_by_one = np.concatenate([render_faces(g, [s], psi=0.7, precision=precision) for s in seeds[::-1]])[::-1]
+    np.testing.assert_array_equal(whole, in_chunks)
+    np.testing.assert_array_equal(whole, one_by_one)
+    assert whole.std() > 20  # varied images, not flat grey
+
+
+def test_truncation_pulls_every_face_to_the_mean_latent():
+    g = tiny_generator()
+    at_mean = render_faces(g, [1, 2, 3], psi=0.0)
+    assert (at_mean == at_mean[0]).all()  # psi = 0: every seed gives the face of the mean latent
+    assert not (render_faces(g, [1, 2], psi=1.0)[0] == render_faces(g, [1, 2], psi=1.0)[1]).all()
+    # A model with a learned mean latent (a buffer named latent_mean) is truncated towards it.
+    mean = torch.randn(16, generator=torch.Generator().manual_seed(9))
+    g.register_buffer("latent_mean", mean)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = ((g(mean[None]).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    np.testing.assert_array_equal(render_faces(g, [4], psi=0.0)[0], expected[0].permute(1, 2, 0).numpy())
+
+
+def test_conditions_become_labels_and_bad_ones_are_named():
+    g = tiny_generator(conditional=True)
+    labels = labels_for_conditions(g, {"gender": "male", "age": "senior"}, batch=3)
+    assert labels.tolist() == [[1, 2]] * 3
+    with pytest.raises(ValueError, match="unknown attribute 'hair'"):
+        labels_for_conditions(g, {"hair": "red"}, batch=1)
+    with pytest.raises(ValueError, match="unknown value 'old' for attribute 'age'"):
+        labels_for_conditions(g, {"age": "old"}, batch=1)
+    with pytest.raises(ValueError, match="a value for attribute 'age' is required"):
+        labels_for_conditions(g, {"gender": "male"}, batch=1)
+    # With seeds, attributes left open are drawn per seed, the same way every time.
+    drawn = labels_for_conditions(g, {"gender": "female"}, batch=40, seeds=list(range(40)))
+    assert (drawn[:, 0] == 0).all() and set(drawn[:, 1].tolist()) == {0, 1, 2}
+    assert torch.equal(drawn, labels_for_conditions(g, {"gender": "female"}, 40, seeds=list(range(40))))
+    assert resolve_conditions(g, None, seed=3) == resolve_conditions(g, {}, seed=3)
+    with pytest.raises(ValueError, match="unconditional"):
+        labels_for_conditions(tiny_generator(), {"gender": "male"}, batch=1)
+    assert labels_for_conditions(tiny_generator(), None, batch=2) is None
+
+
+def test_conditions_change_the_face():
+    g = tiny_generator(conditional=True)
+    female = render_faces(g, [7], labels=labels_for_conditions(g, {"gender": "female", "age": "young"}, 1))
+    male = render_faces(g, [7], labels=labels_for_conditions(g, {"gender": "male", "age": "young"}, 1))
+    assert not np.array_equal(female, male)
+
+
+def test_training_mode_and_cpu_fp16_are_refused():
+    g = tiny_generator().train()
+    with pytest.raises(ValueError, match="training mode"):
+        render_faces(g, [1])
+    with pytest.raises(ValueError, match="needs a GPU"):
+        render_faces(g.eval(), [1], precision="fp16")
+
+
+def _png_chunk_types(data: bytes) -> list[bytes]:
+    types, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        types.append(data[pos + 4:pos + 8])
+        pos += 12 + length
+    return types
+
+
+def test_png_bytes_are_deterministic_lossless_and_without_metadata():
+    image = render_faces(tiny_generator(), [11])[0]
+    data = encode_png(image)
+    assert data == encode_png(image.copy())
+    np.testing.assert_array_equal(decode_png(data), image)
+    assert _png_chunk_types(data) == [b"IHDR", b"IDAT", b"IEND"]  # no time, text or gamma chunks
+    assert zlib.crc32(data) == zlib.crc32(encode_png(image))
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(image.astype(np.float32))
