@@ -325,7 +325,8 @@ def to_yaml(cfg: BaseModel) -> str:
 class ServedModel(Section):
     """Which registry model the face API serves, and how it notices that the alias moved."""
 
-    registry: str = Field("./registry", description="model registry URL (local path or s3://)")
+    registry: str | None = Field(
+        None, description="model registry URL (local path or s3://); None: $GANRAY_REGISTRY, else ./registry")
     alias: str = Field("production", min_length=1, description="registry alias (or version id) to serve")
     poll_interval_s: float = Field(
         10.0, ge=0, description="seconds between checks of the alias; a moved alias is hot-reloaded (0 = never)"

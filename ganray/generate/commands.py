@@ -6,6 +6,7 @@ import argparse
 from ganray.cli import UsageError, add_config_args
 from ganray.config import GenerateJob, load_config
 from ganray.generate.output import GenerateError
+from ganray.train.commands import CONFIG_DIR
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -24,5 +25,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="render N faces from a registry model into Parquet/PNG shards (resumable)",
         description="Render faces from a registry model into Parquet and/or PNG shards on Ray Data. "
                     "Re-running the same job resumes it; output of another job is refused.")
-    add_config_args(parser, default_config="configs/generate_demo.yaml")
+    add_config_args(parser, default_config=str(CONFIG_DIR / "generate_demo.yaml"))
     parser.set_defaults(handler=_generate)

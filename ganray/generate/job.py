@@ -8,7 +8,6 @@ the workers' memory flat. Re-running the same job resumes it; the result is the 
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from ganray.generate.output import (
 )
 from ganray.generate.plan import ConditionPlan, ShardRange, job_id, job_parameters, shard_ranges
 from ganray.registry import Registry, RegistryError, VersionInfo
+from ganray.runtime import init_ray
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,6 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
         shards=shard_ranges(cfg.count, cfg.shard_size),
         identity={"job_id": job_id(parameters), "parameters": parameters},
     )
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # None: $RAY_ADDRESS (set by `ray job submit`) if present, else a new local Ray.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
 
 
 def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
@@ -146,7 +138,7 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
     faces_written = bytes_written = 0
     pipeline_started = time.monotonic()
     if missing:
-        _init_ray(job.ray_address)
+        init_ray(job.ray_address)
         # In a terminal Ray Data draws progress bars; elsewhere (logs, CI) we print a line now and then.
         print_progress = not sys.stdout.isatty()
         committed_now: set[int] = set()

@@ -53,7 +53,7 @@ from ganray.generate.render import (
     render_faces,
     resolve_conditions,
 )
-from ganray.registry import LoadedGenerator, Registry
+from ganray.registry import LoadedGenerator, Registry, registry_url
 from ganray.serve.schemas import (
     SEED_MAX,
     Face,
@@ -395,7 +395,7 @@ def parse_app_args(args: dict[str, Any]) -> FaceServiceConfig:
 def build_app(args: dict[str, Any] | FaceServiceConfig) -> Application:
     """The Ray Serve application builder (`import_path: ganray.serve.app:build_app`)."""
     config = args if isinstance(args, FaceServiceConfig) else parse_app_args(args)
-    model = config.model.model_copy(update={"registry": normalize_url(config.model.registry)})
+    model = config.model.model_copy(update={"registry": normalize_url(registry_url(config.model.registry))})
     limits = config.api.model_copy(update={"api_key": config.api.api_key or os.environ.get(API_KEY_ENV) or None})
     gen = config.generator
     generator = FaceGenerator.options(

@@ -37,8 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not cluster:
         # Locally the registry is reachable from here: refuse a model that cannot serve now, rather
         # than after Serve has retried its replicas. (A cluster may see storage that we cannot.)
+        from ganray.registry import registry_url
+
         version = _check_model(job)
-        print(f"serving {job.model.alias!r} = {version} from {job.model.registry}", flush=True)
+        print(f"serving {job.model.alias!r} = {version} from {registry_url(job.model.registry)}", flush=True)
 
     import ray
     from ray import serve
@@ -76,11 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _check_model(job: ServeJob) -> str:
     from ganray.cli import UsageError
-    from ganray.registry import Registry, RegistryError
+    from ganray.registry import Registry, RegistryError, registry_url
     from ganray.storage import normalize_url
 
     try:
-        return Registry(normalize_url(job.model.registry)).load_generator(job.model.alias).version
+        return Registry(normalize_url(registry_url(job.model.registry))).load_generator(job.model.alias).version
     except RegistryError as e:
         raise UsageError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - whatever it is, nothing could be served
