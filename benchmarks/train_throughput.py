@@ -90,7 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--width", type=int, default=64, help="g_width = d_width (64 = classic DCGAN)")
-    p.add_argument("--batch", type=int, default=64, help="global batch")
+    p.add_argument("--batch", type=int, default=128, help="global batch (128 as in the DCGAN paper)")
     p.add_argument("--steps", type=int, default=60, help="timed steps")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--images", type=int, default=2048, help="built-in faces in the dataset")

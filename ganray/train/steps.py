@@ -59,8 +59,9 @@ class GANSteps:
     def discriminator_step(self, real: Tensor, labels: Tensor | None) -> DStepResult:
         cfg = self.cfg
         z = torch.randn(real.shape[0], self.z_dim, device=self.device)
+        # G only makes inputs here: call it past DDP, which would sync its buffers for nothing.
         with torch.no_grad(), self.autocast():
-            fake = self.G(z, labels).float()
+            fake = unwrap(self.G)(z, labels).float()
         with self.autocast():
             real_logits = self.D(real, labels).float()
             fake_logits = self.D(fake, labels).float()
@@ -79,9 +80,15 @@ class GANSteps:
     def generator_step(self, batch_size: int, labels: Tensor | None, step: int) -> Tensor:
         """Fakes for `labels` (the last real batch's, so G sees the data's attribute mix)."""
         z = torch.randn(batch_size, self.z_dim, device=self.device)
-        with self.autocast():
-            fake_logits = self.D(self.G(z, labels), labels).float()
-        loss = self.loss.g_loss(fake_logits)
+        # D is a fixed function in this step: with its weights frozen and DDP bypassed, backward
+        # computes no weight gradients for D and all-reduces none (StyleGAN's requires_grad toggle).
+        D = unwrap(self.D).requires_grad_(False)
+        try:
+            with self.autocast():
+                fake_logits = D(self.G(z, labels), labels).float()
+            loss = self.loss.g_loss(fake_logits)
+        finally:
+            D.requires_grad_(True)
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss).backward()
         self.scaler_G.step(self.opt_G)
