@@ -139,3 +139,15 @@ def remove(url: str) -> None:
         fs.rm(path, recursive=True)
     except FileNotFoundError:
         pass
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The inverse of url_to_fs: a URL that another process can open."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def pyarrow_filesystem(fs: fsspec.AbstractFileSystem):
+    """The same filesystem for pyarrow / ray.data.read_parquet (keeps this module's S3 settings)."""
+    import pyarrow.fs as pafs
+
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))

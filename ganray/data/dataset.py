@@ -16,7 +16,7 @@ import torch
 
 from ganray.config import ConfigError, DataConfig
 from ganray.data import preprocess
-from ganray.data._fs import join, pyarrow_filesystem, url_to_fs
+from ganray.storage import join, pyarrow_filesystem, url_to_fs
 from ganray.data.importer import MANIFEST_NAME, read_manifest
 from ganray.data.synthetic import ATTRIBUTES, RENDERER_VERSION, synthetic_dataset
 

@@ -33,7 +33,7 @@ import ray
 
 from ganray.config import ConfigError, ImportConfig, LabelConfig
 from ganray.data import preprocess
-from ganray.data._fs import join, new_run_id, temp_name, to_url, url_to_fs, write_bytes_atomic
+from ganray.storage import atomic_write, join, temp_name, to_url, url_to_fs
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "ganray-shards/1"
@@ -370,11 +370,10 @@ def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, ma
     the temporary files are removed.
     """
     fs, root = url_to_fs(cfg.dst)
-    run_id = new_run_id()
     starts = list(range(cfg.shard_rows, n_kept, cfg.shard_rows))
     slices = kept.split_at_indices(starts) if starts else [kept.materialize()]
     names = [SHARD_NAME.format(i) for i in range(len(slices))]
-    temps = [join(root, temp_name(name, run_id)) for name in names]
+    temps = [temp_name(join(root, name)) for name in names]
     created_root = not fs.exists(root)
     fs.makedirs(root, exist_ok=True)
     try:
@@ -390,7 +389,7 @@ def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, ma
                     fs.rm_file(join(root, shard["file"]))
         for tmp, name in zip(temps, names):
             fs.mv(tmp, join(root, name))
-        write_bytes_atomic(fs, join(root, MANIFEST_NAME), json.dumps(manifest, indent=1).encode())
+        atomic_write(to_url(fs, join(root, MANIFEST_NAME)), json.dumps(manifest, indent=1).encode())
     except BaseException:
         fs.invalidate_cache(root)
         for tmp in temps:
