@@ -76,7 +76,8 @@ def to_training_batch(batch: dict[str, np.ndarray], hflip: bool,
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     label_names = [k for k in batch if k != "image"]  # column order = attribute order
     if label_names:
-        labels = torch.stack([torch.as_tensor(batch[k], dtype=torch.int64) for k in label_names], dim=1)
+        # np.stack copies: Ray hands out read-only arrays, which torch warns about sharing.
+        labels = torch.from_numpy(np.stack([batch[k] for k in label_names], axis=1).astype(np.int64))
     else:
         labels = torch.zeros((x.shape[0], 0), dtype=torch.int64)
     return x.contiguous(), labels
