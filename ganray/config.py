@@ -357,26 +357,20 @@ class ReplicaOptions(Section):
 
 
 class GeneratorDeploymentConfig(ReplicaOptions):
-    """The batched generator deployment, where the model runs. Its callers are the ingress replicas."""
+    """The face API's one deployment: FastAPI ingress and batched generator in each replica (the
+    model runs where the HTTP request lands: one actor hop per request). Its callers are the proxies."""
 
     target_ongoing_requests: float = Field(32, gt=0)
-    max_ongoing_requests: int = Field(64, gt=0)
-    max_queued_requests: int = Field(128, gt=0)
+    max_ongoing_requests: int = Field(128, gt=0)
+    max_queued_requests: int = Field(256, gt=0, description="requests queued at each HTTP proxy before it "
+                                     "answers 503: the bound on the queue")
     num_cpus: float = Field(1.0, ge=0)
-    max_batch_size: int = Field(64, gt=0, description="most faces per forward pass (@serve.batch)")
+    max_batch_size: int = Field(64, gt=0, description="most faces per forward pass")
     batch_wait_timeout_s: float = Field(
-        0.002, ge=0, description="how long a partial batch waits for more faces (@serve.batch)"
+        0.0005, ge=0, description="how long a partial batch waits for more faces before it renders; "
+        "requests that arrive while a batch renders form the next batch whatever this is"
     )
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads per replica")
-
-
-class IngressDeploymentConfig(ReplicaOptions):
-    """The FastAPI ingress deployment: HTTP, validation, fan-in to the generator. Its callers are the proxies."""
-
-    target_ongoing_requests: float = Field(64, gt=0)
-    max_ongoing_requests: int = Field(128, gt=0)
-    max_queued_requests: int = Field(256, gt=0)
-    num_cpus: float = Field(0.5, ge=0)
 
 
 class FaceAPIConfig(Section):
@@ -397,7 +391,6 @@ class FaceServiceConfig(Section):
     model: ServedModel = ServedModel()
     api: FaceAPIConfig = FaceAPIConfig()
     generator: GeneratorDeploymentConfig = GeneratorDeploymentConfig()
-    ingress: IngressDeploymentConfig = IngressDeploymentConfig()
 
     @model_validator(mode="after")
     def _one_request_fits_a_batch(self) -> "FaceServiceConfig":

@@ -1,4 +1,4 @@
-"""What goes over the wire: the HTTP API's JSON bodies, and the messages between the two deployments."""
+"""What goes over the wire (the HTTP API's JSON bodies), and what the endpoints pass to the batched renderer."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +11,7 @@ PSI_MIN, PSI_MAX = 0.0, 2.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Between the ingress and the generator deployment
+# Between the endpoints and the batched renderer (in the same replica)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class RenderResult:
 
 @dataclass(frozen=True)
 class ServedModelInfo:
-    """What one generator replica serves (GET /v1/model, /healthz)."""
+    """What one replica serves (GET /v1/model, /healthz)."""
 
     version: str
     alias: str
@@ -54,7 +54,7 @@ class ServedModelInfo:
 
 @dataclass(frozen=True)
 class LoadError:
-    """The last model the generator failed to load (it keeps serving the one it had)."""
+    """The last model the replica failed to load (it keeps serving the one it had)."""
 
     version: str | None  # None when the alias itself could not be resolved
     error: str
