@@ -116,8 +116,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
-            state = torch.load(os.path.join(directory, ckpt.STATE_FILE), map_location=device,
-                               weights_only=True)
+            state = ckpt.load_state(directory, map_location=device)
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
