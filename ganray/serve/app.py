@@ -353,7 +353,7 @@ class FaceAPI:
             requests = [r for r, _ in batch]
             try:
                 if faces <= INLINE_FACES:
-                    # A face or two renders in a few ms: a thread hand-off would cost more than the
+                    # One face renders in a few ms: a thread hand-off would cost more than the
                     # loop's wait; requests that arrive meanwhile still form the next batch.
                     results = self._render_sync(model, precision, requests)
                 else:
