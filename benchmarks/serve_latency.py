@@ -6,11 +6,14 @@ It starts its own local Ray and Serve, pushes a DCGAN-64 with random weights to 
 serves it with ganray's default serving config (except where flags say otherwise), and prints:
 
   - latency p50/p95/p99 of GET /v1/faces/{seed}.png with 1 client;
-  - throughput (faces/s) with 1, 8 and 32 concurrent clients, each face its own GET;
+  - throughput (faces/s) with 1, 8 and 32 concurrent clients, each face its own GET, and how many
+    faces the generator rendered per forward pass meanwhile (from GET /v1/model);
   - the same with POST /v1/faces batches (format=base64), where HTTP costs are shared by many faces;
   - served / offline: throughput at 32 clients over render_faces + encode_png batched in one process
     with the same model and torch threads (the ceiling for this model on these threads);
-  - serving overhead: p50 at 1 client minus one image's forward + encode in process.
+  - serving overhead: p50 at 1 client minus one image's forward + encode in process;
+  - where the CPU goes: CPU ms per GET by process (this client, Serve's HTTP proxy, each
+    deployment's replica, the rest of Ray), read from /proc around each level.
 
 Every level sends a fixed number of requests, then everything this script started is shut down.
 Clients, proxy, ingress and model share the machine's cores: on 2 cores the numbers are a floor.
@@ -75,6 +78,58 @@ def single_image_ms(generator: torch.nn.Module, repeats: int) -> float:
         encode_png(render_faces(generator, [seed], 1.0, labels)[0])
         times.append(time.perf_counter() - start)
     return statistics.median(times[10:]) * 1000
+
+
+def process_roles() -> dict[int, str]:
+    """This machine's Ray processes by role, from their titles (`ray::ServeReplica:app:FaceAPI`, ...)."""
+    import psutil
+
+    roles = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if "ray::ProxyActor" in title:
+            roles[proc.pid] = "proxy"
+        elif "ray::ServeReplica" in title:
+            roles[proc.pid] = "replica " + title.split(":")[-1].split()[0]
+        elif "ray::" in title or "raylet" in title or "gcs_server" in title:
+            roles[proc.pid] = "ray other"
+    return roles
+
+
+class CpuMeter:
+    """CPU seconds spent by role (client = this process, proxy, each deployment's replicas, the rest
+    of Ray) while a load level runs: where the cores go."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.roles = process_roles()
+        self.roles[psutil.Process().pid] = "client"
+
+    def snapshot(self) -> dict[int, float]:
+        times = {}
+        for pid in self.roles:
+            try:
+                t = self.psutil.Process(pid).cpu_times()
+                times[pid] = t.user + t.system
+            except self.psutil.NoSuchProcess:
+                pass
+        return times
+
+    def spent(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+        by_role: dict[str, float] = {}
+        for pid, seconds in after.items():
+            role = self.roles[pid]
+            by_role[role] = by_role.get(role, 0.0) + seconds - before.get(pid, seconds)
+        return by_role
+
+
+def rendered(base: str) -> dict[str, int]:
+    """What the generator replica has rendered so far (GET /v1/model): batches and faces."""
+    import httpx
+
+    return httpx.get(f"{base}/v1/model", timeout=30).json()["rendered"]
 
 
 async def load(base: str, clients: int, requests: int, faces_per_request: int, seed0: int) -> tuple[float, list[float]]:
@@ -161,24 +216,33 @@ def main() -> int:
         p50 = percentile(latencies, 50)
         rows += [("GET latency, 1 client: p50 / p95 / p99",
                   f"{p50:.1f} / {percentile(latencies, 95):.1f} / {percentile(latencies, 99):.1f} ms")]
-        served = {}
-        for clients in (1, 8, 32):
-            faces_per_s, latencies = asyncio.run(load(base, clients, args.requests, 1, seed0=clients * 10**6))
-            served[clients] = faces_per_s
-            spread = f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms"
-            rows.append((f"GET throughput, {clients} clients", f"{faces_per_s:.0f} faces/s ({spread})"))
+        served: dict[tuple[str, int], float] = {}
+        meter = CpuMeter()
+        cpu_rows: list[tuple[str, str]] = []
         post_requests = max(args.requests // args.post_faces, 20)
-        for clients in (1, 8):
-            faces_per_s, latencies = asyncio.run(load(base, clients, post_requests, args.post_faces,
-                                                      seed0=clients * 10**7))
-            spread = f"p50 {percentile(latencies, 50):.1f} ms per request"
-            rows.append((f"POST {args.post_faces} faces, {clients} clients", f"{faces_per_s:.0f} faces/s ({spread})"))
+        levels = [("GET", clients, args.requests, 1) for clients in (1, 8, 32)]
+        levels += [("POST", clients, post_requests, args.post_faces) for clients in (1, 8, 32)]
+        for method, clients, requests, faces in levels:
+            before, rendered_before = meter.snapshot(), rendered(base)
+            faces_per_s, latencies = asyncio.run(load(base, clients, requests, faces, seed0=clients * 10**7))
+            spent, rendered_after = meter.spent(before, meter.snapshot()), rendered(base)
+            served[method, clients] = faces_per_s
+            batches = rendered_after["batches"] - rendered_before["batches"]
+            per_batch = (rendered_after["faces"] - rendered_before["faces"]) / max(batches, 1)
+            name = f"GET throughput, {clients} clients" if method == "GET" else \
+                f"POST {faces} faces, {clients} clients"
+            spread = f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms"
+            rows.append((name, f"{faces_per_s:.0f} faces/s ({spread}; {per_batch:.1f} faces per forward pass)"))
+            if method == "GET":
+                cpu_rows.append((f"CPU ms per GET, {clients} clients", ", ".join(
+                    f"{role} {seconds * 1000 / requests:.2f}" for role, seconds in sorted(spent.items()))))
         rows += [
             (f"offline render_faces+encode_png, batch {config.generator.max_batch_size}", f"{offline:.0f} faces/s"),
-            ("served (GET, 32 clients) / offline", f"{served[32] / offline:.2f}  (goal >= 0.8)"),
+            ("served (GET, 32 clients) / offline", f"{served['GET', 32] / offline:.2f}  (goal >= 0.8)"),
+            (f"served (POST {args.post_faces}, 32 clients) / offline", f"{served['POST', 32] / offline:.2f}"),
             ("one face forward+encode in process", f"{model_ms:.1f} ms"),
             ("serving overhead: p50 at 1 client - that", f"{p50 - model_ms:.1f} ms  (goal <= 15 ms)"),
-        ]
+        ] + cpu_rows
     finally:
         serve.shutdown()
         ray.shutdown()

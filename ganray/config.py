@@ -357,20 +357,31 @@ class ReplicaOptions(Section):
 
 
 class GeneratorDeploymentConfig(ReplicaOptions):
-    """The face API's one deployment: FastAPI ingress and batched generator in each replica (the
-    model runs where the HTTP request lands: one actor hop per request). Its callers are the proxies."""
+    """The batched generator deployment, where the model runs. Its callers are the ingress replicas."""
 
     target_ongoing_requests: float = Field(32, gt=0)
-    max_ongoing_requests: int = Field(128, gt=0)
-    max_queued_requests: int = Field(256, gt=0, description="requests queued at each HTTP proxy before it "
-                                     "answers 503: the bound on the queue")
+    max_ongoing_requests: int = Field(64, gt=0)
+    max_queued_requests: int = Field(128, gt=0)
     num_cpus: float = Field(1.0, ge=0)
-    max_batch_size: int = Field(64, gt=0, description="most faces per forward pass")
+    max_batch_size: int = Field(64, gt=0, description="most faces per forward pass (@serve.batch)")
     batch_wait_timeout_s: float = Field(
-        0.0005, ge=0, description="how long a partial batch waits for more faces before it renders; "
-        "requests that arrive while a batch renders form the next batch whatever this is"
+        0.0005, ge=0, description="how long a partial batch waits for more faces when the generator is idle "
+        "(@serve.batch)"
+    )
+    max_gather_s: float = Field(
+        0.05, ge=0, description="while a batch renders, the next one gathers for about as long as a render "
+        "takes, at most this long (0: always batch_wait_timeout_s)"
     )
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads per replica")
+
+
+class IngressDeploymentConfig(ReplicaOptions):
+    """The FastAPI ingress deployment: HTTP, validation, fan-in to the generator. Its callers are the proxies."""
+
+    target_ongoing_requests: float = Field(64, gt=0)
+    max_ongoing_requests: int = Field(128, gt=0)
+    max_queued_requests: int = Field(256, gt=0)
+    num_cpus: float = Field(0.5, ge=0)
 
 
 class FaceAPIConfig(Section):
@@ -391,6 +402,7 @@ class FaceServiceConfig(Section):
     model: ServedModel = ServedModel()
     api: FaceAPIConfig = FaceAPIConfig()
     generator: GeneratorDeploymentConfig = GeneratorDeploymentConfig()
+    ingress: IngressDeploymentConfig = IngressDeploymentConfig()
 
     @model_validator(mode="after")
     def _one_request_fits_a_batch(self) -> "FaceServiceConfig":

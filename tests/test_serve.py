@@ -3,7 +3,7 @@
 Three applications share one Serve instance, each under its own route prefix:
   /main      the API as configured for users (with an API key), serving alias `production`;
   /reload    alias `staging`, polled fast, its key from $GANRAY_API_KEY: hot reload and failed reload;
-  /overload  a tiny queue and batches that never fill (each waits): 503 + Retry-After.
+  /overload  tiny queues and a generator that waits for batches that never fill: 503 + Retry-After.
 Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a temp registry.
 """
 from __future__ import annotations
@@ -63,6 +63,7 @@ def app_config(**sections) -> FaceServiceConfig:
     """Small replicas (the session's Ray has 2 CPUs, shared by three applications)."""
     base = {
         "generator": {"num_cpus": 0.2, "max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        "ingress": {"num_cpus": 0.1},
         "api": {"max_count": 8},
     }
     for name, values in sections.items():
@@ -121,7 +122,8 @@ def service(ray_session, registry, bulk_faces):
             model={"registry": url},
             # Batches of 4 never fill (at most 2 requests reach the replica): each waits 0.5 s.
             generator={"max_batch_size": 4, "batch_wait_timeout_s": 0.5, "max_ongoing_requests": 2,
-                       "max_queued_requests": 2},
+                       "max_queued_requests": 1},
+            ingress={"max_ongoing_requests": 4, "max_queued_requests": 2},
             api={"max_count": 4, "retry_after_s": 2},
         ))
         env.setenv("GANRAY_API_KEY", ENV_KEY)
@@ -179,10 +181,15 @@ def test_face_png_is_a_real_bulk_jobs_bytes(main, bulk_faces, registry):
 def test_concurrent_requests_are_batched_without_changing_bytes(main, registry):
     reg, _, versions = registry
     seeds = list(range(100, 124))
+    before = main.get("/v1/model").json()["rendered"]  # the one generator replica's counters
     with ThreadPoolExecutor(len(seeds)) as pool:
         responses = list(pool.map(lambda s: main.get(f"/v1/faces/{s}.png", params={"psi": 0.5}), seeds))
     assert [r.status_code for r in responses] == [200] * len(seeds)
     assert [r.content for r in responses] == expected_pngs(reg, versions[0], seeds, 0.5)
+    after = main.get("/v1/model").json()["rendered"]
+    # Every face rendered once, and @serve.batch put some of them in the same forward pass.
+    assert after["faces"] - before["faces"] == len(seeds)
+    assert after["batches"] - before["batches"] < len(seeds), (before, after)
 
 
 def test_post_base64(main, registry):
@@ -224,6 +231,7 @@ def test_model_and_health(main, registry, service):
     assert info["conditions"] == ATTRIBUTES and info["load_error"] is None
     assert info["limits"] == {"max_count": 8, "max_seed": MAX_SEED, "psi_min": 0.0, "psi_max": 2.0,
                               "default_psi": 1.0}
+    assert info["rendered"]["faces"] >= info["rendered"]["batches"] >= 0
 
     health = httpx.get(f"{service['main']}/healthz")  # open without the key
     assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": versions[0]}
@@ -309,9 +317,11 @@ def test_overload_is_503_with_retry_after_and_recovers(service):
     # the bounds strictly need (see ray/serve/_private/router.py): at least one gets through.
     assert rejected and 200 in statuses, statuses
     assert all(r.headers.get("retry-after") == "2" for r in rejected), [dict(r.headers) for r in rejected]
-    # The bounded queue turned requests away: the proxy's, in front of the one deployment (max 2).
+    # Both bounded queues turned requests away: the proxy's in front of the ingress (max 2) and the
+    # ingress's in front of the generator (max 1).
     messages = {r.text for r in rejected}
-    assert all("max_queued_requests=2" in m for m in messages), messages
+    assert any("max_queued_requests=2" in m for m in messages), messages
+    assert any("max_queued_requests=1" in m for m in messages), messages
     assert httpx.get(f"{base}/v1/faces/1.png", timeout=30).status_code == 200
 
 

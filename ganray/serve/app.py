@@ -1,16 +1,17 @@
-"""The face API on Ray Serve: one deployment that is both the FastAPI ingress and the batched,
-hot-reloading generator.
+"""The face API on Ray Serve: a FastAPI ingress in front of a batched, hot-reloading generator.
 
-    HTTP -> Serve proxy -> FaceAPI (auth, validation, PNG/JSON responses, and the model: concurrent
-                                    requests' faces are rendered in one forward pass)
+    HTTP -> Serve proxy -> FaceAPI (ingress: auth, validation, PNG/JSON responses)
+                        -> FaceGenerator (@serve.batch: one forward pass for many requests' faces)
 
-The model lives in the ingress replica itself: a request costs one actor hop (proxy -> replica), not
-two, and no result is serialized between deployments. Autoscaling scales the one deployment.
+The split lets each side scale on its own: ingress replicas on CPUs, generator replicas where the
+model's CPUs or GPUs are, with every ingress replica's requests batching together in a generator.
+The generator's batches are counted in faces (a POST of 8 seeds fills 8 places), and while one
+batch renders the next gathers for about as long as a render takes (see FaceGenerator.render).
 
 A face is the one of `ganray.generate.render`: for the same model version, seed, psi and
 conditions the API returns exactly the bytes the bulk job writes.
 
-Each replica serves a registry alias (e.g. `production`). It re-resolves the alias every
+The generator serves a registry alias (e.g. `production`). It re-resolves the alias every
 `model.poll_interval_s`, and also whenever Serve hands it a new user_config (`serve deploy` with
 changed args, no restart). A new version is loaded and test-rendered beside the current one, then
 swapped in with one assignment: a batch uses the model it started with, so requests in flight
@@ -18,19 +19,20 @@ never fail. A version that fails to load leaves the current one serving; the err
 shown in GET /v1/model. Each replica follows the alias on its own, so for up to one poll interval
 replicas may serve different versions: every response names its version (X-Model-Version).
 
-Overload: the deployment has a bounded queue (`max_queued_requests`, per proxy). Past it, the proxy
-rejects with 503 and Retry-After, through Ray Serve's own backpressure handling (`backpressure_config`).
+Overload: both deployments have a bounded queue (`max_queued_requests`). Past it, the proxy (for
+the ingress) and the ingress's handle (for the generator) reject with 503 and Retry-After, through
+Ray Serve's own backpressure handling (`backpressure_config`).
 
 Run it with `ganray serve` (local Ray), or `serve run` / `serve deploy configs/serve.yaml`.
 """
 import asyncio
 import base64
-import collections
 import datetime
 import logging
 import os
 import random
 import secrets
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,6 +44,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from ray.serve.handle import DeploymentHandle
 
 from ganray.config import (
     FaceAPIConfig,
@@ -68,6 +71,7 @@ from ganray.serve.schemas import (
     ModelLoadError,
     ModelResponse,
     RenderRequest,
+    Rendered,
     RenderResult,
     ServedModelInfo,
 )
@@ -77,19 +81,20 @@ from ganray.storage import normalize_url
 logger = logging.getLogger("ray.serve")
 
 API_KEY_ENV = "GANRAY_API_KEY"
-INLINE_FACES = 1  # batches this small render on the event loop, not in a thread
+RENDER_EMA = 0.8  # weight of the past in the moving average of render times
 
 
 # ---------------------------------------------------------------------------------------------
-# The one deployment: HTTP ingress and batched generator
+# The generator deployment
 
 
 class LiveSettings(BaseModel):
-    """The deployment's user_config: what can change on running replicas without a restart."""
+    """The generator's user_config: what can change on running replicas without a restart."""
 
     model: ServedModel
     max_batch_size: int
     batch_wait_timeout_s: float
+    max_gather_s: float
 
 
 def count_faces(requests: list[RenderRequest]) -> int:
@@ -101,170 +106,27 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------------------------
-# The HTTP API
-
-api = FastAPI(
-    title="ganray face API",
-    description=(
-        "Faces from a GAN in the ganray model registry. The same model version, seed, psi and "
-        "conditions always give the same PNG bytes, the ones the bulk generation job writes. "
-        "Every response names the model version in `X-Model-Version`. A full queue answers 503 "
-        "with `Retry-After`. When an API key is configured, every endpoint except /healthz and "
-        "the docs needs it in `X-API-Key`."
-    ),
-)
-API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def require_api_key(key: str | None = Security(API_KEY_HEADER)) -> None:
-    """401 unless the request carries the key this replica was configured with.
-
-    A dependency, so it runs before parameter validation: without the key you learn nothing else.
-    """
-    serve.get_replica_context().servable_object.check_api_key(key)
-
-
-def invalid(loc: tuple[str | int, ...], msg: str, value: Any) -> RequestValidationError:
-    """A 422 in FastAPI's own shape, for the checks that depend on config or on the model."""
-    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
-
-
 @serve.deployment
-@serve.ingress(api)
-class FaceAPI:
-    """The face API's replica: HTTP endpoints, and the model behind a registry alias, which it
-    renders in batches and follows when the alias moves."""
+class FaceGenerator:
+    """Renders faces with the model behind a registry alias, and follows the alias when it moves."""
 
-    def __init__(self, limits: FaceAPIConfig, torch_threads: int, device: str):
+    def __init__(self, torch_threads: int, device: str):
         torch.set_num_threads(torch_threads)
-        self._limits = limits
         self._device = device
         self._settings: LiveSettings | None = None
         self._registry: Registry | None = None
         self._model: LoadedGenerator | None = None
         self._load_error: LoadError | None = None
         self._reload_lock = asyncio.Lock()
+        self._render_s = 0.0  # moving average of a batch's render time: how long the next one gathers
+        self._batches = self._faces = 0  # rendered since start (GET /v1/model)
         self._poller: asyncio.Task | None = None
-        # Requests waiting for the renderer, and the task that renders them in batches (render()).
-        self._pending: collections.deque[tuple[RenderRequest, asyncio.Future]] = collections.deque()
-        self._renderer: asyncio.Task | None = None
-
-    def check_api_key(self, key: str | None) -> None:
-        expected = self._limits.api_key
-        if expected is not None and (key is None or not secrets.compare_digest(key, expected)):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)",
-                                headers={"WWW-Authenticate": "ApiKey"})
-
-    @api.get("/healthz", summary="liveness: the service answers and has a model")
-    async def healthz(self) -> Health:
-        info = self.model_info()
-        return Health(status="ok", model_version=info.version)
-
-    @api.get("/v1/model", summary="the served model, its accepted conditions, and the last failed reload",
-             dependencies=[Depends(require_api_key)])
-    async def model(self, response: Response) -> ModelResponse:
-        info = self.model_info()
-        response.headers["X-Model-Version"] = info.version
-        error = info.load_error
-        return ModelResponse(
-            version=info.version, alias=info.alias, registry=info.registry, resolution=info.resolution,
-            z_dim=info.z_dim, precision=info.precision, conditions=info.conditions,
-            load_error=ModelLoadError(version=error.version, error=error.error, at=error.at) if error else None,
-            limits=Limits(max_count=self._limits.max_count, max_seed=self._limits.max_seed,
-                          default_psi=self._limits.default_psi),
-        )
-
-    @api.get(
-        "/v1/faces/{seed}.png",
-        summary="one face as a PNG",
-        description="Any query parameter other than `psi` is a condition, e.g. `?psi=0.7&age=young`. "
-                    "Attributes left out are drawn from the seed. Headers: X-Model-Version, X-Seed, X-Psi, "
-                    "X-Conditions (the face's full conditions, URL-encoded).",
-        response_class=Response,
-        responses={200: {"content": {"image/png": {}}}},
-        dependencies=[Depends(require_api_key)],
-    )
-    async def face_png(
-        self,
-        request: Request,
-        seed: int = Path(ge=0, le=SEED_MAX, description="the face's seed"),
-        psi: float | None = Query(None, ge=0, le=2, description="truncation psi (default: the service's)"),
-    ) -> Response:
-        self._check_seed(seed, ("path", "seed"))
-        conditions = self._conditions_from_query(request)
-        psi = self._limits.default_psi if psi is None else psi
-        result: RenderResult = await self.render(RenderRequest((seed,), psi, conditions))
-        if result.error:
-            raise invalid(("query",), result.error, conditions)
-        headers = {"X-Model-Version": result.model_version, "X-Seed": str(seed), "X-Psi": repr(psi),
-                   "X-Conditions": urlencode(result.conditions[0])}
-        return Response(result.pngs[0], media_type="image/png", headers=headers)
-
-    @api.post(
-        "/v1/faces",
-        summary="several faces: base64 PNGs inline, or GET URLs",
-        dependencies=[Depends(require_api_key)],
-    )
-    async def faces(self, body: FacesRequest, request: Request, response: Response) -> FacesResponse:
-        seeds = self._seeds_for(body)
-        psi = self._limits.default_psi if body.psi is None else body.psi
-        render_request = RenderRequest(tuple(seeds), psi, body.conditions)
-        # format=png renders nothing here: each face's URL renders it, with the same bytes.
-        if body.format == "base64":
-            result: RenderResult = await self.render(render_request)
-        else:
-            result = self.describe(render_request)
-        if result.error:
-            raise invalid(("body", "conditions"), result.error, body.conditions)
-        response.headers["X-Model-Version"] = result.model_version
-        faces = []
-        for i, (seed, conditions) in enumerate(zip(seeds, result.conditions)):
-            if body.format == "base64":
-                where = {"image_base64": base64.b64encode(result.pngs[i]).decode("ascii")}
-            else:
-                url = request.url_for("face_png", seed=str(seed)).include_query_params(psi=psi, **conditions)
-                where = {"url": str(url)}
-            faces.append(Face(seed=seed, psi=psi, conditions=conditions, model_version=result.model_version, **where))
-        return FacesResponse(model_version=result.model_version, format=body.format, faces=faces)
-
-    def _check_seed(self, seed: int, loc: tuple[str | int, ...]) -> None:
-        if seed > self._limits.max_seed:
-            raise invalid(loc, f"seed must be at most {self._limits.max_seed}", seed)
-
-    @staticmethod
-    def _conditions_from_query(request: Request) -> dict[str, str]:
-        conditions: dict[str, str] = {}
-        for name, value in request.query_params.multi_items():
-            if name == "psi":
-                continue
-            if name in conditions:
-                raise invalid(("query", name), f"condition {name!r} is given more than once", value)
-            conditions[name] = value
-        return conditions
-
-    def _seeds_for(self, body: FacesRequest) -> list[int]:
-        max_count = self._limits.max_count
-        if body.seeds is None:
-            count = body.count or 1
-            if count > max_count:
-                raise invalid(("body", "count"), f"count must be at most {max_count}", count)
-            return [random.randint(0, self._limits.max_seed) for _ in range(count)]
-        if body.count is not None and body.count != len(body.seeds):
-            raise invalid(("body", "count"), f"count ({body.count}) differs from the number of seeds "
-                                             f"({len(body.seeds)})", body.count)
-        if len(body.seeds) > max_count:
-            raise invalid(("body", "seeds"), f"at most {max_count} seeds per request", len(body.seeds))
-        for i, seed in enumerate(body.seeds):
-            self._check_seed(seed, ("body", "seeds", i))
-        return body.seeds
-
-    # -----------------------------------------------------------------------------------------
-    # The model
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this before the first request and whenever user_config changes."""
         settings = LiveSettings.model_validate(user_config)
+        self.render.set_max_batch_size(settings.max_batch_size)
+        self.render.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._settings = settings
         self._registry = Registry(settings.model.registry)
         await self._follow_alias()
@@ -319,55 +181,26 @@ class FaceAPI:
         serving = self._model.version if self._model else "nothing"
         logger.error(f"cannot load {self._settings.model.alias!r} -> {version}: {message} (still serving {serving})")
 
-    async def render(self, request: RenderRequest) -> RenderResult:
-        """One request's faces, rendered in a batch with the requests waiting beside it."""
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
-        if self._renderer is None or self._renderer.done():
-            self._renderer = asyncio.create_task(self._render_pending())
-        return await future
-
-    async def _render_pending(self) -> None:
-        """Renders the waiting requests, batch after batch, until none wait.
-
-        Continuous batching: a lone request renders at once (after batch_wait_timeout_s, a fraction
-        of a millisecond by default), and the requests that arrive while a batch renders form the
-        next one. A batch holds at most max_batch_size faces; a request's faces are never split.
-        (Not @serve.batch: that forms the next batch while one renders, so a short wait splits the
-        queue into small batches, and a long one delays every lone request.)
-        """
-        while self._pending:
-            settings = self._settings
-            if settings.batch_wait_timeout_s > 0 and count_faces([r for r, _ in self._pending]) < settings.max_batch_size:
-                await asyncio.sleep(settings.batch_wait_timeout_s)
-            batch: list[tuple[RenderRequest, asyncio.Future]] = []
-            faces = 0
-            while self._pending and (not batch or faces + len(self._pending[0][0].seeds) <= settings.max_batch_size):
-                item = self._pending.popleft()
-                batch.append(item)
-                faces += len(item[0].seeds)
-            batch = [(r, f) for r, f in batch if not f.done()]  # cancelled: the client went away
-            if not batch:
-                continue
-            model, precision = self._model, settings.model.precision  # one model for the whole batch
-            requests = [r for r, _ in batch]
-            try:
-                if faces <= INLINE_FACES:
-                    # One face renders in a few ms: a thread hand-off would cost more than the
-                    # loop's wait; requests that arrive meanwhile still form the next batch.
-                    results = self._render_sync(model, precision, requests)
-                else:
-                    # In a thread: the event loop stays free to take the next requests while this batch renders.
-                    results = await asyncio.to_thread(self._render_sync, model, precision, requests)
-            except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving the next
-                logger.exception("rendering a batch failed")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+    @serve.batch(batch_size_fn=count_faces)
+    async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
+        """Called with one RenderRequest; Serve gathers concurrent calls into `requests`."""
+        model, precision = self._model, self._settings.model.precision  # one model for the whole batch
+        # Serve gathers the next batch while this one renders, for batch_wait_timeout_s after its
+        # first request. A short wait would split the requests that arrive during this render into
+        # many small batches (a face alone costs ~8x its share of a batch of 64 on CPU); so while a
+        # batch renders, the next one gathers for about as long as a render takes. A request that
+        # finds the generator idle still waits only batch_wait_timeout_s.
+        self.render.set_batch_wait_timeout_s(max(self._settings.batch_wait_timeout_s, self._render_s))
+        self._batches += 1
+        self._faces += count_faces(requests)
+        start = time.perf_counter()
+        try:
+            # In a thread: the event loop stays free to take the next requests while this batch renders.
+            return await asyncio.to_thread(self._render_sync, model, precision, requests)
+        finally:
+            self._render_s = min(RENDER_EMA * self._render_s + (1 - RENDER_EMA) * (time.perf_counter() - start),
+                                 self._settings.max_gather_s)
+            self.render.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
 
     @staticmethod
     def _render_sync(model: LoadedGenerator, precision: str,
@@ -396,7 +229,7 @@ class FaceAPI:
                 start = end
         return results
 
-    def describe(self, request: RenderRequest) -> RenderResult:
+    async def describe(self, request: RenderRequest) -> RenderResult:
         """The faces' resolved conditions and model version, without rendering them."""
         model = self._model
         try:
@@ -405,21 +238,183 @@ class FaceAPI:
             return RenderResult(model_version=model.version, error=str(e))
         return RenderResult(model_version=model.version, conditions=rows)
 
-    def model_info(self) -> ServedModelInfo:
+    async def model_info(self) -> ServedModelInfo:
         model, source = self._model, self._settings.model
         return ServedModelInfo(
             version=model.version, alias=source.alias, registry=source.registry,
             resolution=model.generator.resolution, z_dim=model.generator.z_dim, precision=source.precision,
             conditions=dict(model.generator.condition_values), load_error=self._load_error,
+            batches=self._batches, faces=self._faces,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP ingress
+
+api = FastAPI(
+    title="ganray face API",
+    description=(
+        "Faces from a GAN in the ganray model registry. The same model version, seed, psi and "
+        "conditions always give the same PNG bytes, the ones the bulk generation job writes. "
+        "Every response names the model version in `X-Model-Version`. A full queue answers 503 "
+        "with `Retry-After`. When an API key is configured, every endpoint except /healthz and "
+        "the docs needs it in `X-API-Key`."
+    ),
+)
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def require_api_key(key: str | None = Security(API_KEY_HEADER)) -> None:
+    """401 unless the request carries the key this replica was configured with.
+
+    A dependency, so it runs before parameter validation: without the key you learn nothing else.
+    (async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request.)
+    """
+    serve.get_replica_context().servable_object.check_api_key(key)
+
+
+def invalid(loc: tuple[str | int, ...], msg: str, value: Any) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, for the checks that depend on config or on the model."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+@serve.deployment
+@serve.ingress(api)
+class FaceAPI:
+    def __init__(self, generator: DeploymentHandle, limits: FaceAPIConfig):
+        self._generator = generator
+        self._limits = limits
+
+    def check_api_key(self, key: str | None) -> None:
+        expected = self._limits.api_key
+        if expected is not None and (key is None or not secrets.compare_digest(key, expected)):
+            raise HTTPException(401, "missing or wrong API key (header X-API-Key)",
+                                headers={"WWW-Authenticate": "ApiKey"})
+
+    @api.get("/healthz", summary="liveness: the service answers and has a model")
+    async def healthz(self) -> Health:
+        info: ServedModelInfo = await self._generator.model_info.remote()
+        return Health(status="ok", model_version=info.version)
+
+    @api.get("/v1/model", summary="the served model, its accepted conditions, and the last failed reload",
+             dependencies=[Depends(require_api_key)])
+    async def model(self, response: Response) -> ModelResponse:
+        info: ServedModelInfo = await self._generator.model_info.remote()
+        response.headers["X-Model-Version"] = info.version
+        error = info.load_error
+        return ModelResponse(
+            version=info.version, alias=info.alias, registry=info.registry, resolution=info.resolution,
+            z_dim=info.z_dim, precision=info.precision, conditions=info.conditions,
+            load_error=ModelLoadError(version=error.version, error=error.error, at=error.at) if error else None,
+            limits=Limits(max_count=self._limits.max_count, max_seed=self._limits.max_seed,
+                          default_psi=self._limits.default_psi),
+            rendered=Rendered(batches=info.batches, faces=info.faces),
+        )
+
+    @api.get(
+        "/v1/faces/{seed}.png",
+        summary="one face as a PNG",
+        description="Any query parameter other than `psi` is a condition, e.g. `?psi=0.7&age=young`. "
+                    "Attributes left out are drawn from the seed. Headers: X-Model-Version, X-Seed, X-Psi, "
+                    "X-Conditions (the face's full conditions, URL-encoded).",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+        dependencies=[Depends(require_api_key)],
+    )
+    async def face_png(
+        self,
+        request: Request,
+        seed: int = Path(ge=0, le=SEED_MAX, description="the face's seed"),
+        psi: float | None = Query(None, ge=0, le=2, description="truncation psi (default: the service's)"),
+    ) -> Response:
+        self._check_seed(seed, ("path", "seed"))
+        conditions = self._conditions_from_query(request)
+        psi = self._limits.default_psi if psi is None else psi
+        result: RenderResult = await self._generator.render.remote(RenderRequest((seed,), psi, conditions))
+        if result.error:
+            raise invalid(("query",), result.error, conditions)
+        headers = {"X-Model-Version": result.model_version, "X-Seed": str(seed), "X-Psi": repr(psi),
+                   "X-Conditions": urlencode(result.conditions[0])}
+        return Response(result.pngs[0], media_type="image/png", headers=headers)
+
+    @api.post(
+        "/v1/faces",
+        summary="several faces: base64 PNGs inline, or GET URLs",
+        dependencies=[Depends(require_api_key)],
+    )
+    async def faces(self, body: FacesRequest, request: Request, response: Response) -> FacesResponse:
+        seeds = self._seeds_for(body)
+        psi = self._limits.default_psi if body.psi is None else body.psi
+        render_request = RenderRequest(tuple(seeds), psi, body.conditions)
+        # format=png renders nothing here: each face's URL renders it, with the same bytes.
+        method = self._generator.render if body.format == "base64" else self._generator.describe
+        result: RenderResult = await method.remote(render_request)
+        if result.error:
+            raise invalid(("body", "conditions"), result.error, body.conditions)
+        response.headers["X-Model-Version"] = result.model_version
+        faces = []
+        for i, (seed, conditions) in enumerate(zip(seeds, result.conditions)):
+            if body.format == "base64":
+                where = {"image_base64": base64.b64encode(result.pngs[i]).decode("ascii")}
+            else:
+                url = request.url_for("face_png", seed=str(seed)).include_query_params(psi=psi, **conditions)
+                where = {"url": str(url)}
+            faces.append(Face(seed=seed, psi=psi, conditions=conditions, model_version=result.model_version, **where))
+        return FacesResponse(model_version=result.model_version, format=body.format, faces=faces)
+
+    def _check_seed(self, seed: int, loc: tuple[str | int, ...]) -> None:
+        if seed > self._limits.max_seed:
+            raise invalid(loc, f"seed must be at most {self._limits.max_seed}", seed)
+
+    @staticmethod
+    def _conditions_from_query(request: Request) -> dict[str, str]:
+        conditions: dict[str, str] = {}
+        for name, value in request.query_params.multi_items():
+            if name == "psi":
+                continue
+            if name in conditions:
+                raise invalid(("query", name), f"condition {name!r} is given more than once", value)
+            conditions[name] = value
+        return conditions
+
+    def _seeds_for(self, body: FacesRequest) -> list[int]:
+        max_count = self._limits.max_count
+        if body.seeds is None:
+            count = body.count or 1
+            if count > max_count:
+                raise invalid(("body", "count"), f"count must be at most {max_count}", count)
+            return [random.randint(0, self._limits.max_seed) for _ in range(count)]
+        if body.count is not None and body.count != len(body.seeds):
+            raise invalid(("body", "count"), f"count ({body.count}) differs from the number of seeds "
+                                             f"({len(body.seeds)})", body.count)
+        if len(body.seeds) > max_count:
+            raise invalid(("body", "seeds"), f"at most {max_count} seeds per request", len(body.seeds))
+        for i, seed in enumerate(body.seeds):
+            self._check_seed(seed, ("body", "seeds", i))
+        return body.seeds
 
 
 # ---------------------------------------------------------------------------------------------
 # The application
 
 
-def deployment_options(options: ReplicaOptions, retry_after_s: float) -> dict[str, Any]:
+# Ray Serve settings for our replicas (read when a replica starts; Ray-internal names, re-check
+# them on Ray upgrades). Each saves a cross-thread hand-off or a write per request; on a 2-core
+# machine they took about a quarter off the ingress's CPU per request (benchmarks/serve_latency.py).
+REPLICA_ENV = {
+    # The deployment's code on Serve's own event loop, not on a second loop in a second thread.
+    # (The model renders in a worker thread, so the loop never blocks for long.)
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    # The ingress's handle to the generator routes on that same loop, not on a router thread.
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # Replica logs (access log included) go to the replica's log file only, not also to stderr.
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+}
+
+
+def deployment_options(options: ReplicaOptions, retry_after_s: float, access_log: bool) -> dict[str, Any]:
     return {
+        "logging_config": {"enable_access_log": access_log},
         "autoscaling_config": {
             "min_replicas": options.min_replicas,
             "max_replicas": options.max_replicas,
@@ -427,10 +422,7 @@ def deployment_options(options: ReplicaOptions, retry_after_s: float) -> dict[st
         },
         "ray_actor_options": {
             "num_cpus": options.num_cpus, "num_gpus": options.num_gpus,
-            # The replica's code on Serve's own event loop, not on a second loop in a second thread:
-            # one cross-thread hand-off less per request. (The model renders in a worker thread,
-            # so the loop never blocks for long.) Merged with the application's runtime_env.
-            "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
+            "runtime_env": {"env_vars": REPLICA_ENV},  # merged with the application's runtime_env
         },
         "max_ongoing_requests": options.max_ongoing_requests,
         "max_queued_requests": options.max_queued_requests,
@@ -452,8 +444,10 @@ def build_app(args: dict[str, Any] | FaceServiceConfig) -> Application:
     model = config.model.model_copy(update={"registry": normalize_url(registry_url(config.model.registry))})
     limits = config.api.model_copy(update={"api_key": config.api.api_key or os.environ.get(API_KEY_ENV) or None})
     gen = config.generator
-    return FaceAPI.options(
-        **deployment_options(gen, config.api.retry_after_s),
+    generator = FaceGenerator.options(
+        **deployment_options(gen, config.api.retry_after_s, access_log=False),
         user_config=LiveSettings(model=model, max_batch_size=gen.max_batch_size,
-                                 batch_wait_timeout_s=gen.batch_wait_timeout_s).model_dump(mode="json"),
-    ).bind(limits, torch_threads=gen.torch_threads, device="cuda" if gen.num_gpus > 0 else "cpu")
+                                 batch_wait_timeout_s=gen.batch_wait_timeout_s,
+                                 max_gather_s=gen.max_gather_s).model_dump(mode="json"),
+    ).bind(torch_threads=gen.torch_threads, device="cuda" if gen.num_gpus > 0 else "cpu")
+    return FaceAPI.options(**deployment_options(config.ingress, config.api.retry_after_s, access_log=True)).bind(generator, limits)

@@ -1,4 +1,4 @@
-"""What goes over the wire (the HTTP API's JSON bodies), and what the endpoints pass to the batched renderer."""
+"""What goes over the wire: the HTTP API's JSON bodies, and the messages between the two deployments."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +11,7 @@ PSI_MIN, PSI_MAX = 0.0, 2.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Between the endpoints and the batched renderer (in the same replica)
+# Between the ingress and the generator deployment
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class RenderResult:
 
 @dataclass(frozen=True)
 class ServedModelInfo:
-    """What one replica serves (GET /v1/model, /healthz)."""
+    """What one generator replica serves (GET /v1/model, /healthz)."""
 
     version: str
     alias: str
@@ -50,11 +50,13 @@ class ServedModelInfo:
     precision: str
     conditions: dict[str, list[str]]
     load_error: LoadError | None
+    batches: int  # forward passes this replica has run since it started...
+    faces: int  # ...and the faces they rendered
 
 
 @dataclass(frozen=True)
 class LoadError:
-    """The last model the replica failed to load (it keeps serving the one it had)."""
+    """The last model the generator failed to load (it keeps serving the one it had)."""
 
     version: str | None  # None when the alias itself could not be resolved
     error: str
@@ -120,6 +122,11 @@ class ModelLoadError(BaseModel):
     at: str
 
 
+class Rendered(BaseModel):
+    batches: int
+    faces: int
+
+
 class ModelResponse(BaseModel):
     """GET /v1/model: what this replica serves, and the last reload that failed, if any."""
 
@@ -134,6 +141,8 @@ class ModelResponse(BaseModel):
         None, description="the alias points at a version that failed to load; the version above keeps serving"
     )
     limits: Limits
+    rendered: Rendered = Field(description="what the generator replica that answered has rendered since it "
+                               "started (faces / batches: how well requests are being batched)")
 
 
 class Health(BaseModel):
