@@ -12,6 +12,8 @@ serves it with ganray's default serving config (except where flags say otherwise
   - served / offline: throughput at 32 clients over render_faces + encode_png batched in one process
     with the same model and torch threads (the ceiling for this model on these threads);
   - serving overhead: p50 at 1 client minus one image's forward + encode in process;
+  - the same 32-client GET load on a Serve app with the same route that renders nothing: the
+    ceiling of single-face GETs on this machine, whatever the model costs;
   - where the CPU goes: CPU ms per GET by process (this client, Serve's HTTP proxy, each
     deployment's replica, the rest of Ray), read from /proc around each level.
 
@@ -125,6 +127,27 @@ class CpuMeter:
         return by_role
 
 
+def no_model_app(png: bytes):
+    """A Serve app with the face API's GET route and replica settings that returns a fixed PNG: what
+    Serve's HTTP path alone costs here (the ceiling for single-face GETs, whatever the model)."""
+    from fastapi import FastAPI, Response
+    from ray import serve
+
+    from ganray.serve.app import REPLICA_ENV
+
+    api = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5,
+                                                                   "runtime_env": {"env_vars": REPLICA_ENV}})
+    @serve.ingress(api)
+    class NoModel:
+        @api.get("/v1/faces/{seed}.png")
+        async def face_png(self, seed: int) -> Response:
+            return Response(png, media_type="image/png", headers={"X-Seed": str(seed)})
+
+    return NoModel.bind()
+
+
 def rendered(base: str) -> dict[str, int]:
     """What the generator replica has rendered so far (GET /v1/model): batches and faces."""
     import httpx
@@ -202,6 +225,7 @@ def main() -> int:
     generator = registry.load_generator(version).generator
     offline = offline_throughput(generator, config.generator.max_batch_size, batches=20)
     model_ms = single_image_ms(generator, repeats=200)
+    png_bytes = encode_png(render_faces(generator, [0], 1.0, labels_for_conditions(generator, None, 1, seeds=[0]))[0])
 
     rows: list[tuple[str, str]] = []
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"), log_to_driver=False)
@@ -236,12 +260,18 @@ def main() -> int:
             if method == "GET":
                 cpu_rows.append((f"CPU ms per GET, {clients} clients", ", ".join(
                     f"{role} {seconds * 1000 / requests:.2f}" for role, seconds in sorted(spent.items()))))
+        # The ceiling of any single-face GET design here: an ingress that renders nothing.
+        serve.delete("bench")
+        serve.run(no_model_app(png_bytes), name="no-model", route_prefix="/")
+        asyncio.run(load(base, 8, 200, 1, seed0=0))
+        no_model, _ = asyncio.run(load(base, 32, args.requests, 1, seed0=0))
         rows += [
             (f"offline render_faces+encode_png, batch {config.generator.max_batch_size}", f"{offline:.0f} faces/s"),
             ("served (GET, 32 clients) / offline", f"{served['GET', 32] / offline:.2f}  (goal >= 0.8)"),
             (f"served (POST {args.post_faces}, 32 clients) / offline", f"{served['POST', 32] / offline:.2f}"),
             ("one face forward+encode in process", f"{model_ms:.1f} ms"),
             ("serving overhead: p50 at 1 client - that", f"{p50 - model_ms:.1f} ms  (goal <= 15 ms)"),
+            ("GET, 32 clients, an ingress with no model", f"{no_model:.0f} requests/s = {no_model / offline:.2f} x offline"),
         ] + cpu_rows
     finally:
         serve.shutdown()
