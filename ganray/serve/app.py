@@ -281,6 +281,9 @@ def invalid(loc: tuple[str | int, ...], msg: str, value: Any) -> RequestValidati
 @serve.deployment
 @serve.ingress(api)
 class FaceAPI:
+    """The HTTP side: checks the key and the input, asks the generator deployment for faces, and
+    shapes the responses. It holds no model, so it scales on CPUs apart from the generator."""
+
     def __init__(self, generator: DeploymentHandle, limits: FaceAPIConfig):
         self._generator = generator
         self._limits = limits
