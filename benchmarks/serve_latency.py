@@ -8,7 +8,8 @@ serves it with ganray's default serving config (except where flags say otherwise
   - latency p50/p95/p99 of GET /v1/faces/{seed}.png with 1 client;
   - throughput (faces/s) with 1, 8 and 32 concurrent clients, each face its own GET, and how many
     faces the generator rendered per forward pass meanwhile (from GET /v1/model);
-  - the same with POST /v1/faces batches (format=base64), where HTTP costs are shared by many faces;
+  - the same with POST /v1/faces of api.max_count faces (format=base64), where HTTP costs are
+    shared by many faces;
   - served / offline: throughput at 32 clients over render_faces + encode_png batched in one process
     with the same model and torch threads (the ceiling for this model on these threads);
   - serving overhead: p50 at 1 client minus one image's forward + encode in process;
@@ -192,7 +193,8 @@ def main() -> int:
                         "and of the offline baseline")
     parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
     parser.add_argument("--latency-requests", type=int, default=300, help="sequential requests for 1-client latency")
-    parser.add_argument("--post-faces", type=int, default=16, help="faces per POST in the batched rows")
+    parser.add_argument("--post-faces", type=int, default=None, help="faces per POST in the batched rows "
+                        "(default: the config's api.max_count, the most a POST may ask for)")
     parser.add_argument("--max-batch-size", type=int, default=None, help="generator.max_batch_size "
                         "(default: the config's)")
     parser.add_argument("--batch-wait-ms", type=float, default=None, help="generator.batch_wait_timeout_s in ms "
@@ -243,9 +245,11 @@ def main() -> int:
         served: dict[tuple[str, int], float] = {}
         meter = CpuMeter()
         cpu_rows: list[tuple[str, str]] = []
-        post_requests = max(args.requests // args.post_faces, 20)
+        post_faces = args.post_faces or config.api.max_count
         levels = [("GET", clients, args.requests, 1) for clients in (1, 8, 32)]
-        levels += [("POST", clients, post_requests, args.post_faces) for clients in (1, 8, 32)]
+        # Enough POSTs that every client sends several.
+        levels += [("POST", clients, max(args.requests // post_faces, 4 * clients), post_faces)
+                   for clients in (1, 8, 32)]
         for method, clients, requests, faces in levels:
             before, rendered_before = meter.snapshot(), rendered(base)
             faces_per_s, latencies = asyncio.run(load(base, clients, requests, faces, seed0=clients * 10**7))
@@ -268,7 +272,7 @@ def main() -> int:
         rows += [
             (f"offline render_faces+encode_png, batch {config.generator.max_batch_size}", f"{offline:.0f} faces/s"),
             ("served (GET, 32 clients) / offline", f"{served['GET', 32] / offline:.2f}  (goal >= 0.8)"),
-            (f"served (POST {args.post_faces}, 32 clients) / offline", f"{served['POST', 32] / offline:.2f}"),
+            (f"served (POST {post_faces}, 32 clients) / offline", f"{served['POST', 32] / offline:.2f}"),
             ("one face forward+encode in process", f"{model_ms:.1f} ms"),
             ("serving overhead: p50 at 1 client - that", f"{p50 - model_ms:.1f} ms  (goal <= 15 ms)"),
             ("GET, 32 clients, an ingress with no model", f"{no_model:.0f} requests/s = {no_model / offline:.2f} x offline"),
