@@ -163,30 +163,6 @@ class Registry:
             {"version": version, "content_hash": content_hash(weights, config), "created_at": _now()}))
         return version
 
-    def push_from_run(self, storage_path: str, run_name: str) -> str:
-        """Push G_ema of the newest checkpoint of a training run."""
-        from ganray.train.checkpoint import latest_checkpoint, load_state, read_meta
-
-        checkpoint = latest_checkpoint(storage_path, run_name)
-        if checkpoint is None:
-            raise RegistryError(f"no checkpoint found for run {run_name!r} under {storage_path}")
-        state = load_state(checkpoint)
-        meta = read_meta(checkpoint)
-        config = state["config"]
-        provenance = {
-            "run_name": run_name,
-            "storage_path": storage_path,
-            "checkpoint": checkpoint,
-            "step": state["step"],
-            "images_seen": state["images_seen"],
-            "dataset_manifest_hash": state["manifest_hash"],
-            "metrics": meta.get("metrics", {}),
-            "trained_at": meta.get("created_at"),
-            "train_config": config,
-        }
-        return self.push(state["G_ema"], config["model"], config["data"]["resolution"], state["attributes"],
-                         provenance)
-
     def promote(self, ref: str, alias: str) -> str:
         """Point `alias` at the version `ref` resolves to (one atomic write); returns that version."""
         if not _ALIAS_NAME.match(alias) or _VERSION_ID.match(alias) or alias == LATEST:

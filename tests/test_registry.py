@@ -11,7 +11,7 @@ import torch
 from ganray import storage
 from ganray.cli import main as cli
 from ganray.config import ModelConfig
-from ganray.generate.render import render_faces
+from ganray.models.face import render_faces
 from ganray.models.dcgan import Generator
 from ganray.registry import Registry, RegistryError
 

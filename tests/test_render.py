@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ganray.config import ModelConfig
-from ganray.generate.render import (
+from ganray.models.face import (
     decode_png,
     encode_png,
     labels_for_conditions,

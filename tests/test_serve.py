@@ -23,7 +23,7 @@ import yaml
 from conftest import REPO, free_port
 
 from ganray.config import FaceServiceConfig, ModelConfig, ServeJob, load_config
-from ganray.generate.render import encode_png, labels_for_conditions, render_faces
+from ganray.models.face import encode_png, labels_for_conditions, render_faces
 from ganray.models.dcgan import Generator
 from ganray.registry import Registry
 

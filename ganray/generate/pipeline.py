@@ -53,7 +53,7 @@ class FaceRenderer:
         self.batch_size, self.precision = batch_size, precision
 
     def _render(self, face_ids: range) -> np.ndarray:
-        from ganray.generate.render import labels_for_rows, render_faces
+        from ganray.models.face import labels_for_rows, render_faces
 
         seeds = [self.seed_offset + i for i in face_ids]
         labels = labels_for_rows(self.generator, [self.plan.for_face(i, s) for i, s in zip(face_ids, seeds)])
@@ -74,7 +74,7 @@ class FaceRenderer:
 
 def encode_pngs(batch: pa.Table) -> pa.Table:
     """pixels -> one PNG per face (a list<binary> column); the raw pixels are dropped."""
-    from ganray.generate.render import encode_png
+    from ganray.models.face import encode_png
 
     pngs = []
     for row in batch.to_pylist():

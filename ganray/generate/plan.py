@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ganray.config import GenerateConfig
-from ganray.generate.render import complete_conditions
+from ganray.models.face import complete_conditions
 from ganray.registry import VersionInfo
 
 LAYOUT_VERSION = "ganray-generate/1"  # bump when the bytes a job writes change for the same parameters

@@ -8,7 +8,7 @@ model's CPUs or GPUs are, with every ingress replica's requests batching togethe
 The generator's batches are counted in faces (a POST of 8 seeds fills 8 places), and while one
 batch renders the next gathers for about as long as a render takes (see FaceGenerator.render).
 
-A face is the one of `ganray.generate.render`: for the same model version, seed, psi and
+A face is the one of `ganray.models.face`: for the same model version, seed, psi and
 conditions the API returns exactly the bytes the bulk job writes.
 
 The generator serves a registry alias (e.g. `production`). It re-resolves the alias every
@@ -53,7 +53,7 @@ from ganray.config import (
     ServedModel,
     load_config,
 )
-from ganray.generate.render import (
+from ganray.models.face import (
     encode_png,
     labels_for_rows,
     render_faces,

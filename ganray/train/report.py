@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ganray.config import TrainJob
-from ganray.generate.render import render_faces
+from ganray.models.face import render_faces
 
 
 def grid_labels(attributes: dict[str, list[str]], condition_names: list[str], count: int) -> torch.Tensor:

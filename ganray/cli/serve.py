@@ -6,16 +6,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
+from ganray.cli.common import CONFIG_DIR, UsageError, add_config_args
 from ganray.config import ServeJob, load_config
 
-LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve_local.yaml"
+LOCAL_CONFIG = CONFIG_DIR / "serve_local.yaml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ganray.cli import add_config_args
-
     serve = sub.add_parser(
         "serve", help="serve faces over HTTP with Ray Serve (blocks; Ctrl-C stops)",
         description="Start the face API (GET /v1/faces/{seed}.png, POST /v1/faces, GET /v1/model, "
@@ -77,7 +75,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_model(job: ServeJob) -> str:
-    from ganray.cli import UsageError
     from ganray.registry import Registry, RegistryError, registry_url
     from ganray.storage import normalize_url
 

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ganray.cli import UsageError, add_config_args
+from ganray.cli.common import CONFIG_DIR, UsageError, add_config_args
 from ganray.config import GenerateJob, load_config
-from ganray.generate.output import GenerateError
-from ganray.train.commands import CONFIG_DIR
 
 
 def _generate(args: argparse.Namespace) -> int:
     job = load_config(GenerateJob, args.config, args.overrides)
     from ganray.generate.job import run_generate
+    from ganray.generate.output import GenerateError
 
     try:
         run_generate(job)
@@ -25,5 +24,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="render N faces from a registry model into Parquet/PNG shards (resumable)",
         description="Render faces from a registry model into Parquet and/or PNG shards on Ray Data. "
                     "Re-running the same job resumes it; output of another job is refused.")
-    add_config_args(parser, default_config=str(CONFIG_DIR / "generate_demo.yaml"))
+    add_config_args(parser, default_config=CONFIG_DIR / "generate_demo.yaml")
     parser.set_defaults(handler=_generate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ganray.cli import UsageError
+from ganray.cli.common import UsageError
 from ganray.registry import REGISTRY_ENV, Registry, RegistryError
 
 
@@ -15,7 +15,9 @@ def _registry(args: argparse.Namespace) -> Registry:
 def _push(args: argparse.Namespace) -> int:
     storage_path, run_name = args.from_run
     registry = _registry(args)
-    version = registry.push_from_run(storage_path, run_name)
+    from ganray.train.publish import push_run
+
+    version = push_run(registry, storage_path, run_name)
     print(f"pushed {run_name} as {version} to {registry.url}")
     if args.promote:
         registry.promote(version, args.promote)

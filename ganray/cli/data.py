@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ganray.cli.common import UsageError, add_config_args
 from ganray.config import ImportJob, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ganray.cli import add_config_args
-
     data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     imp = data_sub.add_parser(
@@ -33,7 +32,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + overrides
     job = load_config(ImportJob, args.config, overrides)
 
-    from ganray.cli import UsageError
     from ganray.data.importer import run_import
     from ganray.runtime import init_ray
 

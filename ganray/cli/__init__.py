@@ -1,0 +1,42 @@
+"""The `ganray` console script.
+
+Each subcommand lives in its own module in this package with a `register(subparsers)` function;
+this file is the table of contents. Every handler takes the parsed args and returns an exit status.
+Config and usage errors exit with status 2 before any Ray work starts. The command modules import
+the rest of the package lazily (inside handlers), so `ganray --help` does not import torch or Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ganray.cli import data, demo, generate, registry, serve, train
+from ganray.cli.common import UsageError
+from ganray.config import ConfigError
+
+# In the order `ganray --help` lists them.
+COMMAND_MODULES = (demo, train, data, registry, generate, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ganray",
+        description="Train face GANs on Ray; generate labeled synthetic-face datasets; serve faces.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ConfigError, UsageError) as e:
+        print(f"ganray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,6 @@
+"""`python -m ganray.cli ...` is the `ganray` console script."""
+import sys
+
+from ganray.cli import main
+
+sys.exit(main())
