@@ -30,7 +30,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 def raw_faces_per_s(generator, batch_size: int, seconds: float, with_png: bool) -> tuple[float, float]:
     """(faces/s, CPU seconds per 1000 faces) of rendering in this process."""
-    from ganray.models.face import encode_png, render_faces
+    from ganray.images import encode_png
+    from ganray.models.face import render_faces
 
     render_faces(generator, list(range(batch_size)))  # warm-up: kernels are built on first use
     faces, start, cpu_start, seed = 0, time.perf_counter(), time.process_time(), 0

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ganray.config import FaceServiceConfig, ModelConfig
-from ganray.models.face import encode_png, labels_for_conditions, render_faces
+from ganray.images import encode_png
+from ganray.models.face import labels_for_conditions, render_faces
 from ganray.models.dcgan import Generator
 from ganray.registry import Registry
 

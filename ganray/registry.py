@@ -16,7 +16,6 @@ atomic write. The content hash is sha256(weights bytes + config.json bytes); loa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -65,7 +64,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def content_hash(weights: bytes, config: bytes) -> str:
-    return hashlib.sha256(weights + config).hexdigest()
+    return storage.sha256_hex(weights + config)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import posixpath
 import uuid
 from typing import Any
 
+import hashlib
+
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
@@ -151,3 +153,8 @@ def pyarrow_filesystem(fs: fsspec.AbstractFileSystem):
     import pyarrow.fs as pafs
 
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def sha256_hex(data: bytes) -> str:
+    """The content hash ganray uses everywhere (shards, imported images, registry versions)."""
+    return hashlib.sha256(data).hexdigest()

@@ -20,7 +20,8 @@ from ganray.cli import main as cli
 from ganray.config import GenerateJob, ModelConfig, load_config
 from ganray.generate.job import run_generate
 from ganray.generate.output import GenerateError
-from ganray.models.face import decode_png, labels_for_conditions, render_faces
+from ganray.images import decode_png
+from ganray.models.face import labels_for_conditions, render_faces
 from ganray.models.dcgan import Generator
 from ganray.registry import Registry
 

@@ -14,6 +14,7 @@ import pytest
 import ray
 from PIL import Image, ImageFilter
 
+from ganray.storage import sha256_hex
 from ganray.config import ConfigError, ImportConfig
 from ganray.data import preprocess
 from ganray.data.importer import run_import
@@ -172,7 +173,7 @@ def test_import_folder_with_sidecar(ray_session, source_dir, tmp_path):
         assert img.mode == "RGB" and img.size == (RES, RES), name
         assert row["smile"] == (1 if name.rsplit("_", 1)[1].startswith("yes") else 0)
         assert row["glasses"] == (1 if "good" in name else 0)
-        assert row["content_hash"] == preprocess.content_hash((source_dir / name).read_bytes())
+        assert row["content_hash"] == sha256_hex((source_dir / name).read_bytes())
     gray = np.asarray(Image.open(io.BytesIO(rows["b_gray_yes.png"]["image"]))).astype(int)
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     rgba = np.asarray(Image.open(io.BytesIO(rows["b_rgba_no.png"]["image"])))

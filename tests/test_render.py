@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from ganray.config import ModelConfig
+from ganray.images import decode_png, encode_png
 from ganray.models.face import (
-    decode_png,
-    encode_png,
     labels_for_conditions,
     latents_for_seeds,
     render_faces,

@@ -23,7 +23,8 @@ import yaml
 from conftest import REPO, free_port
 
 from ganray.config import FaceServiceConfig, ModelConfig, ServeJob, load_config
-from ganray.models.face import encode_png, labels_for_conditions, render_faces
+from ganray.images import encode_png
+from ganray.models.face import labels_for_conditions, render_faces
 from ganray.models.dcgan import Generator
 from ganray.registry import Registry
 

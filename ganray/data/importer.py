@@ -33,7 +33,8 @@ import ray
 
 from ganray.config import ConfigError, ImportConfig, LabelConfig
 from ganray.data import preprocess
-from ganray.storage import atomic_write, join, temp_name, to_url, url_to_fs
+from ganray.images import encode_png
+from ganray.storage import sha256_hex, atomic_write, join, temp_name, to_url, url_to_fs
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "ganray-shards/1"
@@ -220,8 +221,8 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, src: str, label_names: lis
         image, reason = preprocess.preprocess(
             data, resolution, min_size=min_size, blank_std=blank_std, blur_threshold=blur_threshold
         )
-        images.append(b"" if image is None else preprocess.encode_png(image))
-        hashes.append(preprocess.content_hash(data))
+        images.append(b"" if image is None else encode_png(image))
+        hashes.append(sha256_hex(data))
         reasons.append(reason or "")
     columns = {"image": images, **{n: batch[n].astype(np.int64) for n in label_names},
                "source_path": paths, "content_hash": hashes, "drop_reason": reasons}

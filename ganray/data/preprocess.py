@@ -7,12 +7,13 @@ size/blankness/sharpness on the square centre crop, and resize that crop to the 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, ImageStat
+
+from ganray.images import decode_png
 
 # Why an image is left out. `duplicate` and `bad_label` are decided by the importer, not here.
 DROP_REASONS = ("undecodable", "too_small", "blank", "blurry", "duplicate", "bad_label")
@@ -23,15 +24,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 WHITE = (255, 255, 255)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
-# Stored faces are small: level 1 encodes ~40% faster than the default 6 for ~4% more bytes.
-PNG_COMPRESS_LEVEL = 1
-
 # Sharpness is measured on the square crop shrunk to this size (see `sharpness`).
 BLUR_ANALYSIS_SIZE = 128
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def decode(data: bytes) -> Image.Image:
@@ -110,20 +104,6 @@ def preprocess(
         return None, "blurry"
     resized = img.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     return np.asarray(resized, dtype=np.uint8), None
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes, resolution: int) -> np.ndarray:
-    """A stored PNG -> (resolution, resolution, 3) uint8, resized (antialiased) if stored at another size."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    if img.size != (resolution, resolution):
-        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
 
 
 def decode_png_batch(batch: pa.Table, *, resolution: int, label_names: list[str]) -> dict[str, np.ndarray]:

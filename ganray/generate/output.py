@@ -15,7 +15,6 @@ the missing shards are rewritten from scratch and the finished output holds each
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -44,8 +43,7 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+sha256 = storage.sha256_hex
 
 
 def folder_checksum(files: dict[str, bytes]) -> str:

@@ -74,7 +74,7 @@ class FaceRenderer:
 
 def encode_pngs(batch: pa.Table) -> pa.Table:
     """pixels -> one PNG per face (a list<binary> column); the raw pixels are dropped."""
-    from ganray.models.face import encode_png
+    from ganray.images import encode_png
 
     pngs = []
     for row in batch.to_pylist():

@@ -53,8 +53,8 @@ from ganray.config import (
     ServedModel,
     load_config,
 )
+from ganray.images import encode_png
 from ganray.models.face import (
-    encode_png,
     labels_for_rows,
     render_faces,
     resolve_conditions,
