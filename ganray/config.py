@@ -24,6 +24,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# One definition of each shared value type (used by training, the bulk job and Serve alike).
+Precision = Literal["fp32", "bf16", "fp16"]  # autocast dtype; fp16 needs a GPU (ganray.models.face.PRECISIONS)
+PSI_MIN, PSI_MAX = 0.0, 2.0  # truncation psi: 1 = off, < 1 more typical faces, > 1 more varied
+
+
+def _psi_field(default: float, description: str):
+    return Field(default, ge=PSI_MIN, le=PSI_MAX, description=description)
+
+
 def _power_of_two(value: int, lo: int, hi: int, name: str) -> int:
     if value < lo or value > hi or value & (value - 1):
         raise ValueError(f"{name} must be a power of two between {lo} and {hi}, got {value}")
@@ -113,7 +122,7 @@ class TrainConfig(Section):
     ema_beta: float = Field(0.999, ge=0, lt=1, description="G_ema <- beta*G_ema + (1-beta)*G per step")
     ema_warmup: bool = Field(
         True, description="use beta_t = min(ema_beta, (1+t)/(10+t)) so early G_ema is not stuck near init")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         "bf16", description="autocast dtype; fp16 needs a GPU (uses a GradScaler)"
     )
     seed: int = Field(0, ge=0)
@@ -331,7 +340,7 @@ class ServedModel(Section):
     poll_interval_s: float = Field(
         10.0, ge=0, description="seconds between checks of the alias; a moved alias is hot-reloaded (0 = never)"
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         "bf16", description="render precision; use the bulk job's to get its exact bytes (fp16 needs a GPU)"
     )
 
@@ -389,7 +398,7 @@ class FaceAPIConfig(Section):
 
     max_count: int = Field(64, gt=0, description="most faces one POST /v1/faces may ask for")
     max_seed: int = Field(2**63 - 1, ge=0, le=2**63 - 1, description="largest seed accepted")
-    default_psi: float = Field(1.0, ge=0, le=2, description="truncation psi when a request gives none")
+    default_psi: float = _psi_field(1.0, "truncation psi when a request gives none")
     api_key: str | None = Field(
         None, min_length=1, description="required in X-API-Key when set (else $GANRAY_API_KEY; /healthz stays open)"
     )
@@ -446,14 +455,14 @@ class GenerateConfig(Section):
     count: int = Field(1000, gt=0, description="number of faces: face ids 0 .. count-1")
     format: Literal["parquet", "png", "both"] = "parquet"
     shard_size: int = Field(1000, gt=0, description="faces per shard: shard k holds face ids [k*S, (k+1)*S)")
-    psi: float = Field(1.0, ge=0, le=2, description="truncation psi (1 = off, <1 = more typical faces)")
+    psi: float = _psi_field(1.0, "truncation psi (1 = off, <1 = more typical faces)")
     seed_offset: int = Field(0, ge=0, description="face i is rendered from seed seed_offset + i")
     conditions: dict[str, str] = Field(default_factory=dict, description="attribute -> fixed value for every face")
     balance: list[str] = Field(
         default_factory=list,
         description="attributes to balance: face i gets combination i mod (number of combinations)",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="autocast dtype (fp16 needs cuda)")
+    precision: Precision = Field("bf16", description="autocast dtype (fp16 needs cuda)")
     device: Literal["cpu", "cuda"] = "cpu"
     # Execution only: the same faces whatever these are.
     batch_size: int = Field(64, gt=0, description="faces per generator forward pass")

@@ -11,12 +11,11 @@ Temporary names contain TEMP_MARKER, so that leftovers of a killed writer can be
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import uuid
 from typing import Any
-
-import hashlib
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -158,3 +157,21 @@ def pyarrow_filesystem(fs: fsspec.AbstractFileSystem):
 def sha256_hex(data: bytes) -> str:
     """The content hash ganray uses everywhere (shards, imported images, registry versions)."""
     return hashlib.sha256(data).hexdigest()
+
+
+class UnsafePathError(ValueError):
+    """A path read from a manifest that would leave its root (absolute, '..', a URL, empty)."""
+
+
+def child(root: str, relpath: str) -> str:
+    """`root` joined with `relpath`, a path read from a manifest, after checking that it names a
+    file inside `root`: relative, no '..' or '.' parts, no scheme, no backslashes. Anything else is
+    refused (UnsafePathError) and never read or deleted: a manifest is data, not an instruction."""
+    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
+        raise UnsafePathError(f"unsafe path {relpath!r} in a manifest under {root}")
+    parts = relpath.split("/")
+    if (relpath.startswith("/") or "://" in relpath or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise UnsafePathError(f"unsafe path {relpath!r} in a manifest under {root}: "
+                              "manifest paths must be relative and stay inside their folder")
+    return join(root, relpath)

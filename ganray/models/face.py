@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # the values of ganray.config.Precision
 
 
 def latents_for_seeds(seeds: Sequence[int], z_dim: int) -> Tensor:

@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ganray.config import PSI_MAX, PSI_MIN
+
 SEED_MAX = 2**63 - 1  # seeds are int64 everywhere (torch.Generator.manual_seed, Parquet columns)
-PSI_MIN, PSI_MAX = 0.0, 2.0
 
 
 # ---------------------------------------------------------------------------------------------
