@@ -124,15 +124,15 @@ def main() -> None:
     import ray
     import torch
 
-    from ganray.config import ModelConfig
-    from ganray.models.dcgan import Generator
+    from ganray.config import DCGANConfig
+    from ganray.models import build_generator
     from ganray.registry import Registry
 
     work = tempfile.mkdtemp(prefix="ganray-bench-generate-")
     try:
         registry = Registry(os.path.join(work, "registry"))
-        model = ModelConfig().model_dump()
-        registry.push(Generator(ModelConfig(**model), 64).state_dict(), model, 64, {}, {"benchmark": True})
+        model = DCGANConfig().model_dump()
+        registry.push(build_generator(DCGANConfig(**model), 64).state_dict(), model, 64, {}, {"benchmark": True})
         generator = registry.load_generator("v1").generator
 
         torch.set_num_threads(args.threads)

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganray.config import FaceServiceConfig, ModelConfig
+from ganray.config import FaceServiceConfig, DCGANConfig
 from ganray.images import encode_png
 from ganray.models.face import labels_for_conditions, render_faces
-from ganray.models.dcgan import Generator
+from ganray.models import build_generator
 from ganray.registry import Registry
 
 
@@ -217,9 +217,9 @@ def main() -> int:
                                                "generator": overrides})
 
     # The model: a default DCGAN-64 with random weights, pushed and promoted like a trained one.
-    model_config, resolution = ModelConfig(), 64
+    model_config, resolution = DCGANConfig(), 64
     registry = Registry(config.model.registry)
-    version = registry.push(Generator(model_config, resolution).state_dict(), model_config.model_dump(),
+    version = registry.push(build_generator(model_config, resolution).state_dict(), model_config.model_dump(),
                             resolution, {}, {"source": "benchmarks/serve_latency.py"})
     registry.promote(version, config.model.alias)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from ganray.config import TrainJob, load_config  # noqa: E402
 from ganray.data.dataset import to_training_batch  # noqa: E402
 from ganray.data.synthetic import ATTRIBUTES, render_batch  # noqa: E402
-from ganray.models.dcgan import build_models  # noqa: E402
+from ganray.models import build_models  # noqa: E402
 from ganray.train.steps import GANSteps  # noqa: E402
 
 

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -31,6 +41,11 @@ PSI_MIN, PSI_MAX = 0.0, 2.0  # truncation psi: 1 = off, < 1 more typical faces, 
 
 def _psi_field(default: float, description: str):
     return Field(default, ge=PSI_MIN, le=PSI_MAX, description=description)
+
+
+# Every job config has `ray_address` at its top level.
+RAY_ADDRESS_FIELD = Field(None, description="Ray cluster to join; None: $RAY_ADDRESS (set by `ray job submit`), "
+                                            "else a local Ray started and stopped by the command")
 
 
 def _power_of_two(value: int, lo: int, hi: int, name: str) -> int:
@@ -75,31 +90,79 @@ class DataConfig(Section):
 # Model
 
 
-class ModelConfig(Section):
-    """The GAN's networks (ganray.models.dcgan). Widths and conditioning are fixed per run."""
+class BaseModelConfig(Section):
+    """What every architecture's config has. `arch` names the architecture: it picks the config
+    class here (MODEL_CONFIGS) and the network builders in `ganray.models.ARCHITECTURES`."""
 
-    arch: Literal["dcgan"] = "dcgan"
+    arch: str
     z_dim: int = Field(100, gt=0)
-    g_width: int = Field(64, gt=0, description="channels of G's last block; doubled per block up")
-    d_width: int = Field(64, gt=0, description="channels of D's first block; doubled per block down")
-    max_channels: int = Field(512, gt=0, description="cap on channels in any block")
     conditional: bool = Field(False, description="condition G and D on the dataset's attributes")
     condition_on: list[str] = Field(
         default_factory=list, description="attribute names to condition on; empty = all of the dataset's"
     )
     embed_dim: int = Field(16, gt=0, description="size of each attribute embedding joined to z")
-    d_norm: Literal["batch", "instance", "layer", "none"] = Field(
-        "batch", description="normalisation in D's blocks after the first (layer = GroupNorm(1, C))"
-    )
-    spectral_norm: bool = Field(False, description="spectral normalisation on D's weights")
+
+    # The image sizes this architecture is built and tested for (powers of two in this range).
+    min_resolution: ClassVar[int] = 8
+    max_resolution: ClassVar[int] = 1024
+
+    def check_resolution(self, resolution: int) -> None:
+        _power_of_two(resolution, self.min_resolution, self.max_resolution, f"data.resolution ({self.arch})")
 
     @model_validator(mode="after")
-    def _conditioning(self) -> "ModelConfig":
+    def _conditioning(self) -> "BaseModelConfig":
         if self.condition_on and not self.conditional:
             raise ValueError("model.condition_on is set but model.conditional is false")
         if len(set(self.condition_on)) != len(self.condition_on):
             raise ValueError(f"model.condition_on lists an attribute twice: {self.condition_on}")
         return self
+
+
+class DCGANConfig(BaseModelConfig):
+    """DCGAN (ganray.models.dcgan). Widths and conditioning are fixed per run."""
+
+    arch: Literal["dcgan"] = "dcgan"
+    g_width: int = Field(64, gt=0, description="channels of G's last block; doubled per block up")
+    d_width: int = Field(64, gt=0, description="channels of D's first block; doubled per block down")
+    max_channels: int = Field(512, gt=0, description="cap on channels in any block")
+    d_norm: Literal["batch", "instance", "layer", "none"] = Field(
+        "batch", description="normalisation in D's blocks after the first (layer = GroupNorm(1, C))"
+    )
+    spectral_norm: bool = Field(False, description="spectral normalisation on D's weights")
+
+    # One block per doubling: below 32 px there is too little to learn, above 256 px the plain
+    # DCGAN design is unstable (a StyleGAN-class generator is the tool there).
+    min_resolution: ClassVar[int] = 32
+    max_resolution: ClassVar[int] = 256
+
+
+# Architecture name -> its config class. A new architecture adds one entry here and one in
+# ganray.models.ARCHITECTURES (its networks), nothing else.
+MODEL_CONFIGS: dict[str, type[BaseModelConfig]] = {"dcgan": DCGANConfig}
+DEFAULT_ARCH = "dcgan"
+
+
+def _arch_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("arch", DEFAULT_ARCH)
+    return getattr(value, "arch", None)
+
+
+# The `model:` section: the config class chosen by `arch` (default dcgan).
+ModelConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in MODEL_CONFIGS.items())],  # type: ignore[valid-type]
+    Discriminator(_arch_of, custom_error_type="unknown_arch",
+                  custom_error_message=f"unknown architecture; known: {', '.join(MODEL_CONFIGS)}"),
+]
+_MODEL_CONFIG_ADAPTER: TypeAdapter = TypeAdapter(ModelConfig)
+
+
+def parse_model_config(data: dict[str, Any] | BaseModelConfig) -> BaseModelConfig:
+    """A stored `model` section (registry config.json, checkpoint config) -> its config object."""
+    try:
+        return _MODEL_CONFIG_ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, prefix=("model",))) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,20 +220,20 @@ class TrainConfig(Section):
 class RunConfig(Section):
     name: str = Field("ganray", min_length=1, description="run name: re-running the same name resumes it")
     storage_path: str = Field("./runs", description="local path or s3:// URL for checkpoints and logs")
-    ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local Ray")
 
 
 class TrainJob(Section):
     """configs/*.yaml for `ganray train` / jobs/train.py."""
 
+    ray_address: str | None = RAY_ADDRESS_FIELD
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = DCGANConfig()
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> "TrainJob":
-        _power_of_two(self.data.resolution, 32, 256, "data.resolution (DCGAN)")
+        self.model.check_resolution(self.data.resolution)  # each architecture has its own range
         return self
 
 
@@ -247,8 +310,8 @@ class ImportConfig(Section):
 
 
 class ImportJob(Section):
+    ray_address: str | None = RAY_ADDRESS_FIELD
     import_: ImportConfig = Field(..., alias="import")
-    ray_address: str | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -287,12 +350,19 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     return out
 
 
-def format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, prefix: tuple[str, ...] = ()) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = prefix + tuple(e["loc"])
+        # The model section's union adds the architecture's tag to the path: model.dcgan.g_width.
+        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_CONFIGS:
+            loc = loc[:1] + loc[2:]
+        key = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "unknown_arch":
+            msg = f"unknown architecture {_arch_of(e['input'])!r}; known: {', '.join(MODEL_CONFIGS)}"
+            key = ".".join(str(p) for p in loc + ("arch",))
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
@@ -432,7 +502,7 @@ class ServeHTTPConfig(Section):
 class ServeJob(FaceServiceConfig):
     """configs/serve_local.yaml for `ganray serve`: the application plus where to run it."""
 
-    ray_address: str | None = Field(None, description="Ray cluster to deploy to; None starts a local Ray")
+    ray_address: str | None = RAY_ADDRESS_FIELD
     http: ServeHTTPConfig = ServeHTTPConfig()
     app_name: str = Field("ganray", min_length=1)
     route_prefix: str = Field("/", pattern=r"^/", description="URL path the application is served under")
@@ -485,6 +555,6 @@ class GenerateConfig(Section):
 class GenerateJob(Section):
     """configs/generate_*.yaml for `ganray generate` / jobs/generate.py."""
 
-    ray_address: str | None = Field(None, description="Ray cluster to join; None = $RAY_ADDRESS or a local Ray")
+    ray_address: str | None = RAY_ADDRESS_FIELD
     registry: RegistryConfig = RegistryConfig()
     generate: GenerateConfig

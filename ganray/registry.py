@@ -4,7 +4,7 @@ Layout under the registry URL (a local folder or s3://bucket/prefix):
 
     versions/v1/.claim                 exclusive create: who took the id (never reused)
     versions/v1/generator.safetensors  the generator's state dict (safetensors: no pickle)
-    versions/v1/config.json            {"model": ModelConfig, "resolution": R, "attributes": {...}}
+    versions/v1/config.json            {"model": model config, "resolution": R, "attributes": {...}}
     versions/v1/provenance.json        training run, checkpoint, step, dataset manifest hash, metrics
     versions/v1/version.json           id, content hash, created_at: written LAST, it commits the version
     aliases/NAME.json                  {"alias": NAME, "version": "v1", "updated_at": ...}
@@ -29,7 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ganray import storage
-from ganray.config import ModelConfig
+from ganray.config import parse_model_config
 
 DEFAULT_REGISTRY_URL = "./registry"
 REGISTRY_ENV = "GANRAY_REGISTRY"
@@ -145,7 +145,7 @@ class Registry:
     def push(self, generator_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
              attributes: dict[str, list[str]] | None, provenance: dict[str, Any]) -> str:
         """Store a generator as a new version; returns its id (e.g. "v3")."""
-        model = ModelConfig(**model_config).model_dump(mode="json")  # validates, fills defaults
+        model = parse_model_config(model_config).model_dump(mode="json")  # validates, fills defaults
         attributes = {name: [str(v) for v in values] for name, values in (attributes or {}).items()}
         self._build(model, resolution, attributes, generator_state)  # refuse weights that do not fit
         weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator_state.items()})
@@ -224,9 +224,9 @@ class Registry:
     @staticmethod
     def _build(model: dict[str, Any], resolution: int, attributes: dict[str, list[str]],
                state: dict[str, torch.Tensor]) -> torch.nn.Module:
-        from ganray.models.dcgan import Generator
+        from ganray.models import build_generator
 
-        generator = Generator(ModelConfig(**model), resolution, attributes)
+        generator = build_generator(model, resolution, attributes)
         try:
             generator.load_state_dict(state, strict=True)
         except RuntimeError as e:

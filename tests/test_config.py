@@ -91,11 +91,58 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
     assert not storage.exists()  # nothing written
 
 
-def test_every_subcommand_has_help():
+EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "serve"}
+
+
+def test_every_subcommand_registers_and_answers_help():
+    """Each subcommand is registered (a module that fails to import is an error, not a missing
+    command) and `ganray NAME --help` exits 0 in a fresh process, nested actions included."""
     from ganray.cli import build_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"train", "demo"} <= set(sub.choices)
-    for name, subparser in sub.choices.items():
-        assert subparser.format_help().startswith("usage: ganray " + name)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == EXPECTED_COMMANDS
+    nested = {"data": ["import"], "registry": ["push", "list", "show", "promote"]}
+    for name in sorted(EXPECTED_COMMANDS):
+        for argv in [[name]] + [[name, action] for action in nested.get(name, [])]:
+            proc = subprocess.run([sys.executable, "-m", "ganray.cli", *argv, "--help"],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, (argv, proc.stderr)
+            assert proc.stdout.startswith("usage: ganray " + " ".join(argv)), proc.stdout[:200]
+
+
+def test_model_arch_picks_the_config_class_and_names_bad_keys():
+    from ganray.config import MODEL_CONFIGS, DCGANConfig, TrainJob, parse_model_config
+
+    job = load_config(TrainJob, None, ["model.g_width=32"])
+    assert isinstance(job.model, DCGANConfig) and job.model.arch == "dcgan" and job.model.g_width == 32
+    assert job.model_dump()["model"]["g_width"] == 32  # the subclass's fields survive dumping
+    assert parse_model_config({"arch": "dcgan", "z_dim": 8}).z_dim == 8
+    with pytest.raises(ConfigError, match=r"model.arch: unknown architecture 'nope'; known: dcgan"):
+        load_config(TrainJob, None, ["model.arch=nope"])
+    with pytest.raises(ConfigError, match=r"  model.g_widthh: unknown key"):
+        load_config(TrainJob, None, ["model.g_widthh=3"])
+    with pytest.raises(ConfigError, match=r"  model.g_widthh: unknown key"):
+        parse_model_config({"arch": "dcgan", "g_widthh": 3})
+    assert set(MODEL_CONFIGS) == {"dcgan"}
+
+
+@pytest.mark.parametrize("resolution,ok", [(16, False), (32, True), (256, True), (512, False)])
+def test_resolution_rule_belongs_to_the_architecture(resolution, ok):
+    from ganray.config import DCGANConfig, TrainJob
+
+    overrides = [f"data.resolution={resolution}"]
+    if ok:
+        assert load_config(TrainJob, None, overrides).data.resolution == resolution
+        return
+    with pytest.raises(ConfigError, match=r"data.resolution \(dcgan\) must be a power of two between "
+                                          rf"{DCGANConfig.min_resolution} and {DCGANConfig.max_resolution}"):
+        load_config(TrainJob, None, overrides)
+
+
+def test_ray_address_is_top_level_in_every_job_config():
+    from ganray import config as C
+
+    for job_type in (C.TrainJob, C.ImportJob, C.GenerateJob, C.ServeJob):
+        assert "ray_address" in job_type.model_fields, job_type.__name__
+    with pytest.raises(ConfigError, match="run.ray_address: unknown key"):
+        load_config(C.TrainJob, None, ["run.ray_address=auto"])

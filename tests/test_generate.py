@@ -17,12 +17,12 @@ import torch
 
 from ganray import storage
 from ganray.cli import main as cli
-from ganray.config import GenerateJob, ModelConfig, load_config
+from ganray.config import GenerateJob, DCGANConfig, load_config
 from ganray.generate.job import run_generate
 from ganray.generate.output import GenerateError
 from ganray.images import decode_png
 from ganray.models.face import labels_for_conditions, render_faces
-from ganray.models.dcgan import Generator
+from ganray.models import build_generator
 from ganray.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +37,12 @@ INTERRUPTED = {"count": 160, "shard_size": 4, "format": "parquet", "psi": 1.0, "
 @pytest.fixture(scope="module")
 def registry_url(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    g = Generator(ModelConfig(z_dim=16, g_width=8, conditional=True, embed_dim=4), 32, ATTRIBUTES)
+    g = build_generator(DCGANConfig(z_dim=16, g_width=8, conditional=True, embed_dim=4), 32, ATTRIBUTES)
     with torch.no_grad():  # spread the weights: DCGAN's init gives near-flat images at this width
         for p in g.parameters():
             p.normal_(0.0, 0.3)
     registry = Registry(str(tmp_path_factory.mktemp("registry")))
-    registry.promote(registry.push(g.state_dict(), ModelConfig(z_dim=16, g_width=8, conditional=True,
+    registry.promote(registry.push(g.state_dict(), DCGANConfig(z_dim=16, g_width=8, conditional=True,
                                                                embed_dim=4).model_dump(),
                                    32, ATTRIBUTES, {"test": True}), "production")
     return registry.url

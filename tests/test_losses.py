@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from ganray.config import ModelConfig
-from ganray.models import LOSSES, Discriminator, get_loss, gradient_penalty, r1_penalty
+from ganray.config import DCGANConfig
+from ganray.models import LOSSES, get_loss, gradient_penalty, r1_penalty
+from ganray.models.dcgan import Discriminator
 
 ATTRIBUTES = {"age": ["child", "adult", "senior"], "smile": ["no", "yes"]}
 
@@ -100,7 +101,7 @@ def test_r1_matches_analytic_value_for_linear_critic():
 @pytest.mark.parametrize("d_norm", ["batch", "instance", "layer", "none"])
 def test_penalties_train_a_real_discriminator(d_norm, spectral_norm):
     """Double backward through every D variant (norm layers, spectral norm, projection head)."""
-    cfg = ModelConfig(conditional=True, d_norm=d_norm, spectral_norm=spectral_norm,
+    cfg = DCGANConfig(conditional=True, d_norm=d_norm, spectral_norm=spectral_norm,
                       d_width=8, max_channels=32)
     D = Discriminator(cfg, 32, ATTRIBUTES)
     real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
@@ -115,7 +116,7 @@ def test_penalties_train_a_real_discriminator(d_norm, spectral_norm):
 
 
 def test_penalties_under_bf16_autocast():
-    D = Discriminator(ModelConfig(d_width=8, max_channels=32), 32)
+    D = Discriminator(DCGANConfig(d_width=8, max_channels=32), 32)
     real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         penalties = [gradient_penalty(D, real, fake), r1_penalty(D, real)]

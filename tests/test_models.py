@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ganray.config import ModelConfig
-from ganray.models import Discriminator, Generator, build_models, count_params
+from ganray.config import DCGANConfig
+from ganray.models import build_models, count_params
+from ganray.models.dcgan import Discriminator, Generator
 
 ATTRIBUTES = {"age": ["child", "adult", "senior"], "gender": ["female", "male"], "smile": ["no", "yes"]}
 # Small widths keep 256x256 fast; the channel logic is the same as with the defaults.
@@ -26,7 +27,7 @@ def conv_channels(module: nn.Module) -> list[int]:
 @pytest.mark.parametrize("conditional", [False, True])
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])
 def test_output_shapes(resolution, conditional):
-    cfg = ModelConfig(conditional=conditional, **SMALL)
+    cfg = DCGANConfig(conditional=conditional, **SMALL)
     G, D = build_models(cfg, resolution, ATTRIBUTES)
     labels = labels_for(2) if conditional else None
     images = G(torch.randn(2, cfg.z_dim), labels)
@@ -41,46 +42,46 @@ def test_output_shapes(resolution, conditional):
 
 
 def test_default_widths_match_dcgan():
-    G, D = build_models(ModelConfig(), 64)
+    G, D = build_models(DCGANConfig(), 64)
     assert conv_channels(G) == [512, 256, 128, 64, 3]
     assert conv_channels(D) == [64, 128, 256, 512]
     assert 3_000_000 < count_params(G) < 4_000_000 and 2_000_000 < count_params(D) < 3_000_000
 
 
 def test_widths_and_channel_cap():
-    cfg = ModelConfig(g_width=8, d_width=6, max_channels=32)
+    cfg = DCGANConfig(g_width=8, d_width=6, max_channels=32)
     assert conv_channels(Generator(cfg, 128)) == [32, 32, 32, 16, 8, 3]
     assert conv_channels(Discriminator(cfg, 128)) == [6, 12, 24, 32, 32]
 
 
 def test_bad_resolution_raises():
     with pytest.raises(ValueError, match="power of two"):
-        Generator(ModelConfig(**SMALL), 48)
+        Generator(DCGANConfig(**SMALL), 48)
 
 
 def test_d_norm_choices_and_no_norm_on_first_block():
     kinds = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d, "layer": nn.GroupNorm}
     for d_norm, kind in kinds.items():
-        D = Discriminator(ModelConfig(d_norm=d_norm, **SMALL), 32)
+        D = Discriminator(DCGANConfig(d_norm=d_norm, **SMALL), 32)
         assert isinstance(D.features[1], nn.LeakyReLU)  # first block: conv -> LeakyReLU
         assert sum(isinstance(m, kind) for m in D.modules()) == 2  # blocks 2 and 3 of 3
-    D = Discriminator(ModelConfig(d_norm="none", **SMALL), 32)
+    D = Discriminator(DCGANConfig(d_norm="none", **SMALL), 32)
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) for m in D.modules())
 
 
 def test_spectral_norm_on_every_d_weight_when_asked():
-    cfg = ModelConfig(spectral_norm=True, conditional=True, **SMALL)
+    cfg = DCGANConfig(spectral_norm=True, conditional=True, **SMALL)
     G, D = build_models(cfg, 32, ATTRIBUTES)
     weighted = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]
     assert len(weighted) == 3 + 1 + 3  # convs, head, one projection per attribute
     assert all(parametrize.is_parametrized(m, "weight") for m in weighted)
     assert not any(parametrize.is_parametrized(m) for m in G.modules())
-    plain = Discriminator(ModelConfig(**SMALL), 32)
+    plain = Discriminator(DCGANConfig(**SMALL), 32)
     assert not any(parametrize.is_parametrized(m) for m in plain.modules())
 
 
 def test_condition_on_selects_and_orders_attributes():
-    cfg = ModelConfig(conditional=True, condition_on=["smile", "age"], **SMALL)
+    cfg = DCGANConfig(conditional=True, condition_on=["smile", "age"], **SMALL)
     G = Generator(cfg, 32, ATTRIBUTES)
     assert G.condition_names == ["smile", "age"]
     assert G.condition_values == {"smile": ["no", "yes"], "age": ["child", "adult", "senior"]}
@@ -89,13 +90,13 @@ def test_condition_on_selects_and_orders_attributes():
 
 def test_unknown_condition_name_or_missing_attributes_raise():
     with pytest.raises(ValueError, match="'hair'"):
-        Generator(ModelConfig(conditional=True, condition_on=["age", "hair"], **SMALL), 32, ATTRIBUTES)
+        Generator(DCGANConfig(conditional=True, condition_on=["age", "hair"], **SMALL), 32, ATTRIBUTES)
     with pytest.raises(ValueError, match="no attributes"):
-        Discriminator(ModelConfig(conditional=True, **SMALL), 32, None)
+        Discriminator(DCGANConfig(conditional=True, **SMALL), 32, None)
 
 
 def test_conditional_generator_uses_labels():
-    G = Generator(ModelConfig(conditional=True, **SMALL), 32, ATTRIBUTES).eval()
+    G = Generator(DCGANConfig(conditional=True, **SMALL), 32, ATTRIBUTES).eval()
     z = torch.randn(1, 16).expand(3, 16)
     with torch.no_grad():
         images = G(z, torch.tensor([[0, 0, 0], [0, 0, 0], [2, 1, 1]]))
@@ -104,7 +105,7 @@ def test_conditional_generator_uses_labels():
 
 
 def test_discriminator_projection_head():
-    D = Discriminator(ModelConfig(conditional=True, **SMALL), 32, ATTRIBUTES).eval()
+    D = Discriminator(DCGANConfig(conditional=True, **SMALL), 32, ATTRIBUTES).eval()
     images, labels = torch.randn(4, 3, 32, 32), labels_for(4)
     with torch.no_grad():
         phi = D.features(images).flatten(1)
@@ -116,7 +117,7 @@ def test_discriminator_projection_head():
 
 
 def test_bad_labels_raise():
-    G, D = build_models(ModelConfig(conditional=True, **SMALL), 32, ATTRIBUTES)
+    G, D = build_models(DCGANConfig(conditional=True, **SMALL), 32, ATTRIBUTES)
     z, images = torch.randn(2, 16), torch.randn(2, 3, 32, 32)
     with pytest.raises(ValueError, match="labels .* required"):
         G(z)
@@ -130,7 +131,7 @@ def test_bad_labels_raise():
         G(z, torch.tensor([[0, 2, 0], [0, 0, 0]]))  # gender has 2 values
     with pytest.raises(ValueError, match="'age'"):
         D(images, torch.tensor([[0, 0, 0], [-1, 0, 0]]))
-    G_uncond = Generator(ModelConfig(**SMALL), 32, ATTRIBUTES)
+    G_uncond = Generator(DCGANConfig(**SMALL), 32, ATTRIBUTES)
     with pytest.raises(ValueError, match="unconditional"):
         G_uncond(z, torch.zeros(2, 3, dtype=torch.long))
 
@@ -138,7 +139,7 @@ def test_bad_labels_raise():
 @pytest.mark.parametrize("d_norm", ["batch", "instance", "layer", "none"])
 def test_every_parameter_gets_a_gradient_in_g_and_d_steps(d_norm):
     """DDP with find_unused_parameters=False needs every parameter in each step's graph."""
-    cfg = ModelConfig(conditional=True, d_norm=d_norm, spectral_norm=d_norm == "none", **SMALL)
+    cfg = DCGANConfig(conditional=True, d_norm=d_norm, spectral_norm=d_norm == "none", **SMALL)
     G, D = build_models(cfg, 32, ATTRIBUTES)
     labels, real = labels_for(4), torch.rand(4, 3, 32, 32) * 2 - 1
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -154,7 +155,7 @@ def test_every_parameter_gets_a_gradient_in_g_and_d_steps(d_norm):
 
 
 def test_bf16_autocast_forward():
-    G, D = build_models(ModelConfig(conditional=True, **SMALL), 64, ATTRIBUTES)
+    G, D = build_models(DCGANConfig(conditional=True, **SMALL), 64, ATTRIBUTES)
     labels = labels_for(3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         images = G(torch.randn(3, 16), labels)
@@ -170,7 +171,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_eval_generator_is_batch_size_and_position_invariant(precision):
     """Face i of a generated dataset must not depend on how the seeds were batched."""
-    cfg = ModelConfig(conditional=True, g_width=16, max_channels=128)
+    cfg = DCGANConfig(conditional=True, g_width=16, max_channels=128)
     G = Generator(cfg, 64, ATTRIBUTES)
     for bn in [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]:
         bn.momentum = None  # running statistics = exactly those of the next batch

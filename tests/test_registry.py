@@ -10,18 +10,18 @@ import torch
 
 from ganray import storage
 from ganray.cli import main as cli
-from ganray.config import ModelConfig
+from ganray.config import DCGANConfig
 from ganray.models.face import render_faces
-from ganray.models.dcgan import Generator
+from ganray.models import build_generator
 from ganray.registry import Registry, RegistryError
 
 ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "adult", "senior"]}
-MODEL = ModelConfig(z_dim=16, g_width=8, conditional=True, embed_dim=4).model_dump()
+MODEL = DCGANConfig(z_dim=16, g_width=8, conditional=True, embed_dim=4).model_dump()
 
 
 def generator(seed: int) -> Generator:
     torch.manual_seed(seed)
-    return Generator(ModelConfig(**MODEL), 32, ATTRIBUTES).eval()
+    return build_generator(DCGANConfig(**MODEL), 32, ATTRIBUTES).eval()
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganray.config import ModelConfig
+from ganray.config import DCGANConfig
 from ganray.images import decode_png, encode_png
 from ganray.models.face import (
     labels_for_conditions,
@@ -16,7 +16,7 @@ from ganray.models.face import (
     render_faces,
     resolve_conditions,
 )
-from ganray.models.dcgan import Generator
+from ganray.models import build_generator
 
 ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "adult", "senior"]}
 
@@ -25,8 +25,8 @@ def tiny_generator(conditional: bool = False, seed: int = 0) -> Generator:
     """A small random generator whose faces use the whole pixel range (DCGAN's init at this width
     gives nearly flat grey images, which would hide rounding differences)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(z_dim=16, g_width=8, conditional=conditional, embed_dim=4)
-    g = Generator(cfg, 32, ATTRIBUTES if conditional else None)
+    cfg = DCGANConfig(z_dim=16, g_width=8, conditional=conditional, embed_dim=4)
+    g = build_generator(cfg, 32, ATTRIBUTES if conditional else None)
     with torch.no_grad():
         for p in g.parameters():
             p.normal_(0.0, 0.3)

@@ -22,15 +22,15 @@ import torch
 import yaml
 from conftest import REPO, free_port
 
-from ganray.config import FaceServiceConfig, ModelConfig, ServeJob, load_config
+from ganray.config import FaceServiceConfig, DCGANConfig, ServeJob, load_config
 from ganray.images import encode_png
 from ganray.models.face import labels_for_conditions, render_faces
-from ganray.models.dcgan import Generator
+from ganray.models import build_generator
 from ganray.registry import Registry
 
 ATTRIBUTES = {"age": ["young", "old"], "smile": ["no", "yes"]}
 RESOLUTION = 32
-TINY = ModelConfig(z_dim=16, g_width=8, max_channels=32, conditional=True, embed_dim=4)
+TINY = DCGANConfig(z_dim=16, g_width=8, max_channels=32, conditional=True, embed_dim=4)
 MAIN_KEY = "main-secret"
 ENV_KEY = "env-secret"
 MAX_SEED = 10**6
@@ -38,7 +38,7 @@ MAX_SEED = 10**6
 
 def push_random_model(registry: Registry, init_seed: int) -> str:
     torch.manual_seed(init_seed)
-    generator = Generator(TINY, RESOLUTION, ATTRIBUTES)
+    generator = build_generator(TINY, RESOLUTION, ATTRIBUTES)
     return registry.push(generator.state_dict(), TINY.model_dump(), RESOLUTION, ATTRIBUTES,
                          {"source": "tests/test_serve.py", "init_seed": init_seed})
 

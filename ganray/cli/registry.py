@@ -5,10 +5,11 @@ import argparse
 import json
 
 from ganray.cli.common import UsageError
-from ganray.registry import REGISTRY_ENV, Registry, RegistryError
 
 
-def _registry(args: argparse.Namespace) -> Registry:
+def _registry(args: argparse.Namespace):
+    from ganray.registry import Registry
+
     return Registry(args.registry)
 
 
@@ -54,6 +55,8 @@ def _promote(args: argparse.Namespace) -> int:
 def _handle(handler):
     # Registry errors are bad input (an unknown ref, a bad alias): exit 2 like config errors.
     def run(args: argparse.Namespace) -> int:
+        from ganray.registry import RegistryError
+
         try:
             return handler(args)
         except RegistryError as e:
@@ -69,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     def add(name: str, handler, help_text: str) -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--registry", default=None, metavar="URL",
-                       help=f"registry URL (default: ${REGISTRY_ENV}, else ./registry)")
+                       help="registry URL (default: $GANRAY_REGISTRY, else ./registry)")
         p.set_defaults(handler=_handle(handler))
         return p
 

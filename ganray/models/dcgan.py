@@ -21,16 +21,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ganray.config import ModelConfig
+from ganray.config import DCGANConfig
 
 
 def _check_resolution(resolution: int) -> None:
-    # DCGAN works for any power of two >= 8; the trainer restricts jobs to 32..256.
+    # The networks work for any power of two >= 8; DCGANConfig restricts training jobs to 32..256.
     if resolution < 8 or resolution & (resolution - 1):
         raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
 
 
-def _conditions(cfg: ModelConfig, attributes: dict[str, list[str]] | None) -> dict[str, list[str]]:
+def _conditions(cfg: DCGANConfig, attributes: dict[str, list[str]] | None) -> dict[str, list[str]]:
     """The attributes a model conditions on, name -> values, in label-column order ({} = none)."""
     if not cfg.conditional:
         return {}
@@ -96,7 +96,7 @@ def _dcgan_init(module: nn.Module) -> None:
 class Generator(nn.Module):
     """z (B, z_dim) [+ labels (B, n_cond)] -> images (B, 3, R, R) in [-1, 1]."""
 
-    def __init__(self, cfg: ModelConfig, resolution: int, attributes: dict[str, list[str]] | None = None):
+    def __init__(self, cfg: DCGANConfig, resolution: int, attributes: dict[str, list[str]] | None = None):
         super().__init__()
         _check_resolution(resolution)
         self.z_dim = cfg.z_dim
@@ -132,7 +132,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """images (B, 3, R, R) [+ labels (B, n_cond)] -> logits (B,) in float32, high = "real"."""
 
-    def __init__(self, cfg: ModelConfig, resolution: int, attributes: dict[str, list[str]] | None = None):
+    def __init__(self, cfg: DCGANConfig, resolution: int, attributes: dict[str, list[str]] | None = None):
         super().__init__()
         _check_resolution(resolution)
         self.resolution = resolution
@@ -174,13 +174,3 @@ class Discriminator(nn.Module):
         for i, table in enumerate(self.projections):
             logits = logits + (table(labels[:, i]).float() * phi.float()).sum(1)
         return logits
-
-
-def build_models(cfg: ModelConfig, resolution: int,
-                 attributes: dict[str, list[str]] | None = None) -> tuple[Generator, Discriminator]:
-    """(G, D) for `resolution`, conditioned on `attributes` (name -> values) when cfg.conditional."""
-    return Generator(cfg, resolution, attributes), Discriminator(cfg, resolution, attributes)
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from ganray.config import TrainJob
 from ganray.data.dataset import to_training_batch
-from ganray.models.dcgan import build_models
+from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.report import save_loss_plot, save_sample_grid
 from ganray.train.steps import DStepResult, GANSteps, unwrap

@@ -19,7 +19,7 @@ from ganray.train.loop import train_loop_per_worker
 
 # Settings a resumed run may change; anything else must match the run's checkpoints.
 RESUMABLE_CHANGES = {
-    "run.ray_address", "train.max_steps", "train.num_workers", "train.use_gpu", "train.threads_per_worker",
+    "ray_address", "train.max_steps", "train.num_workers", "train.use_gpu", "train.threads_per_worker",
     "train.log_every", "train.checkpoint_every", "train.num_to_keep", "train.max_failures",
     "train.sample_seeds", "train.precision",
 }
@@ -82,7 +82,7 @@ def run_training(job: TrainJob) -> TrainOutcome:
     resume_from = check_resumable(job, manifest_hash)
     if resume_from:
         print(f"[ganray] resuming run '{job.run.name}' from {resume_from}", flush=True)
-    init_ray(job.run.ray_address)  # only once the run is known to be valid
+    init_ray(job.ray_address)  # only once the run is known to be valid
 
     # Per-epoch progress bars of the data split are noise in a training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
