@@ -11,13 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ganray"
 
 # Room -> the rooms it may import. Rooms not listed on the right are above it.
-BASE = {"ganray.config", "ganray.storage", "ganray.images"}
+BASE = {"ganray.config", "ganray.storage", "ganray.images", "ganray.console"}
 ALLOWED = {
     "ganray.config": set(),
     "ganray.storage": set(),
     "ganray.images": set(),
-    "ganray.runtime": set(),
-    "ganray.models": {"ganray.config", "ganray.images"},
+    "ganray.console": set(),
+    "ganray.runtime": {"ganray.console"},
+    "ganray.models": {"ganray.config", "ganray.images", "ganray.console"},
     "ganray.data": BASE,
     "ganray.registry": BASE | {"ganray.models"},
     "ganray.train": BASE | {"ganray.runtime", "ganray.models", "ganray.data", "ganray.registry"},

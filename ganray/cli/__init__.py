@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ganray import console
 from ganray.cli import data, demo, generate, registry, serve, train
 from ganray.cli.common import UsageError
 from ganray.config import ConfigError
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    console.configure(getattr(args, "verbose", False))
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, UsageError) as e:

@@ -20,3 +20,10 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str | Path 
                         help=f"job config file (default: {default_config or 'built-in defaults'})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.batch_size=64 (repeatable)")
+    add_verbose_arg(parser)
+
+
+def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show Ray's own log lines and worker output on the console "
+                             "(otherwise they go to the Ray session's log files)")

@@ -8,13 +8,15 @@ the workers' memory flat. Re-running the same job resumes it; the result is the 
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ganray import storage
+import ray.data
+
+from ganray import console, storage
+from ganray.console import ProgressLine
 from ganray.config import GenerateJob
 from ganray.generate.output import (
     SUMMARY_FILE,
@@ -139,21 +141,21 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
     pipeline_started = time.monotonic()
     if missing:
         init_ray(job.ray_address)
-        # In a terminal Ray Data draws progress bars; elsewhere (logs, CI) we print a line now and then.
-        print_progress = not sys.stdout.isatty()
+        if not console.verbose():  # our one progress line instead of Ray Data's per-operator bars
+            ray.data.DataContext.get_current().enable_progress_bars = False
+        line = ProgressLine("generate:", len(plan.shards), "shards", show_rate=False,
+                            interval_s=cfg.progress_interval_s)
+        line.update(len(done), extra="starting generator actors")
         committed_now: set[int] = set()
-        last_report = time.monotonic()
         for record in _pipeline(plan, missing).iter_rows():
             if record["shard"] in committed_now:
                 continue
             committed_now.add(record["shard"])
             faces_written += record["rows"]
             bytes_written += record["bytes"]
-            now = time.monotonic()
-            if print_progress and now - last_report >= cfg.progress_interval_s:
-                last_report = now
-                log(f"generate: {len(done) + len(committed_now)}/{len(plan.shards)} shards, "
-                    f"{faces_written} faces this run, {faces_written / (now - pipeline_started):.0f} faces/s")
+            rate = faces_written / (time.monotonic() - pipeline_started)
+            line.update(len(done) + len(committed_now), extra=f"{faces_written} faces this run, {rate:.0f} faces/s")
+        line.close()
         done = committed_shards(layout, plan.shards)
         if len(done) != len(plan.shards):
             raise RuntimeError(f"{len(plan.shards) - len(done)} shards were not committed; re-run to finish them")

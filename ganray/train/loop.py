@@ -93,6 +93,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     job = TrainJob.model_validate(loop_config["job"])
     attributes: dict[str, list[str]] = loop_config["attributes"]
     manifest_hash: str = loop_config["manifest_hash"]
+    progress_board = loop_config.get("progress_board")  # the driver's console line (train/progress.py)
     cfg, resolution = job.train, job.data.resolution
 
     context = ray.train.get_context()
@@ -134,8 +135,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                     **steps.optimizer_state()})
         progress.history.append({"event": "resume", "step": progress.step, "state_digest": digest})
         if rank == 0:
-            print(f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); "
-                  f"state digest {digest}", flush=True)
+            message = (f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); "
+                       f"state digest {digest}")
+            print(message, flush=True)
+            if progress_board is not None:
+                progress_board.say.remote(message)
         del state
 
     local_batch = cfg.batch_size // world_size
@@ -171,6 +175,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint,
                                  checkpoint_dir_name=ckpt.checkpoint_dir_name(progress.step) if at_checkpoint else None)
+            if rank == 0 and progress_board is not None:
+                progress_board.post.remote(metrics)
             window = MetricsWindow()
 
 

@@ -12,10 +12,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ganray.config import ConfigError, TrainJob
 from ganray.data.dataset import build_train_dataset, dataset_attributes, dataset_manifest_hash
+from ganray.console import ProgressLine
 from ganray.runtime import init_ray
 from ganray.storage import url_to_fs
 from ganray.train import checkpoint as ckpt
 from ganray.train.loop import train_loop_per_worker
+from ganray.train.progress import ProgressBoard, run_with_progress
 
 # Settings a resumed run may change; anything else must match the run's checkpoints.
 RESUMABLE_CHANGES = {
@@ -82,6 +84,8 @@ def run_training(job: TrainJob) -> TrainOutcome:
     resume_from = check_resumable(job, manifest_hash)
     if resume_from:
         print(f"[ganray] resuming run '{job.run.name}' from {resume_from}", flush=True)
+    print(f"[ganray] training run '{job.run.name}': {job.train.max_steps} steps, {job.train.num_workers} workers, "
+          f"checkpoints in {ckpt.run_url(storage_root(job), job.run.name)}", flush=True)
     init_ray(job.ray_address)  # only once the run is known to be valid
 
     # Per-epoch progress bars of the data split are noise in a training log.
@@ -90,11 +94,12 @@ def run_training(job: TrainJob) -> TrainOutcome:
     # One global shuffle first: imported shards are in file-name order (UTKFace: sorted by age),
     # and the per-epoch local shuffle buffer only mixes neighbours.
     dataset = build_train_dataset(job.data).random_shuffle(seed=job.train.seed).materialize()
+    board = ProgressBoard.remote()
     cpu_per_worker = 0 if job.train.use_gpu else job.train.threads_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
-                           "manifest_hash": manifest_hash},
+                           "manifest_hash": manifest_hash, "progress_board": board},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
@@ -105,7 +110,8 @@ def run_training(job: TrainJob) -> TrainOutcome:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep)),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
+    line = ProgressLine(f"train {job.run.name}:", job.train.max_steps, "steps", show_rate=False)
+    result = run_with_progress(trainer.fit, board, line)
     if result.error:
         raise result.error
     return publish_run_outputs(job)
