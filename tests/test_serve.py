@@ -518,6 +518,7 @@ def test_api_config_errors(monkeypatch):
     def api(**values) -> FaceServiceConfig:
         return load_config(FaceServiceConfig, base={"api": values})
 
+    assert FaceServiceConfig().api.max_body_bytes == 64 * 1024  # the README's default
     # The body limit must hold a POST of max_count seeds at max_seed: {"seeds": [1000000, ...]}.
     largest_post = len(json.dumps({"seeds": [MAX_SEED] * 8}))
     assert api(max_count=8, max_seed=MAX_SEED, max_body_bytes=largest_post).api.max_body_bytes == largest_post

@@ -48,7 +48,7 @@ class RenderResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP bodies
+# HTTP bodies (and ServedModelInfo, the generator's part of GET /v1/model)
 
 
 class FacesRequest(BaseModel):
