@@ -473,6 +473,26 @@ class FaceAPIConfig(Section):
         None, min_length=1, description="required in X-API-Key when set (else $GANRAY_API_KEY; /healthz stays open)"
     )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 503 when a queue is full")
+    max_body_bytes: int = Field(
+        65536, gt=0, description="largest request body accepted; a larger one is a 413 before it is parsed"
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _printable_ascii_key(cls, key: str | None) -> str | None:
+        # It travels in an HTTP header, where clients disagree on how to encode anything else.
+        if key is not None and not re.fullmatch(r"[!-~]+", key):  # printable ASCII, no space
+            raise ValueError("api_key must be printable ASCII without spaces (it is sent in the X-API-Key header)")
+        return key
+
+    @model_validator(mode="after")
+    def _largest_post_fits(self) -> "FaceAPIConfig":
+        # A POST of max_count seeds, each max_seed, as json.dumps writes it: {"seeds": [s, s, ...]}.
+        seeds_bytes = len('{"seeds": []}') + self.max_count * len(str(self.max_seed)) + (self.max_count - 1) * 2
+        if self.max_body_bytes < seeds_bytes:
+            raise ValueError(f"api.max_body_bytes ({self.max_body_bytes}) is below the {seeds_bytes} bytes of a "
+                             f"POST /v1/faces with max_count ({self.max_count}) seeds up to max_seed")
+        return self
 
 
 class FaceServiceConfig(Section):

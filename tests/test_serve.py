@@ -9,6 +9,7 @@ Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a t
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import threading
 import time
@@ -34,6 +35,7 @@ TINY = DCGANConfig(z_dim=16, g_width=8, max_channels=32, conditional=True, embed
 MAIN_KEY = "main-secret"
 ENV_KEY = "env-secret"
 MAX_SEED = 10**6
+MAX_BODY = 1024  # the main application's api.max_body_bytes
 
 
 def push_random_model(registry: Registry, init_seed: int) -> str:
@@ -118,7 +120,8 @@ def service(ray_session, registry, bulk_faces):
     with pytest.MonkeyPatch.context() as env:  # build_app reads $GANRAY_API_KEY when the config has no key
         env.delenv("GANRAY_API_KEY", raising=False)
         main_app = build_app(app_config(model={"registry": url, "poll_interval_s": 0.5},
-                                        api={"api_key": MAIN_KEY, "max_seed": MAX_SEED}))
+                                        api={"api_key": MAIN_KEY, "max_seed": MAX_SEED,
+                                             "max_body_bytes": MAX_BODY}))
         overload_app = build_app(app_config(
             model={"registry": url},
             # Batches of 4 never fill (at most 2 requests reach the replica): each waits 0.5 s.
@@ -238,21 +241,115 @@ def test_model_and_health(main, registry, service):
     assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": versions[0]}
     docs = httpx.get(f"{service['main']}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    paths = httpx.get(f"{service['main']}/openapi.json").json()["paths"]
+    openapi = httpx.get(f"{service['main']}/openapi.json").json()
+    paths = openapi["paths"]
     assert {"/v1/faces/{seed}.png", "/v1/faces", "/v1/model", "/healthz"} <= set(paths)
+    # The docs declare the key header on the endpoints that need it (the Authorize button of /docs).
+    assert openapi["components"]["securitySchemes"]["APIKeyHeader"] == {"type": "apiKey", "in": "header",
+                                                                       "name": "X-API-Key"}
+    needs_key = {(path, method) for path, methods in paths.items() for method, op in methods.items()
+                 if op.get("security") == [{"APIKeyHeader": []}]}
+    assert needs_key == {("/v1/faces/{seed}.png", "get"), ("/v1/faces", "post"), ("/v1/model", "get")}
 
 
 def test_api_key(service):
     base = service["main"]
+    wrong = httpx.get(f"{base}/v1/faces/1.png", headers={"X-API-Key": "wrong"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "ApiKey"
+    assert wrong.json() == {"detail": "missing or wrong API key (header X-API-Key)"}
     assert httpx.get(f"{base}/v1/faces/1.png").status_code == 401
-    assert httpx.get(f"{base}/v1/faces/1.png", headers={"X-API-Key": "wrong"}).status_code == 401
     assert httpx.get(f"{base}/v1/model").status_code == 401
     assert httpx.post(f"{base}/v1/faces", json={"count": 1}).status_code == 401
-    assert httpx.get(f"{base}/v1/faces/-1.png").status_code == 401  # the key is checked before the input
+    # The key is checked before anything else about the request: the path, the query, the body.
+    assert httpx.get(f"{base}/v1/faces/-1.png").status_code == 401
+    assert httpx.get(f"{base}/no/such/path").status_code == 401
+    assert httpx.post(f"{base}/v1/faces", content=b'{"count": 2,',
+                      headers={"Content-Type": "application/json"}).status_code == 401
     assert httpx.get(f"{base}/v1/faces/1.png", headers={"X-API-Key": MAIN_KEY}).status_code == 200
     # /reload has no key in its config: build_app took it from $GANRAY_API_KEY.
     assert httpx.get(f"{service['reload']}/v1/model").status_code == 401
     assert httpx.get(f"{service['reload']}/v1/model", headers={"X-API-Key": ENV_KEY}).status_code == 200
+
+
+@pytest.mark.parametrize("key", [
+    "clé".encode("latin-1"),                  # one byte above ASCII
+    "clé".encode("utf-8"),                    # two
+    MAIN_KEY.encode() + "é".encode("utf-8"),  # the right key, then more
+    "é".encode("utf-8") + MAIN_KEY.encode(),
+])
+def test_non_ascii_api_key_is_a_plain_401(service, key):
+    base = service["main"]
+    wrong = httpx.get(f"{base}/v1/model", headers={"X-API-Key": "wrong"})
+    r = httpx.get(f"{base}/v1/model", headers={"X-API-Key": key})
+    assert (r.status_code, r.json(), r.headers["www-authenticate"]) == (
+        wrong.status_code, wrong.json(), wrong.headers["www-authenticate"]) == (401, wrong.json(), "ApiKey")
+    assert httpx.get(f"{base}/v1/model", headers={"X-API-Key": MAIN_KEY}).status_code == 200  # still up
+
+
+# ---------------------------------------------------------------------------------------------
+# Request body size
+
+
+def post_without_the_whole_body(base: str, headers: dict[str, str], body_start: bytes = b"") -> tuple[int, bytes]:
+    """POST /v1/faces with these headers and the start of a body, whose rest is never sent.
+
+    Any answer shows the server answered without waiting for the body (else it times out).
+    """
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.putrequest("POST", f"{url.path}/v1/faces")
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        conn.send(body_start)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a body sent with Transfer-Encoding: chunked."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def json_body_of(size: int) -> bytes:
+    """A valid POST /v1/faces body (one face, rendered by nothing: format=png) of exactly `size` bytes."""
+    body = b'{"seeds": [3], "format": "png"}'
+    return body + b" " * (size - len(body))
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(service):
+    base = service["main"]
+    too_large = {"detail": f"request body larger than {MAX_BODY} bytes (api.max_body_bytes)"}
+    key = {"X-API-Key": MAIN_KEY}
+    # Content-Length over the limit: answered from the headers alone.
+    status, body = post_without_the_whole_body(base, {**key, "Content-Length": str(MAX_BODY + 1)})
+    assert (status, json.loads(body)) == (413, too_large)
+    # The key comes first: without it, a 401 (nothing about the body, not even its limit).
+    status, _ = post_without_the_whole_body(base, {"Content-Length": str(MAX_BODY + 1)})
+    assert status == 401
+    # Chunked, no Content-Length: counted while read; the chunk that crosses the limit ends it.
+    status, body = post_without_the_whole_body(base, {**key, "Transfer-Encoding": "chunked"},
+                                                chunk(b" " * 1000) + chunk(b" " * (MAX_BODY + 1 - 1000)))
+    assert (status, json.loads(body)) == (413, too_large)
+
+
+def test_body_limit_edges(main):
+    def chunks(body: bytes):
+        yield from (body[i:i + 100] for i in range(0, len(body), 100))
+
+    for size, status in [(MAX_BODY, 200), (MAX_BODY + 1, 413)]:
+        body = json_body_of(size)
+        r = main.post("/v1/faces", content=body, headers={"Content-Type": "application/json"})
+        assert r.request.headers["content-length"] == str(size)
+        assert r.status_code == status, (size, r.text)
+        r = main.post("/v1/faces", content=chunks(body), headers={"Content-Type": "application/json"})
+        assert r.request.headers["transfer-encoding"] == "chunked" and "content-length" not in r.request.headers
+        assert r.status_code == status, (size, r.text)
+        if status == 200:
+            assert [f["seed"] for f in r.json()["faces"]] == [3]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +509,28 @@ def test_local_config_and_cli_errors(tmp_path, capsys):
     assert main(["serve", "--set", "api.max_count=1000"]) == 2  # above generator.max_batch_size
     assert main(["serve", "--set", f"model.registry={tmp_path}"]) == 2  # nothing to serve there
     assert "error" in capsys.readouterr().err
+
+
+def test_api_config_errors(monkeypatch):
+    from ganray.config import ConfigError
+    from ganray.serve.app import build_app
+
+    def api(**values) -> FaceServiceConfig:
+        return load_config(FaceServiceConfig, base={"api": values})
+
+    assert FaceServiceConfig().api.max_body_bytes == 64 * 1024  # the README's default
+    # The body limit must hold a POST of max_count seeds at max_seed: {"seeds": [1000000, ...]}.
+    largest_post = len(json.dumps({"seeds": [MAX_SEED] * 8}))
+    assert api(max_count=8, max_seed=MAX_SEED, max_body_bytes=largest_post).api.max_body_bytes == largest_post
+    with pytest.raises(ConfigError, match=rf"api.max_body_bytes \({largest_post - 1}\) is below the {largest_post}"):
+        api(max_count=8, max_seed=MAX_SEED, max_body_bytes=largest_post - 1)
+    # The key travels in a header: printable ASCII only, from the config or from $GANRAY_API_KEY.
+    for key in ["clé", "two words", "tab\t"]:
+        with pytest.raises(ConfigError, match="api.api_key.*printable ASCII"):
+            api(api_key=key)
+    monkeypatch.setenv("GANRAY_API_KEY", "clé")
+    with pytest.raises(ConfigError, match=r"\$GANRAY_API_KEY: api_key must be printable ASCII"):
+        build_app(app_config())
 
 
 def test_app_args_accept_sections_and_dotted_keys():

@@ -14,5 +14,7 @@ Endpoints (OpenAPI docs at /docs):
 Headers: X-Model-Version on every face and model response; X-Seed, X-Psi and X-Conditions (the full,
 URL-encoded conditions) on a PNG. Bad input is a 422 in FastAPI's shape whose `loc` names the field;
 a full queue is a 503 with Retry-After; a missing or wrong X-API-Key (when one is configured, in the
-config or $GANRAY_API_KEY) is a 401, checked before anything else about the request.
+config or $GANRAY_API_KEY; printable ASCII) is a 401, checked before anything else about the request,
+its body included. A body larger than api.max_body_bytes is a 413 (the message names the limit): from
+Content-Length before any of the body is read, or, sent chunked, at the first chunk past the limit.
 """

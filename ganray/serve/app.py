@@ -37,16 +37,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 import torch
-from fastapi import Depends, FastAPI, Path, Query, Request, Response, Security
+from fastapi import FastAPI, Path, Query, Request, Response, Security
 from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from ganray.config import (
+    ConfigError,
     FaceAPIConfig,
     FaceServiceConfig,
     ReplicaOptions,
@@ -67,7 +69,6 @@ from ganray.serve.schemas import (
     FacesResponse,
     Health,
     Limits,
-    LoadError,
     ModelLoadError,
     ModelResponse,
     RenderRequest,
@@ -116,7 +117,7 @@ class FaceGenerator:
         self._settings: LiveSettings | None = None
         self._registry: Registry | None = None
         self._model: LoadedGenerator | None = None
-        self._load_error: LoadError | None = None
+        self._load_error: ModelLoadError | None = None
         self._reload_lock = asyncio.Lock()
         self._render_s = 0.0  # moving average of a batch's render time: how long the next one gathers
         self._batches = self._faces = 0  # rendered since start (GET /v1/model)
@@ -177,7 +178,7 @@ class FaceGenerator:
 
     def _record_load_error(self, version: str | None, error: Exception) -> None:
         message = f"{type(error).__name__}: {error}"
-        self._load_error = LoadError(version=version, error=message, at=utc_now())
+        self._load_error = ModelLoadError(version=version, error=message, at=utc_now())
         serving = self._model.version if self._model else "nothing"
         logger.error(f"cannot load {self._settings.model.alias!r} -> {version}: {message} (still serving {serving})")
 
@@ -244,7 +245,7 @@ class FaceGenerator:
             version=model.version, alias=source.alias, registry=source.registry,
             resolution=model.generator.resolution, z_dim=model.generator.z_dim, precision=source.precision,
             conditions=dict(model.generator.condition_values), load_error=self._load_error,
-            batches=self._batches, faces=self._faces,
+            rendered=Rendered(batches=self._batches, faces=self._faces),
         )
 
 
@@ -261,16 +262,84 @@ api = FastAPI(
         "the docs needs it in `X-API-Key`."
     ),
 )
-API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+HEALTH_PATH = "/healthz"
+# Open without the API key: liveness (for load balancers) and the docs.
+OPEN_PATHS = frozenset(path for path in (HEALTH_PATH, api.docs_url, api.swagger_ui_oauth2_redirect_url,
+                                         api.redoc_url, api.openapi_url) if path)
+# Declares the key header in the OpenAPI docs (the Authorize button of /docs). The check itself is
+# RequestGuard's: a FastAPI dependency would run only after FastAPI has read and parsed the body.
+API_KEY_DOCS = Security(APIKeyHeader(name="X-API-Key", auto_error=False))
 
 
-async def require_api_key(key: str | None = Security(API_KEY_HEADER)) -> None:
-    """401 unless the request carries the key this replica was configured with.
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than {limit} bytes (api.max_body_bytes)")
 
-    A dependency, so it runs before parameter validation: without the key you learn nothing else.
-    (async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request.)
+
+class RequestGuard:
+    """ASGI middleware in front of every route: the API key, then the size of the request body.
+
+    The order: the key first, since it needs nothing but a header, and a caller without it learns
+    nothing about the service, not even its body limit, and has none of its body read or parsed
+    (a 401, never a 413 or 422). Then the body: a Content-Length above api.max_body_bytes is a 413
+    before any of the body is read; a body without one (chunked) is counted as the route reads it,
+    and reading stops with a 413 at the first chunk past the limit. (Serve's proxy queues what
+    arrives until the ingress answers, and drops the rest of the request once the 413 is sent.)
     """
-    serve.get_replica_context().servable_object.check_api_key(key)
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        face_api: FaceAPI = serve.get_replica_context().servable_object
+        key = content_length = None
+        for name, value in scope["headers"]:  # raw bytes; names are lower case in ASGI
+            if name == b"x-api-key" and key is None:
+                key = value
+            elif name == b"content-length":
+                content_length = value
+        if face_api.api_key is not None and route_path(scope) not in OPEN_PATHS and not (
+            # Bytes, constant time: the header may hold any byte (compare_digest refuses non-ASCII str).
+            key is not None and secrets.compare_digest(key, face_api.api_key)
+        ):
+            await JSONResponse({"detail": "missing or wrong API key (header X-API-Key)"}, 401,
+                               headers={"WWW-Authenticate": "ApiKey"})(scope, receive, send)
+            return
+        limit = face_api.max_body_bytes
+        if content_length is not None and content_length.isdigit():
+            if int(content_length) > limit:
+                too_large = BodyTooLarge(limit)
+                await JSONResponse({"detail": too_large.detail}, too_large.status_code)(scope, receive, send)
+                return
+            # The HTTP server delivers no more than Content-Length bytes: nothing to count.
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI passes an HTTPException from reading the body on to its handler: the
+                    # 413 comes back in the same shape as every other error.
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def route_path(scope: dict[str, Any]) -> str:
+    """The request's path inside this application (without the route prefix Serve mounted it at)."""
+    root, path = scope.get("root_path", ""), scope["path"]
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+api.add_middleware(RequestGuard)
 
 
 def invalid(loc: tuple[str | int, ...], msg: str, value: Any) -> RequestValidationError:
@@ -287,32 +356,23 @@ class FaceAPI:
     def __init__(self, generator: DeploymentHandle, limits: FaceAPIConfig):
         self._generator = generator
         self._limits = limits
+        # What RequestGuard checks before any route runs.
+        self.api_key: bytes | None = limits.api_key.encode("ascii") if limits.api_key else None
+        self.max_body_bytes = limits.max_body_bytes
 
-    def check_api_key(self, key: str | None) -> None:
-        expected = self._limits.api_key
-        if expected is not None and (key is None or not secrets.compare_digest(key, expected)):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)",
-                                headers={"WWW-Authenticate": "ApiKey"})
-
-    @api.get("/healthz", summary="liveness: the service answers and has a model")
+    @api.get(HEALTH_PATH, summary="liveness: the service answers and has a model")
     async def healthz(self) -> Health:
         info: ServedModelInfo = await self._generator.model_info.remote()
         return Health(status="ok", model_version=info.version)
 
     @api.get("/v1/model", summary="the served model, its accepted conditions, and the last failed reload",
-             dependencies=[Depends(require_api_key)])
+             dependencies=[API_KEY_DOCS])
     async def model(self, response: Response) -> ModelResponse:
         info: ServedModelInfo = await self._generator.model_info.remote()
         response.headers["X-Model-Version"] = info.version
-        error = info.load_error
-        return ModelResponse(
-            version=info.version, alias=info.alias, registry=info.registry, resolution=info.resolution,
-            z_dim=info.z_dim, precision=info.precision, conditions=info.conditions,
-            load_error=ModelLoadError(version=error.version, error=error.error, at=error.at) if error else None,
-            limits=Limits(max_count=self._limits.max_count, max_seed=self._limits.max_seed,
-                          default_psi=self._limits.default_psi),
-            rendered=Rendered(batches=info.batches, faces=info.faces),
-        )
+        limits = Limits(max_count=self._limits.max_count, max_seed=self._limits.max_seed,
+                        default_psi=self._limits.default_psi)
+        return ModelResponse(**dict(info), limits=limits)
 
     @api.get(
         "/v1/faces/{seed}.png",
@@ -322,7 +382,7 @@ class FaceAPI:
                     "X-Conditions (the face's full conditions, URL-encoded).",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
-        dependencies=[Depends(require_api_key)],
+        dependencies=[API_KEY_DOCS],
     )
     async def face_png(
         self,
@@ -343,7 +403,7 @@ class FaceAPI:
     @api.post(
         "/v1/faces",
         summary="several faces: base64 PNGs inline, or GET URLs",
-        dependencies=[Depends(require_api_key)],
+        dependencies=[API_KEY_DOCS],
     )
     async def faces(self, body: FacesRequest, request: Request, response: Response) -> FacesResponse:
         seeds = self._seeds_for(body)
@@ -441,11 +501,22 @@ def parse_app_args(args: dict[str, Any]) -> FaceServiceConfig:
     return load_config(FaceServiceConfig, base=nested, overrides=dotted)
 
 
+def with_env_api_key(api_config: FaceAPIConfig) -> FaceAPIConfig:
+    """The api section with the key from $GANRAY_API_KEY when the config names none, checked like one."""
+    env_key = os.environ.get(API_KEY_ENV)
+    if api_config.api_key is not None or not env_key:
+        return api_config
+    try:
+        return FaceAPIConfig.model_validate({**api_config.model_dump(), "api_key": env_key})
+    except ValidationError as e:
+        raise ConfigError(f"${API_KEY_ENV}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
 def build_app(args: dict[str, Any] | FaceServiceConfig) -> Application:
     """The Ray Serve application builder (`import_path: ganray.serve.app:build_app`)."""
     config = args if isinstance(args, FaceServiceConfig) else parse_app_args(args)
     model = config.model.model_copy(update={"registry": normalize_url(registry_url(config.model.registry))})
-    limits = config.api.model_copy(update={"api_key": config.api.api_key or os.environ.get(API_KEY_ENV) or None})
+    limits = with_env_api_key(config.api)
     gen = config.generator
     generator = FaceGenerator.options(
         **deployment_options(gen, config.api.retry_after_s, access_log=False),

@@ -1,4 +1,12 @@
-"""What goes over the wire: the HTTP API's JSON bodies, and the messages between the two deployments."""
+"""What goes over the wire: the HTTP API's JSON bodies, and the messages between the two deployments.
+
+One definition per message. The two messages of every face request (RenderRequest, RenderResult)
+are plain dataclasses: the ingress has validated everything in them already, and a dataclass is
+about 2 us cheaper to build and 6 us cheaper to pickle than a pydantic model (noise next to the
+~11 ms of CPU a GET costs, but there is nothing to gain). Everything else is one pydantic model,
+used by both deployments: the generator answers GET /v1/model with a ServedModelInfo, which the
+ingress extends into the ModelResponse.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +20,7 @@ SEED_MAX = 2**63 - 1  # seeds are int64 everywhere (torch.Generator.manual_seed,
 
 
 # ---------------------------------------------------------------------------------------------
-# Between the ingress and the generator deployment
+# Between the ingress and the generator deployment, once per face request
 
 
 @dataclass(frozen=True)
@@ -39,33 +47,8 @@ class RenderResult:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class ServedModelInfo:
-    """What one generator replica serves (GET /v1/model, /healthz)."""
-
-    version: str
-    alias: str
-    registry: str
-    resolution: int
-    z_dim: int
-    precision: str
-    conditions: dict[str, list[str]]
-    load_error: LoadError | None
-    batches: int  # forward passes this replica has run since it started...
-    faces: int  # ...and the faces they rendered
-
-
-@dataclass(frozen=True)
-class LoadError:
-    """The last model the generator failed to load (it keeps serving the one it had)."""
-
-    version: str | None  # None when the alias itself could not be resolved
-    error: str
-    at: str  # ISO 8601, UTC
-
-
 # ---------------------------------------------------------------------------------------------
-# HTTP bodies
+# HTTP bodies (and ServedModelInfo, the generator's part of GET /v1/model)
 
 
 class FacesRequest(BaseModel):
@@ -118,9 +101,11 @@ class Limits(BaseModel):
 
 
 class ModelLoadError(BaseModel):
-    version: str | None
+    """The last model the generator failed to load (it keeps serving the one it had)."""
+
+    version: str | None = Field(description="None when the alias itself could not be resolved")
     error: str
-    at: str
+    at: str = Field(description="when, ISO 8601 in UTC")
 
 
 class Rendered(BaseModel):
@@ -128,8 +113,8 @@ class Rendered(BaseModel):
     faces: int
 
 
-class ModelResponse(BaseModel):
-    """GET /v1/model: what this replica serves, and the last reload that failed, if any."""
+class ServedModelInfo(BaseModel):
+    """What one generator replica serves (its answer to the ingress for GET /v1/model and /healthz)."""
 
     version: str
     alias: str
@@ -141,9 +126,14 @@ class ModelResponse(BaseModel):
     load_error: ModelLoadError | None = Field(
         None, description="the alias points at a version that failed to load; the version above keeps serving"
     )
-    limits: Limits
     rendered: Rendered = Field(description="what the generator replica that answered has rendered since it "
                                "started (faces / batches: how well requests are being batched)")
+
+
+class ModelResponse(ServedModelInfo):
+    """GET /v1/model: what this replica serves, the last reload that failed if any, and the request limits."""
+
+    limits: Limits
 
 
 class Health(BaseModel):
