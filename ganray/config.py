@@ -136,9 +136,54 @@ class DCGANConfig(BaseModelConfig):
     max_resolution: ClassVar[int] = 256
 
 
+class StyleGAN2Config(BaseModelConfig):
+    """StyleGAN2 (ganray.models.stylegan2): a mapping network z -> w, modulated convolutions with
+    skip (toRGB) outputs in G, a residual D with minibatch standard deviation. Defaults follow
+    NVlabs' StyleGAN2-ADA (its "auto" widths below 512 px, StyleGAN2's 8-layer mapping)."""
+
+    arch: Literal["stylegan2"] = "stylegan2"
+    z_dim: int = Field(512, gt=0)
+    embed_dim: int = Field(
+        512, gt=0, description="size of G's label embedding joined to z: one learned vector per attribute "
+                               "value, summed (StyleGAN2-ADA embeds its one-hot labels at w_dim)")
+    w_dim: int = Field(512, gt=0, description="size of the intermediate latent w (one per layer)")
+    mapping_layers: int = Field(8, ge=1, description="fully connected layers of the mapping networks "
+                                                     "(G's z -> w and D's labels -> projection)")
+    mapping_lr_mult: float = Field(0.01, gt=0, description="learning-rate multiplier of the mapping networks")
+    channel_base: int = Field(16384, gt=0, description="channels at resolution r: min(channel_base // r, "
+                                                       "channel_max); NVlabs use 32768 from 512 px up")
+    channel_max: int = Field(512, gt=0, description="cap on channels at any resolution")
+    style_mixing_prob: float = Field(
+        0.9, ge=0, le=1, description="chance that a training batch switches to a second latent at a "
+                                     "random layer (G in training mode)")
+    w_avg_beta: float = Field(0.995, ge=0, lt=1, description="decay of the tracked average w that "
+                                                             "truncation pulls towards")
+    w_avg_per_condition: bool = Field(
+        True, description="conditional models: also track one average w per combination of condition "
+                          "values, and truncate each face towards its own combination's average")
+    mbstd_group: int = Field(4, ge=1, description="minibatch-stddev group size (at most; a divisor of the batch)")
+    mbstd_channels: int = Field(1, ge=0, description="feature channels the minibatch stddev adds (0 = off)")
+    resample_filter: list[int] = Field(
+        [1, 3, 3, 1], min_length=1, max_length=8,
+        description="taps of the separable low-pass filter used when up- and downsampling")
+    conv_clamp: float | None = Field(256.0, gt=0, description="clamp activations to +-this (fp16 safety); "
+                                                              "None = no clamp")
+
+    # NVlabs train StyleGAN2 from 32 px (below, the 4x4 head is most of the network) to 1024 px.
+    min_resolution: ClassVar[int] = 32
+    max_resolution: ClassVar[int] = 1024
+
+    @field_validator("resample_filter")
+    @classmethod
+    def _filter(cls, taps: list[int]) -> list[int]:
+        if any(t < 0 for t in taps) or sum(taps) <= 0:
+            raise ValueError(f"resample_filter taps must be >= 0 with a positive sum, got {taps}")
+        return taps
+
+
 # Architecture name -> its config class. A new architecture adds one entry here and one in
 # ganray.models.ARCHITECTURES (its networks), nothing else.
-MODEL_CONFIGS: dict[str, type[BaseModelConfig]] = {"dcgan": DCGANConfig}
+MODEL_CONFIGS: dict[str, type[BaseModelConfig]] = {"dcgan": DCGANConfig, "stylegan2": StyleGAN2Config}
 DEFAULT_ARCH = "dcgan"
 
 

@@ -15,10 +15,10 @@ from types import ModuleType
 from torch import nn
 
 from ganray.config import BaseModelConfig, parse_model_config
-from ganray.models import dcgan
+from ganray.models import dcgan, stylegan2
 from ganray.models.losses import LOSSES, GANLoss, get_loss, gradient_penalty, r1_penalty
 
-ARCHITECTURES: dict[str, ModuleType] = {"dcgan": dcgan}
+ARCHITECTURES: dict[str, ModuleType] = {"dcgan": dcgan, "stylegan2": stylegan2}
 
 
 def architecture(cfg: BaseModelConfig | dict) -> tuple[BaseModelConfig, ModuleType]:

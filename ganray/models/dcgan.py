@@ -22,49 +22,13 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ganray.config import DCGANConfig
+from ganray.models.conditioning import check_labels, conditions_for
 
 
 def _check_resolution(resolution: int) -> None:
     # The networks work for any power of two >= 8; DCGANConfig restricts training jobs to 32..256.
     if resolution < 8 or resolution & (resolution - 1):
         raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
-
-
-def _conditions(cfg: DCGANConfig, attributes: dict[str, list[str]] | None) -> dict[str, list[str]]:
-    """The attributes a model conditions on, name -> values, in label-column order ({} = none)."""
-    if not cfg.conditional:
-        return {}
-    if not attributes:
-        raise ValueError("model.conditional is true but no attributes were given to condition on")
-    names = cfg.condition_on or list(attributes)
-    for name in names:
-        if name not in attributes:
-            raise ValueError(f"model.condition_on: unknown attribute {name!r} (known: {sorted(attributes)})")
-        if not attributes[name]:
-            raise ValueError(f"attribute {name!r} has no values to condition on")
-    return {name: list(attributes[name]) for name in names}
-
-
-def _check_labels(labels: Tensor | None, condition_values: dict[str, list[str]], batch_size: int) -> None:
-    if not condition_values:
-        if labels is not None:
-            raise ValueError("this model is unconditional: call it with labels=None")
-        return
-    names = list(condition_values)
-    if labels is None:
-        raise ValueError(f"this model is conditional: labels (B, {len(names)}) are required, columns {names}")
-    if labels.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"labels must be an integer (long) tensor of value indices, got {labels.dtype}")
-    if labels.shape != (batch_size, len(names)):
-        raise ValueError(f"labels must have shape ({batch_size}, {len(names)}) for columns {names}, "
-                         f"got {tuple(labels.shape)}")
-    lowest, highest = labels.amin(0).tolist(), labels.amax(0).tolist()  # one device sync for all columns
-    for name, lo, hi in zip(names, lowest, highest):
-        n = len(condition_values[name])
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"label {bad} for attribute {name!r} is out of range: it has {n} values "
-                             f"{condition_values[name]}")
 
 
 def _channels(width: int, num_blocks: int, cap: int) -> list[int]:
@@ -101,7 +65,7 @@ class Generator(nn.Module):
         _check_resolution(resolution)
         self.z_dim = cfg.z_dim
         self.resolution = resolution
-        self.condition_values = _conditions(cfg, attributes)
+        self.condition_values = conditions_for(cfg, attributes)
         self.condition_names = list(self.condition_values)
         # Default N(0, 1) init: the embeddings enter next to z ~ N(0, 1), at the same scale.
         self.label_embeddings = nn.ModuleList(
@@ -123,7 +87,7 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape (B, {self.z_dim}), got {tuple(z.shape)}")
-        _check_labels(labels, self.condition_values, z.shape[0])
+        check_labels(labels, self.condition_values, z.shape[0])
         embedded = [table(labels[:, i]) for i, table in enumerate(self.label_embeddings)]
         x = torch.cat([z, *embedded], dim=1)
         return self.net(x[:, :, None, None])  # (B, C) -> (B, C, 1, 1): the 1x1 "image" to upsample
@@ -136,7 +100,7 @@ class Discriminator(nn.Module):
         super().__init__()
         _check_resolution(resolution)
         self.resolution = resolution
-        self.condition_values = _conditions(cfg, attributes)
+        self.condition_values = conditions_for(cfg, attributes)
         self.condition_names = list(self.condition_values)
 
         # Feature maps at R/2, R/4, ..., 4x4; d_width channels at R/2, doubling towards 4x4.
@@ -168,7 +132,7 @@ class Discriminator(nn.Module):
                 spectral_norm(m)
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
-        _check_labels(labels, self.condition_values, images.shape[0])
+        check_labels(labels, self.condition_values, images.shape[0])
         phi = self.features(images).flatten(1)
         logits = self.head(phi).squeeze(1).float()  # fp32: losses and penalties are rounding-sensitive
         for i, table in enumerate(self.projections):

@@ -3,15 +3,24 @@
 Every step is a function of one face's inputs only, never of the batch it is rendered in:
 
 - latent: z = randn(z_dim) from a torch.Generator seeded with the face's seed (one per face);
-- truncation: z' = mean + psi * (z - mean), towards the generator's mean latent (the prior's
-  mean, 0, for DCGAN's N(0, I) z; a model that knows a better mean, e.g. the average output of a
-  mapping network, exposes it as a buffer named `latent_mean`);
 - labels: one value index per conditioned attribute; an attribute left open is drawn from the seed;
-- G(z', labels) in eval mode (BatchNorm uses its running statistics, not the batch's) under
-  autocast (bf16 by default), then uint8 = round((x + 1) * 127.5) clamped to [0, 255].
+- a generator with one latent input (DCGAN):
+  truncation z' = mean + psi * (z - mean), towards the generator's mean latent (the prior's mean,
+  0, for DCGAN's N(0, I) z; a model that knows a better mean exposes it as a buffer named
+  `latent_mean`), then G(z', labels);
+- a style-based generator (StyleGAN2: `map`, `synthesis`, `num_ws`, `noise_inputs`):
+  ws = G.map(z, labels, psi), one face at a time, truncated in w space towards the average w
+  G tracked for the face's conditions (its `latent_mean` buffers); noise inputs drawn from a
+  torch.Generator seeded with a hash of (seed, "noise"), one per face; then G.synthesis(ws, noise).
+  Style mixing (`mix_seeds`, `crossover`): layers from w index `crossover` on take the second
+  seed's w and noise, so crossover 0 is the second seed's face and crossover num_ws the first's;
+- G runs in eval mode (BatchNorm uses its running statistics, not the batch's; no style mixing or
+  average tracking) under autocast (bf16 by default), then uint8 = round((x + 1) * 127.5) clamped
+  to [0, 255].
 
 With these, a face's pixels do not depend on batch size, position in the batch or thread count
-(checked in tests/test_render.py), so any worker renders the same bytes for the same face.
+(checked in tests/test_render.py and tests/test_stylegan2.py), so any worker renders the same
+bytes for the same face.
 """
 from __future__ import annotations
 
@@ -114,19 +123,92 @@ def _device(generator: nn.Module) -> torch.device:
     return next(generator.parameters()).device
 
 
+def is_style_based(generator: nn.Module) -> bool:
+    """Whether `generator` is rendered in w space (ganray.models.stylegan2.Generator's interface)."""
+    return all(hasattr(generator, name) for name in ("map", "synthesis", "num_ws", "noise_inputs"))
+
+
+def noise_seed(seed: int) -> int:
+    """The seed of one face's noise inputs: a hash of (seed, "noise"), apart from its latent's stream."""
+    digest = hashlib.sha256(f"{int(seed)}/noise".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch.Generator takes it
+
+
+def noise_for_seeds(generator: nn.Module, seeds: Sequence[int]) -> list[Tensor]:
+    """A style-based generator's noise inputs, one float32 (B, 1, r, r) tensor per layer in the order of
+    `generator.noise_inputs`: row i is drawn, layer after layer, from a torch.Generator of seeds[i] alone."""
+    per_face = []
+    for seed in seeds:
+        stream = torch.Generator().manual_seed(noise_seed(seed))
+        per_face.append([torch.randn(1, r, r, generator=stream) for r, _ in generator.noise_inputs])
+    return [torch.stack([face[i] for face in per_face]) if per_face else torch.empty(0, 1, r, r)
+            for i, (r, _) in enumerate(generator.noise_inputs)]
+
+
+def _styles_for_seeds(generator: nn.Module, seeds: Sequence[int], psi: float, labels: Tensor | None,
+                      device: torch.device) -> Tensor:
+    """ws (B, num_ws, w_dim) for `seeds`, truncated per face's conditions. One face at a time: BLAS
+    picks float32 matmul kernels by batch size, and they differ in the last bits."""
+    z = latents_for_seeds(seeds, generator.z_dim).to(device)
+    return torch.cat([generator.map(z[i:i + 1], None if labels is None else labels[i:i + 1], psi)
+                      for i in range(len(seeds))])
+
+
+def _check_mixing(generator: nn.Module, seeds: Sequence[int], mix_seeds: Sequence[int] | None,
+                  crossover: int | None) -> None:
+    if mix_seeds is None and crossover is None:
+        return
+    if not is_style_based(generator):
+        raise ValueError("style mixing needs a style-based generator (model.arch stylegan2); "
+                         "this one has a single latent input")
+    if mix_seeds is None or crossover is None:
+        raise ValueError("style mixing needs both mix_seeds and crossover")
+    if len(mix_seeds) != len(seeds):
+        raise ValueError(f"got {len(mix_seeds)} mix_seeds for {len(seeds)} seeds: one second seed per face")
+    if isinstance(crossover, bool) or not isinstance(crossover, int) or not 0 <= crossover <= generator.num_ws:
+        raise ValueError(f"crossover must be a layer index from 0 to {generator.num_ws} (this model's number "
+                         f"of styles), got {crossover!r}")
+
+
 def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, labels: Tensor | None = None,
-                 precision: str = "bf16") -> np.ndarray:
-    """uint8 images (B, H, W, 3) for `seeds`, with `labels` (B, n_cond) for a conditional model."""
+                 precision: str = "bf16", mix_seeds: Sequence[int] | None = None,
+                 crossover: int | None = None) -> np.ndarray:
+    """uint8 images (B, H, W, 3) for `seeds`, with `labels` (B, n_cond) for a conditional model.
+
+    Style-based generators only: `mix_seeds` (one per face) and `crossover` (0..num_ws) mix styles:
+    w indices >= crossover (and their layers' noise) come from the mix seed.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if generator.training:
         raise ValueError("the generator is in training mode: call .eval() (BatchNorm must use running statistics)")
+    _check_mixing(generator, seeds, mix_seeds, crossover)
     device = _device(generator)
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision 'fp16' needs a GPU: use 'bf16' or 'fp32' on CPU")
-    z = truncate(latents_for_seeds(seeds, generator.z_dim), psi, latent_mean(generator))
+    if precision == "fp32" and len(seeds) == 1:
+        # oneDNN runs a float32 conv of a single image down another code path, whose results differ
+        # from the batched ones in the last bits (bf16 does not): render one face as a batch of two.
+        return render_faces(generator, [seeds[0]] * 2, psi, None if labels is None else labels.repeat(2, 1),
+                            precision, None if mix_seeds is None else [mix_seeds[0]] * 2, crossover)[:1]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        x = generator(z.to(device), None if labels is None else labels.to(device))
+    labels = None if labels is None else labels.to(device)
+    with torch.inference_mode():
+        if not is_style_based(generator):
+            z = truncate(latents_for_seeds(seeds, generator.z_dim), psi, latent_mean(generator))
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                x = generator(z.to(device), labels)
+        elif len(seeds) == 0:
+            x = torch.empty(0, 3, generator.resolution, generator.resolution)
+        else:
+            ws = _styles_for_seeds(generator, seeds, psi, labels, device)
+            noise = noise_for_seeds(generator, seeds)
+            if mix_seeds is not None:
+                second = _styles_for_seeds(generator, mix_seeds, psi, labels, device)
+                ws = torch.cat([ws[:, :crossover], second[:, crossover:]], dim=1)
+                noise = [own if w_index < crossover else other for (_, w_index), own, other
+                         in zip(generator.noise_inputs, noise, noise_for_seeds(generator, mix_seeds))]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                x = generator.synthesis(ws, [n.to(device) for n in noise])
     pixels = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -1,0 +1,535 @@
+"""StyleGAN2 generator and discriminator (Karras et al. 2020, "Analyzing and Improving the Image
+Quality of StyleGAN"), conditioned as in StyleGAN2-ADA, in plain PyTorch: no custom CUDA/C++ ops,
+so the same code runs on CPU and GPU.
+
+Generator
+    mapping     z (B, z_dim), normalised [+ label embedding, normalised] -> `mapping_layers` fully
+                connected layers -> w (B, w_dim). In training mode the average w is tracked
+                (`latent_mean`, and per combination of condition values); truncation pulls w
+                towards it: w' = mean + psi * (w - mean).
+    styles      w is repeated to ws (B, num_ws, w_dim), one w per layer; style mixing replaces the
+                layers from a crossover index on with another latent's w.
+    synthesis   a learned constant 4x4 input, then per resolution r = 4, 8, ..., R:
+                [upsampling modulated 3x3 conv (r >= 8)], modulated 3x3 conv, each followed by
+                noise (B, 1, r, r) * a learned strength, bias and leaky ReLU; a toRGB (modulated
+                1x1 conv, not demodulated) at every r, summed into the upsampled image of r / 2
+                ("skip" outputs). Layer i of ws: 4x4 uses w0 (conv) and w1 (toRGB); resolution
+                r = 2^(k+2), k >= 1, uses w(2k-1), w(2k) (convs) and w(2k+1) (toRGB), so
+                num_ws = 2 log2(R) - 2.
+    The image is not squashed (no tanh, as in NVlabs' code): values are near [-1, 1] and the
+    renderer clamps.
+
+Discriminator (residual)
+    fromRGB (1x1) at R, then per resolution R, R/2, ..., 8 a block: 3x3 conv, 3x3 conv with 2x
+    downsampling, plus a 1x1 downsampling skip, summed with gain sqrt(1/2); at 4x4: minibatch
+    standard deviation, 3x3 conv, fully connected, output. Conditional: the output is a vector
+    projected onto an embedding of the labels (a mapping network of the labels alone), scaled by
+    1/sqrt(its size): StyleGAN2-ADA's projection head.
+
+Channels at resolution r: min(channel_base // r, channel_max).
+
+Equalized learning rate: every weight and bias is stored as a N(0, 1)-scaled parameter (weights
+N(0, 1/lr_mult^2), so that lr_mult slows a layer down) and multiplied at run time by
+lr_mult / sqrt(fan_in) (weights) or lr_mult (biases): Adam's step is the same size for every layer.
+Modulated convolutions use their raw N(0, 1) weights: demodulation normalises each output channel.
+
+Up- and downsampling low-pass filter with `resample_filter` (separable, [1, 3, 3, 1] by default),
+as NVlabs' upfirdn2d does, written here with `F.pad` and depthwise `F.conv2d`.
+
+Conditioning (`cfg.conditional`): labels are a LongTensor (B, n_cond) of value indices, one column
+per name in `condition_names`; each column is one-hot encoded and the codes concatenated (one
+learned vector per attribute value, summed, is what the embedding layer makes of them).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ganray.config import StyleGAN2Config
+from ganray.models.conditioning import check_labels, conditions_for
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2)  # keeps unit second moment through leaky ReLU (He et al.)
+SKIP_GAIN = math.sqrt(0.5)  # residual D: the two paths are summed with unit total variance
+NORMALIZE_EPS = 1e-8
+# A per-condition average w is a (combinations, w_dim) buffer: past this many combinations of
+# condition values it stops being an average of anything seen often (set w_avg_per_condition: false).
+MAX_CONDITION_COMBINATIONS = 4096
+
+
+def _check_resolution(resolution: int) -> None:
+    # The networks work for any power of two >= 8; StyleGAN2Config restricts training jobs to 32..1024.
+    if resolution < 8 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+
+
+def _channels(cfg: StyleGAN2Config, resolution: int) -> dict[int, int]:
+    """Channels at every resolution 4, 8, ..., `resolution`."""
+    channels = {4 * 2**i: min(cfg.channel_base // (4 * 2**i), cfg.channel_max)
+                for i in range(int(math.log2(resolution)) - 1)}
+    if channels[resolution] < 1:
+        raise ValueError(f"model.channel_base {cfg.channel_base} gives no channels at {resolution}x{resolution}: "
+                         f"it must be at least {resolution}")
+    return channels
+
+
+def _fp32(x: Tensor):
+    """A region computed in float32 even under autocast (statistics, the RGB skip path, styles)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _lrelu(x: Tensor, gain: float = 1.0, clamp: float | None = None) -> Tensor:
+    x = F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
+    return x if clamp is None else x.clamp(-clamp * gain, clamp * gain)
+
+
+def normalize_2nd_moment(x: Tensor) -> Tensor:
+    """Each row scaled to unit mean square (z and the label embedding enter the mapping at one scale)."""
+    return x * (x.square().mean(dim=1, keepdim=True) + NORMALIZE_EPS).rsqrt()
+
+
+def _rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x @ weight.T + bias with each row computed on its own: BLAS picks its kernels by batch size,
+    and their float32 results differ in the last bits, so a matmul would tie a face's styles (and
+    so its pixels) to the batch it is rendered in. A broadcast multiply-and-sum does not."""
+    return (x[:, None, :] * weight[None]).sum(-1) + bias
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling: zero insertion / decimation with a separable FIR low-pass filter (upfirdn2d)
+
+
+def make_filter(taps: list[int] | tuple[int, ...]) -> Tensor:
+    """The 2-D filter (k, k): outer product of the taps, normalised to unit sum (unit DC gain)."""
+    f = torch.tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def filter2d(x: Tensor, f: Tensor, pad0: int, pad1: int, gain: float = 1.0, stride: int = 1) -> Tensor:
+    """Pad (pad0 before, pad1 after, on both axes; negative crops) and convolve every channel with f."""
+    channels, k = x.shape[1], f.shape[0]
+    x = F.pad(x, [pad0, pad1, pad0, pad1])
+    weight = (f * gain).flip([0, 1])[None, None].expand(channels, 1, k, k).to(x.dtype)
+    return F.conv2d(x, weight, stride=stride, groups=channels)
+
+
+def upsample2d(x: Tensor, f: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, 2H, 2W): zeros between pixels, then the low-pass (gain 4 keeps the level)."""
+    b, c, h, w = x.shape
+    x = F.pad(x.reshape(b, c, h, 1, w, 1), [0, 1, 0, 0, 0, 1]).reshape(b, c, 2 * h, 2 * w)
+    k = f.shape[0]
+    return filter2d(x, f, (k + 1) // 2, (k - 2) // 2, gain=4.0)
+
+
+def downsample2d(x: Tensor, f: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, H/2, W/2): the low-pass, then every second pixel."""
+    k = f.shape[0]
+    return filter2d(x, f, (k - 1) // 2, (k - 2) // 2, stride=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Equalized-learning-rate layers
+
+
+class EqualLinear(nn.Module):
+    """A fully connected layer with equalized learning rate (see the module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias_init: float = 0.0, lr_mult: float = 1.0,
+                 activation: bool = False, rowwise: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mult)
+        self.bias = nn.Parameter(torch.full((out_features,), bias_init / lr_mult))
+        self.weight_gain = lr_mult / math.sqrt(in_features)
+        self.bias_gain = lr_mult
+        self.activation = activation
+        self.rowwise = rowwise  # batch-independent rows, in float32 (styles)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.weight * self.weight_gain, self.bias * self.bias_gain
+        if self.rowwise:
+            with _fp32(x):
+                x = _rowwise_linear(x.float(), weight, bias)
+        else:
+            x = F.linear(x, weight, bias)
+        return _lrelu(x) if self.activation else x
+
+
+class EqualConv2d(nn.Module):
+    """A conv layer (D) with equalized learning rate, optional 2x downsampling and leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
+                 activation: bool = True, down: bool = False, resample_filter: Tensor | None = None,
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.kernel_size, self.activation, self.down, self.conv_clamp = kernel_size, activation, down, conv_clamp
+        if down:
+            self.register_buffer("resample_filter", resample_filter.clone(), persistent=False)
+
+    def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        weight = self.weight * self.weight_gain
+        if not self.down:
+            x = F.conv2d(x, weight, self.bias, padding=self.kernel_size // 2)
+        elif self.kernel_size == 1:
+            x = F.conv2d(downsample2d(x, self.resample_filter), weight, self.bias)
+        else:
+            # Low-pass first (with the conv's own padding folded in), then a strided conv.
+            k, pad = self.resample_filter.shape[0], self.kernel_size // 2
+            x = filter2d(x, self.resample_filter, pad + (k - 1) // 2, pad + (k - 2) // 2)
+            x = F.conv2d(x, weight, self.bias, stride=2)
+        if self.activation:
+            return _lrelu(x, gain, self.conv_clamp)
+        x = x * gain
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp * gain, self.conv_clamp * gain)
+
+
+def _label_codes(labels: Tensor, value_counts: list[int]) -> Tensor:
+    """(B, n_cond) value indices -> (B, sum of value counts) concatenated one-hot codes, float32."""
+    return torch.cat([F.one_hot(labels[:, i].long(), n) for i, n in enumerate(value_counts)], dim=1).float()
+
+
+class MappingNetwork(nn.Module):
+    """[normalised z, normalised label embedding] -> fully connected layers -> (B, out_dim), in float32.
+
+    G maps z (and labels) to w; D maps labels alone (z_dim 0) to its projection vector.
+    """
+
+    def __init__(self, z_dim: int, label_dim: int, embed_dim: int, out_dim: int, num_layers: int, lr_mult: float):
+        super().__init__()
+        if z_dim == 0 and label_dim == 0:
+            raise ValueError("a mapping network needs a latent or labels to map")
+        self.z_dim = z_dim
+        self.embed = EqualLinear(label_dim, embed_dim) if label_dim else None
+        features = [z_dim + (embed_dim if label_dim else 0)] + [out_dim] * num_layers
+        self.layers = nn.ModuleList(EqualLinear(a, b, lr_mult=lr_mult, activation=True)
+                                    for a, b in zip(features, features[1:]))
+
+    def forward(self, z: Tensor | None, label_codes: Tensor | None) -> Tensor:
+        parts = []
+        with _fp32(z if z is not None else label_codes):  # small, and w's average must be exact
+            if self.z_dim:
+                parts.append(normalize_2nd_moment(z.float()))
+            if self.embed is not None:
+                parts.append(normalize_2nd_moment(self.embed(label_codes)))
+            x = torch.cat(parts, dim=1)
+            for layer in self.layers:
+                x = layer(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis network
+
+
+def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *, demodulate: bool, up: bool = False,
+                     padding: int = 0) -> Tensor:
+    """conv(x, weight scaled per sample and input channel by `styles` (B, C_in)), then, if
+    `demodulate`, each output channel scaled to unit expected second moment.
+
+    Computed as scale -> conv -> scale (NVlabs' "non-fused" form): one shared weight serves the
+    whole batch, so the conv is an ordinary batched conv on CPU and GPU alike. With `up`, a
+    stride-2 transposed conv (the caller low-pass filters its output).
+    """
+    if demodulate:
+        with _fp32(x):  # 1 / sqrt(sum over inputs and taps of (weight * style)^2), per sample and output
+            energy = weight.float().square().sum(dim=[2, 3])  # (C_out, C_in)
+            dcoefs = ((styles.float().square()[:, None, :] * energy[None]).sum(-1) + NORMALIZE_EPS).rsqrt()
+    x = x * styles.to(x.dtype)[:, :, None, None]
+    x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2) if up else F.conv2d(x, weight, padding=padding)
+    if demodulate:
+        x = x * dcoefs.to(x.dtype)[:, :, None, None]
+    return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated, demodulated 3x3 conv [with 2x upsampling], + noise * strength, bias, leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, w_index: int, *,
+                 up: bool, resample_filter: Tensor, conv_clamp: float | None):
+        super().__init__()
+        self.resolution, self.w_index, self.up, self.conv_clamp = resolution, w_index, up, conv_clamp
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0, rowwise=True)  # styles start at 1
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.noise_strength = nn.Parameter(torch.zeros(()))  # noise starts switched off, as in NVlabs'
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        if up:
+            self.register_buffer("resample_filter", resample_filter.clone(), persistent=False)
+
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
+        styles = self.affine(w)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up, padding=1)
+        if self.up:
+            # The transposed conv gave 2H + 1 pixels; the low-pass (gain 4 for the inserted zeros)
+            # trims them to 2H, centred as upsample-then-conv would be.
+            k = self.resample_filter.shape[0]
+            x = filter2d(x, self.resample_filter, (k + 1) // 2 - 1, (k - 2) // 2, gain=4.0)
+        if noise is None:  # training: fresh noise; reproducible faces pass their own (ganray.models.face)
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device)
+        x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
+        x = x + self.bias.to(x.dtype)[None, :, None, None]
+        return _lrelu(x, clamp=self.conv_clamp)
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv to RGB, not demodulated, + bias: one resolution's skip output."""
+
+    def __init__(self, in_channels: int, w_dim: int, w_index: int, conv_clamp: float | None):
+        super().__init__()
+        self.w_index, self.conv_clamp = w_index, conv_clamp
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0, rowwise=True)
+        self.weight = nn.Parameter(torch.randn(3, in_channels, 1, 1))
+        self.weight_gain = 1 / math.sqrt(in_channels)  # no demodulation: equalized lr via the styles
+        self.bias = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        x = x + self.bias.to(x.dtype)[None, :, None, None]
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
+
+
+class SynthesisNetwork(nn.Module):
+    """ws (B, num_ws, w_dim) [+ noise, one (B, 1, r, r) per layer] -> images (B, 3, R, R), float32."""
+
+    def __init__(self, cfg: StyleGAN2Config, resolution: int):
+        super().__init__()
+        channels = _channels(cfg, resolution)
+        f = make_filter(cfg.resample_filter)
+        self.register_buffer("resample_filter", f, persistent=False)
+        self.resolutions = sorted(channels)
+        self.const = nn.Parameter(torch.randn(channels[4], 4, 4))
+        layers, to_rgb, w_index = [], [], 0
+        for r in self.resolutions:
+            if r > 4:  # the upsampling conv shares its w with the previous resolution's toRGB
+                layers.append(SynthesisLayer(channels[r // 2], channels[r], cfg.w_dim, r, w_index, up=True,
+                                             resample_filter=f, conv_clamp=cfg.conv_clamp))
+                w_index += 1
+            layers.append(SynthesisLayer(channels[r], channels[r], cfg.w_dim, r, w_index, up=False,
+                                         resample_filter=f, conv_clamp=cfg.conv_clamp))
+            to_rgb.append(ToRGB(channels[r], cfg.w_dim, w_index + 1, cfg.conv_clamp))
+            w_index += 1
+        self.layers = nn.ModuleList(layers)
+        self.to_rgb = nn.ModuleList(to_rgb)
+        self.num_ws = to_rgb[-1].w_index + 1
+
+    @property
+    def noise_inputs(self) -> list[tuple[int, int]]:
+        """(resolution, w index) of each layer's noise input, in the order `forward` takes them."""
+        return [(layer.resolution, layer.w_index) for layer in self.layers]
+
+    def forward(self, ws: Tensor, noise: list[Tensor] | None = None) -> Tensor:
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws:
+            raise ValueError(f"ws must have shape (B, {self.num_ws}, w_dim), got {tuple(ws.shape)}")
+        if noise is not None and len(noise) != len(self.layers):
+            raise ValueError(f"noise must be a list of {len(self.layers)} tensors (one per layer), got {len(noise)}")
+        x = self.const[None].expand(ws.shape[0], -1, -1, -1)
+        image = None
+        layers = iter(enumerate(self.layers))
+        for r, to_rgb in zip(self.resolutions, self.to_rgb):
+            for _ in range(1 if r == 4 else 2):
+                i, layer = next(layers)
+                x = layer(x, ws[:, layer.w_index], None if noise is None else noise[i])
+            rgb = to_rgb(x, ws[:, to_rgb.w_index])
+            with _fp32(rgb):  # the image is accumulated in float32 over all resolutions
+                image = rgb.float() if image is None else upsample2d(image, self.resample_filter) + rgb.float()
+        return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) [+ labels (B, n_cond)] -> images (B, 3, R, R), near [-1, 1] (not squashed).
+
+    `forward` in training mode mixes styles with probability `style_mixing_prob` and tracks the
+    average w; in eval mode it does neither. Rendering reproducible faces goes through
+    `map` -> `synthesis(ws, noise)` with per-face noise: see ganray.models.face.render_faces.
+    """
+
+    def __init__(self, cfg: StyleGAN2Config, resolution: int, attributes: dict[str, list[str]] | None = None):
+        super().__init__()
+        _check_resolution(resolution)
+        self.z_dim, self.w_dim, self.resolution = cfg.z_dim, cfg.w_dim, resolution
+        self.condition_values = conditions_for(cfg, attributes)
+        self.condition_names = list(self.condition_values)
+        self.style_mixing_prob, self.w_avg_beta = cfg.style_mixing_prob, cfg.w_avg_beta
+        self._value_counts = [len(v) for v in self.condition_values.values()]
+
+        self.mapping = MappingNetwork(cfg.z_dim, sum(self._value_counts), cfg.embed_dim, cfg.w_dim,
+                                      cfg.mapping_layers, cfg.mapping_lr_mult)
+        self.synthesis = SynthesisNetwork(cfg, resolution)
+        self.num_ws = self.synthesis.num_ws
+
+        # The tracked average w and how many updates it has had (the first sets it outright).
+        self.register_buffer("latent_mean", torch.zeros(cfg.w_dim))
+        self.register_buffer("latent_mean_updates", torch.zeros(1, dtype=torch.long))
+        self.per_condition = bool(self.condition_values) and cfg.w_avg_per_condition
+        if self.per_condition:
+            combinations = math.prod(self._value_counts)
+            if combinations > MAX_CONDITION_COMBINATIONS:
+                raise ValueError(
+                    f"the attributes {self.condition_names} have {combinations} combinations of values, more than "
+                    f"{MAX_CONDITION_COMBINATIONS} averages of w to track: condition on fewer "
+                    f"(model.condition_on) or set model.w_avg_per_condition: false")
+            self.register_buffer("condition_latent_means", torch.zeros(combinations, cfg.w_dim))
+            self.register_buffer("condition_latent_updates", torch.zeros(combinations, dtype=torch.long))
+            # Mixed-radix place values: combination index = sum(label_i * stride_i), last column fastest.
+            strides = [math.prod(self._value_counts[i + 1:]) for i in range(len(self._value_counts))]
+            self.register_buffer("_condition_strides", torch.tensor(strides), persistent=False)
+
+    @property
+    def noise_inputs(self) -> list[tuple[int, int]]:
+        """(resolution, w index) of each noise input of `synthesis`, in order."""
+        return self.synthesis.noise_inputs
+
+    def condition_index(self, labels: Tensor) -> Tensor:
+        """(B,) index of each row's combination of condition values (per-condition averages)."""
+        return (labels.long() * self._condition_strides).sum(dim=1)
+
+    def map(self, z: Tensor, labels: Tensor | None = None, psi: float = 1.0, track: bool | None = None) -> Tensor:
+        """ws (B, num_ws, w_dim) in float32: w for (z, labels), truncated towards the average w of
+        each row's conditions (psi = 1: not truncated). `track` (default: training mode) updates
+        the averages with this batch first."""
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must have shape (B, {self.z_dim}), got {tuple(z.shape)}")
+        check_labels(labels, self.condition_values, z.shape[0])
+        codes = _label_codes(labels, self._value_counts) if self.condition_values else None
+        w = self.mapping(z, codes)
+        if self.training if track is None else track:
+            self._track_latent_mean(w.detach(), labels)
+        if psi != 1:
+            w = torch.lerp(self.truncation_target(labels, z.shape[0]), w, psi)
+        return w[:, None, :].repeat(1, self.num_ws, 1)
+
+    def truncation_target(self, labels: Tensor | None, batch: int) -> Tensor:
+        """(B, w_dim): each row's condition-combination average w, or the overall average where the
+        model tracks none per condition or has never seen that combination."""
+        target = self.latent_mean[None].expand(batch, -1)
+        if self.per_condition:
+            index = self.condition_index(labels)
+            seen = self.condition_latent_updates[index] > 0
+            target = torch.where(seen[:, None], self.condition_latent_means[index], target)
+        return target
+
+    @torch.no_grad()
+    def _track_latent_mean(self, w: Tensor, labels: Tensor | None) -> None:
+        _update_averages(self.latent_mean[None], self.latent_mean_updates, torch.zeros_like(w[:, 0], dtype=torch.long),
+                         w, self.w_avg_beta)
+        if self.per_condition:
+            _update_averages(self.condition_latent_means, self.condition_latent_updates,
+                             self.condition_index(labels), w, self.w_avg_beta)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None, psi: float = 1.0,
+                noise: list[Tensor] | None = None) -> Tensor:
+        ws = self.map(z, labels, psi)
+        if self.training and self.style_mixing_prob > 0 and self.num_ws > 1:
+            # NVlabs' regulariser: the layers from a random crossover on take a second latent's w,
+            # so adjacent styles do not learn to depend on each other. CPU draws: no device sync.
+            if torch.rand(()) < self.style_mixing_prob:
+                crossover = int(torch.randint(1, self.num_ws, ()))
+                second = self.map(torch.randn_like(z), labels, psi, track=False)
+                ws = torch.cat([ws[:, :crossover], second[:, crossover:]], dim=1)
+        return self.synthesis(ws, noise)
+
+
+@torch.no_grad()
+def _update_averages(means: Tensor, updates: Tensor, index: Tensor, w: Tensor, beta: float) -> None:
+    """Exponential moving averages of w per index (in place): each index present in the batch moves
+    its average to lerp(batch mean, average, beta); the first update sets it to the batch mean.
+    Whole-buffer arithmetic, so no device sync."""
+    count = torch.bincount(index, minlength=means.shape[0])
+    batch_mean = torch.zeros_like(means).index_add_(0, index, w.float()) / count.clamp(min=1)[:, None]
+    present = (count > 0)[:, None]
+    moved = torch.where((updates > 0)[:, None], torch.lerp(batch_mean, means, beta), batch_mean)
+    means.copy_(torch.where(present, moved, means))
+    updates.add_(present[:, 0].long())
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator
+
+
+def minibatch_stddev(x: Tensor, group_size: int, num_channels: int) -> Tensor:
+    """x + `num_channels` feature maps holding the standard deviation of features across groups of
+    samples (D sees the batch's variety and can penalise mode collapse). Groups are samples
+    i, i + n, i + 2n, ... of the largest size <= group_size that divides the batch."""
+    if num_channels == 0:
+        return x
+    b, c, h, w = x.shape
+    group = next(g for g in range(min(group_size, b), 0, -1) if b % g == 0)
+    with _fp32(x):
+        y = x.float().reshape(group, -1, num_channels, c // num_channels, h, w)
+        y = (y - y.mean(dim=0)).square().mean(dim=0)           # variance over the group
+        y = (y + NORMALIZE_EPS).sqrt().mean(dim=[2, 3, 4])     # (n, num_channels): mean stddev
+        y = y.reshape(-1, num_channels, 1, 1).repeat(group, 1, h, w)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+class DiscriminatorBlock(nn.Module):
+    """Residual: (3x3 conv, 3x3 conv with 2x downsampling) + 1x1 downsampling skip, sum scaled by sqrt(1/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, resample_filter: Tensor, conv_clamp: float | None):
+        super().__init__()
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3, conv_clamp=conv_clamp)
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, down=True, resample_filter=resample_filter,
+                                 conv_clamp=conv_clamp)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation=False, down=True,
+                                resample_filter=resample_filter)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x, gain=SKIP_GAIN) + self.conv1(self.conv0(x), gain=SKIP_GAIN)
+
+
+class Discriminator(nn.Module):
+    """images (B, 3, R, R) [+ labels (B, n_cond)] -> logits (B,) in float32, high = "real"."""
+
+    def __init__(self, cfg: StyleGAN2Config, resolution: int, attributes: dict[str, list[str]] | None = None):
+        super().__init__()
+        _check_resolution(resolution)
+        self.resolution = resolution
+        self.condition_values = conditions_for(cfg, attributes)
+        self.condition_names = list(self.condition_values)
+        self._value_counts = [len(v) for v in self.condition_values.values()]
+        channels = _channels(cfg, resolution)
+        c4 = channels[4]
+        if cfg.mbstd_channels and c4 % cfg.mbstd_channels:
+            raise ValueError(f"model.mbstd_channels {cfg.mbstd_channels} must divide the {c4} channels at 4x4")
+        self.mbstd_group, self.mbstd_channels = cfg.mbstd_group, cfg.mbstd_channels
+        f = make_filter(cfg.resample_filter)
+
+        self.from_rgb = EqualConv2d(3, channels[resolution], 1, conv_clamp=cfg.conv_clamp)
+        self.blocks = nn.ModuleList(
+            DiscriminatorBlock(channels[r], channels[r // 2], f, cfg.conv_clamp)
+            for r in sorted(channels, reverse=True) if r > 4)
+        self.conv = EqualConv2d(c4 + cfg.mbstd_channels, c4, 3, conv_clamp=cfg.conv_clamp)
+        self.fc = EqualLinear(c4 * 4 * 4, c4, activation=True)
+        # Conditional: the output is a c4-vector, projected onto the labels' mapping (NVlabs' cmap).
+        self.projection_dim = c4 if self.condition_values else 0
+        self.out = EqualLinear(c4, self.projection_dim or 1)
+        self.label_mapping = (
+            MappingNetwork(0, sum(self._value_counts), self.projection_dim, self.projection_dim,
+                           cfg.mapping_layers, cfg.mapping_lr_mult)
+            if self.condition_values else None)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        if images.ndim != 4 or images.shape[1:] != (3, self.resolution, self.resolution):
+            raise ValueError(f"images must have shape (B, 3, {self.resolution}, {self.resolution}), "
+                             f"got {tuple(images.shape)}")
+        check_labels(labels, self.condition_values, images.shape[0])
+        x = self.from_rgb(images)
+        for block in self.blocks:
+            x = block(x)
+        x = self.conv(minibatch_stddev(x, self.mbstd_group, self.mbstd_channels))
+        x = self.out(self.fc(x.flatten(1))).float()  # fp32: losses and penalties are rounding-sensitive
+        if self.label_mapping is None:
+            return x.squeeze(1)
+        projection = self.label_mapping(None, _label_codes(labels, self._value_counts))
+        return (x * projection).sum(dim=1) / math.sqrt(self.projection_dim)
