@@ -123,7 +123,7 @@ def test_model_arch_picks_the_config_class_and_names_bad_keys():
         load_config(TrainJob, None, ["model.g_widthh=3"])
     with pytest.raises(ConfigError, match=r"  model.g_widthh: unknown key"):
         parse_model_config({"arch": "dcgan", "g_widthh": 3})
-    assert set(MODEL_CONFIGS) == {"dcgan"}
+    assert set(MODEL_CONFIGS) == {"dcgan", "stylegan2"}
 
 
 @pytest.mark.parametrize("resolution,ok", [(16, False), (32, True), (256, True), (512, False)])
