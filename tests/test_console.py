@@ -62,20 +62,24 @@ def test_verbose_brings_ray_output_back_and_quiet_routes_it_to_files(monkeypatch
     assert ray_data_config["handlers"]["console"]["level"] == "ERROR"
     assert ray_data_config["handlers"]["file"]["filename"] == "ray-data.log"  # still written in full
 
-    logger = logging.getLogger("ray")
-    before = list(logger.handlers)
+    loggers = [logging.getLogger("ray"), logging.getLogger("ray.serve")]
+    before = {lg.name: list(lg.handlers) for lg in loggers}
     try:
         path = console.route_driver_logs(str(tmp_path))
         assert path == str(tmp_path / console.DRIVER_LOG_NAME)
-        logger.warning("a Ray warning")
-        for h in logger.handlers:
-            h.flush()
-        assert "a Ray warning" in (tmp_path / console.DRIVER_LOG_NAME).read_text()
+        loggers[0].warning("a Ray warning")
+        loggers[1].info("a Serve line")
+        for lg in loggers:
+            for h in lg.handlers:
+                h.flush()
+        written = (tmp_path / console.DRIVER_LOG_NAME).read_text()
+        assert "a Ray warning" in written and "a Serve line" in written
     finally:
-        for h in logger.handlers[:]:
-            if h not in before:
-                logger.removeHandler(h)
-                h.close()
+        for lg in loggers:
+            for h in lg.handlers[:]:
+                if h not in before[lg.name]:
+                    lg.removeHandler(h)
+                    h.close()
 
     console.configure(verbose_flag=True)
     assert console.verbose() and console.ray_init_options() == {"log_to_driver": True}
