@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -175,7 +176,8 @@ def test_import_folder_with_sidecar(ray_session, source_dir, tmp_path):
     assert [s["rows"] for s in manifest["shards"]] == [4, 4, 1]
     assert json.loads((dst / "manifest.json").read_text()) == manifest
     assert stored_files(dst) == sorted(["manifest.json"] + [s["file"] for s in manifest["shards"]])
-    assert all(s["file"].startswith("imports/") for s in manifest["shards"])
+    assert all(re.fullmatch(r"imports/\d{8}T\d{6}Z-[0-9a-f]{12}/shard-\d{5}\.parquet", s["file"])
+               for s in manifest["shards"])
 
     rows = read_shards(dst)
     assert sorted(rows) == sorted(KEPT)

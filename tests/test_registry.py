@@ -95,8 +95,9 @@ def test_alias_files_naming_paths_are_refused_not_followed(registry_url, capsys,
         for read in (registry.resolve, registry.show, registry.load_generator):
             with pytest.raises(RegistryError, match=refused):
                 read("production")
-        with pytest.raises(RegistryError, match=refused):
-            registry.aliases()
+        for read_all in (registry.aliases, registry.list):
+            with pytest.raises(RegistryError, match=refused):
+                read_all()
         assert cli(["registry", "show", "production"]) == 2
         assert "refusing to follow it" in capsys.readouterr().err
     assert sorted(e.rsplit("/", 1)[1] for e in storage.ls(outside)) == sorted(
@@ -130,6 +131,10 @@ def test_corrupt_weights_are_refused(tmp_path):
     storage.atomic_write(weights, bytes(data))
     with pytest.raises(RegistryError, match="corrupt"):
         registry.load_generator("v1")
+    stamp = storage.join(registry.url, "versions", "v1", "version.json")
+    storage.atomic_write(stamp, json.dumps({**json.loads(storage.read_bytes(stamp)), "version": "v2"}).encode())
+    with pytest.raises(RegistryError, match="version v1 in .* is corrupt: its version.json says 'v2'"):
+        registry.show("v1")
 
 
 def test_alias_moves_are_atomic_for_readers(tmp_path):

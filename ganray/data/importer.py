@@ -438,8 +438,10 @@ def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, ma
     try:
         _commit_point("write_shards")
         fs.makedirs(join(root, prefix), exist_ok=True)
-        rows = ray.get([write_shard.remote(to_url(fs, join(root, file)), *part.to_arrow_refs())
-                        for file, part in zip(files, slices)])
+        writes = [write_shard.remote(to_url(fs, join(root, file)), *part.to_arrow_refs())
+                  for file, part in zip(files, slices)]
+        ray.wait(writes, num_returns=len(writes))  # all ended, failed ones too: none writes after a clean-up
+        rows = ray.get(writes)
         if sum(rows) != n_kept:
             raise RuntimeError(f"import: wrote {sum(rows)} rows but kept {n_kept}")
         manifest["shards"] = [{"file": file, "rows": n} for file, n in zip(files, rows)]
@@ -464,6 +466,7 @@ def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, ma
 
 
 def _names_prefix(manifest: dict | None, prefix: str) -> bool:
+    """Whether `manifest` names a shard under `prefix` (read as data: any shape is tolerated)."""
     shards = manifest.get("shards") if manifest is not None else None
     return isinstance(shards, list) and any(
         isinstance(s, dict) and str(s.get("file", "")).startswith(prefix + "/") for s in shards)
