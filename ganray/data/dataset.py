@@ -16,8 +16,8 @@ import torch
 
 from ganray.config import ConfigError, DataConfig
 from ganray.data import preprocess
-from ganray.storage import join, pyarrow_filesystem, url_to_fs
-from ganray.data.importer import MANIFEST_NAME, read_manifest
+from ganray.storage import pyarrow_filesystem, url_to_fs
+from ganray.data.importer import MANIFEST_NAME, read_manifest, shard_paths
 from ganray.data.synthetic import ATTRIBUTES, RENDERER_VERSION, synthetic_dataset
 
 
@@ -37,7 +37,7 @@ def build_train_dataset(cfg: DataConfig) -> ray.data.Dataset:
     manifest = shards_manifest(cfg)
     fs, root = url_to_fs(cfg.url)
     label_names = list(manifest["attributes"])
-    shards = [join(root, shard["file"]) for shard in manifest["shards"]]  # exactly the listed files
+    shards = shard_paths(root, manifest)  # exactly the listed files; one outside data.url is refused
     return ray.data.read_parquet(
         shards, filesystem=pyarrow_filesystem(fs), columns=["image", *label_names]
     ).map_batches(
