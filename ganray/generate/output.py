@@ -39,6 +39,8 @@ PARQUET_DIR = "parquet"
 PNG_DIR = "png"
 PNG_METADATA_FILE = "metadata.parquet"
 
+# Parameters that name where the faces are rendered rather than what they are.
+RENDER_ENVIRONMENT_KEYS = {"torch", "device_kind", "device"}
 # Committed shards are checked (read back and hashed) this many at a time: object stores serve
 # concurrent reads much faster than one after another.
 VERIFY_CONCURRENCY = 8
@@ -118,11 +120,16 @@ def check_output(layout: OutputLayout, job: dict[str, Any]) -> bool:
             mine, other = job["parameters"], theirs.get("parameters", {})
             differences = [f"{key}: {other.get(key)!r} there, {mine.get(key)!r} in this job"
                            for key in sorted(set(mine) | set(other)) if mine.get(key) != other.get(key)]
+            differing = {key for key in set(mine) | set(other) if mine.get(key) != other.get(key)}
+            advice = ("It was rendered with another torch build or on another kind of device, where the same "
+                      "faces can have other bytes: resume it where it was started, or use another output folder."
+                      if differing <= RENDER_ENVIRONMENT_KEYS else
+                      "Use another output folder, or the same parameters to resume that job.")
             raise GenerateError(
                 f"output {layout.url} belongs to another job (job id {theirs['job_id']}, this job {job['job_id']}); "
-                "nothing was written. What differs:\n  " + "\n  ".join(differences)
-                + "\nUse another output folder, or the same parameters to resume that job.")
-        if [url for url in storage.ls(layout.url) if posixpath.basename(url.rstrip("/")) != LEASE_DIR]:
+                "nothing was written. What differs:\n  " + "\n  ".join(differences) + "\n" + advice)
+        names = {posixpath.basename(url.rstrip("/")) for url in storage.ls(layout.url)}
+        if names and LEASE_DIR not in names:  # a lease without job.json: a driver is claiming it now
             raise GenerateError(f"output {layout.url} is not empty and holds no {JOB_FILE}: "
                                 "it is not a ganray generate output; nothing was written")
         return False
