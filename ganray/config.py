@@ -550,7 +550,7 @@ class GenerateConfig(Section):
     conditions: dict[str, str] = Field(default_factory=dict, description="attribute -> fixed value for every face")
     balance: list[str] = Field(
         default_factory=list,
-        description="attributes to balance: face i gets combination i mod (number of combinations)",
+        description="attributes to balance: every attribute and every combination within one face in the set",
     )
     precision: Precision = Field("bf16", description="autocast dtype (fp16 needs cuda)")
     device: Literal["cpu", "cuda"] = "cpu"
@@ -559,6 +559,9 @@ class GenerateConfig(Section):
     replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
     threads_per_replica: int = Field(1, gt=0, description="torch threads in each generator actor (cpu)")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
+    lease_expiry_s: float = Field(
+        60.0, gt=0, description="seconds without a heartbeat after which another driver may take over the "
+                                "output's lease (heartbeats every quarter of this)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "GenerateConfig":

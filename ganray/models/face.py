@@ -114,6 +114,19 @@ def _device(generator: nn.Module) -> torch.device:
     return next(generator.parameters()).device
 
 
+def use_deterministic_cuda() -> None:
+    """Pin CUDA to bit-reproducible kernels: cuDNN deterministic, no autotuning, no TF32.
+
+    cuDNN autotuning picks the fastest kernel per run (which can differ between runs and round
+    differently), and TF32 rounds fp32 matmuls and convolutions to 10-bit mantissas. Process-wide,
+    as torch's flags are; render-only processes (generate actors, Serve replicas) are what set them.
+    """
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, labels: Tensor | None = None,
                  precision: str = "bf16") -> np.ndarray:
     """uint8 images (B, H, W, 3) for `seeds`, with `labels` (B, n_cond) for a conditional model."""
@@ -124,6 +137,8 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
     device = _device(generator)
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision 'fp16' needs a GPU: use 'bf16' or 'fp32' on CPU")
+    if device.type == "cuda":
+        use_deterministic_cuda()
     z = truncate(latents_for_seeds(seeds, generator.z_dim), psi, latent_mean(generator))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
