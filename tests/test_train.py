@@ -119,6 +119,9 @@ def test_rerun_resumes_into_the_same_run(uninterrupted, tmp_path):
     """Stopped after step 8 (max_steps), re-run to 40: bit-identical to the run never stopped."""
     run_training(tiny_job(tmp_path, "same", *SAME_RUN, "train.max_steps=8"))
     saved = ckpt.read_meta(ckpt.latest_checkpoint(str(tmp_path), "same"))
+    # Two uninterrupted runs so far: the same at step 8.
+    assert_same_training_state(tmp_path / "same" / ckpt.checkpoint_dir_name(8),
+                               uninterrupted / ckpt.checkpoint_dir_name(8))
 
     outcome = run_training(tiny_job(tmp_path, "same", *SAME_RUN))
 
