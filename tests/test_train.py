@@ -20,7 +20,7 @@ from ganray.config import ConfigError, ModelConfig, TrainConfig, TrainJob, load_
 from ganray.models.dcgan import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.steps import GANSteps
-from ganray.train.trainer import run_training
+from ganray.train.trainer import TrainOutcome, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,9 +41,11 @@ def history(run_dir: Path) -> list[dict]:
 
 
 # The runs compared bit for bit: fp32 (bf16 autocast is deterministic too, but fp32 is the claim),
-# 40 steps over 16-batch epochs (so a resume crosses epochs' reshuffles), a checkpoint every 8. Steps
+# 40 steps over 16-batch epochs (so a resume crosses epochs' reshuffles), a checkpoint every 8 and
+# metrics every 3 (so some reports carry no checkpoint and some checkpoints fall between them). Steps
 # take milliseconds here; the 40 leave the killed run time to be killed before it ends.
-SAME_RUN = ("train.precision=fp32", "train.max_steps=40", "train.checkpoint_every=8", "train.num_to_keep=20")
+SAME_RUN = ("train.precision=fp32", "train.max_steps=40", "train.checkpoint_every=8", "train.log_every=3",
+            "train.num_to_keep=20")
 
 
 def leaves(tree, prefix: str = ""):
@@ -74,28 +76,25 @@ def assert_same_training_state(checkpoint_a: Path, checkpoint_b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_session, tmp_path_factory) -> Path:
-    """The reference: SAME_RUN trained in one go. Returns its run folder."""
-    storage = tmp_path_factory.mktemp("uninterrupted")
-    run_training(tiny_job(storage, "same", *SAME_RUN))
-    return storage / "same"
+def uninterrupted(ray_session, tmp_path_factory) -> TrainOutcome:
+    """SAME_RUN trained in one go, on 2 workers: the run the resumed ones must equal."""
+    return run_training(tiny_job(tmp_path_factory.mktemp("uninterrupted"), "same", *SAME_RUN))
 
 
-def test_two_worker_ddp_run_writes_full_state(ray_session, tmp_path):
-    job = tiny_job(tmp_path, "ddp", "train.max_steps=6", "train.checkpoint_every=3")
-    outcome = run_training(job)
+def test_two_worker_ddp_run_writes_full_state(uninterrupted):
+    outcome, run_dir = uninterrupted, Path(uninterrupted.run_url)
 
-    assert outcome.step == 6
-    assert [Path(c).name for c in ckpt.list_checkpoints(str(tmp_path), "ddp")] == \
-        ["checkpoint_00000003", "checkpoint_00000006"]
+    assert outcome.step == 40
+    assert [Path(c).name for c in ckpt.list_checkpoints(str(run_dir.parent), "same")] == \
+        [ckpt.checkpoint_dir_name(s) for s in (8, 16, 24, 32, 40)]
     state = ckpt.load_state(outcome.checkpoint)
     assert set(state) == {*ckpt.TRAINING_STATE_KEYS, "history", "config", "manifest_hash", "attributes"}
-    assert state["step"] == 6 and state["images_seen"] == 6 * 16
-    # 256 faces make 16 global batches of 16 per epoch: 6 steps (1 D step each) used 6 of them.
-    assert state["data_position"] == {"epoch": 0, "batch": 6}
+    assert state["step"] == 40 and state["images_seen"] == 40 * 16
+    # 256 faces make 16 global batches of 16 per epoch: 40 steps (1 D step each) used 2.5 epochs.
+    assert state["data_position"] == {"epoch": 2, "batch": 8}
     assert len(state["rng"]) == 2  # one RNG state per worker, each drawing its own noise
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
-    assert state["scaler"] == {"G": {}, "D": {}}  # bf16: GradScalers disabled
+    assert state["scaler"] == {"G": {}, "D": {}}  # fp32: GradScalers disabled
     # The digest covers every tensor: none lies outside the training state's entries.
     bookkeeping = {k: v for k, v in state.items() if k not in ckpt.TRAINING_STATE_KEYS}
     assert not [p for p, v in leaves(bookkeeping) if isinstance(v, torch.Tensor)]
@@ -105,8 +104,9 @@ def test_two_worker_ddp_run_writes_full_state(ray_session, tmp_path):
     assert any(not torch.equal(state["G"][k], state["G_ema"][k]) for k in state["G"] if "weight" in k)
     assert state["config"]["model"]["conditional"] is True and "skin_tone" in state["attributes"]
 
-    rows = [r for r in history(tmp_path / "ddp") if "loss_D" in r]
-    assert [r["step"] for r in rows] == [2, 3, 4, 6]  # every log_every steps, and at each checkpoint
+    rows = [r for r in history(run_dir) if "loss_D" in r]
+    # Every log_every steps, and at each checkpoint.
+    assert [r["step"] for r in rows] == sorted({*range(3, 41, 3), *range(8, 41, 8)})
     for r in rows:
         assert {"loss_D", "loss_G", "D_real", "D_fake", "images_per_s"} <= set(r)
         assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss_D", "loss_G"))
@@ -121,7 +121,7 @@ def test_rerun_resumes_into_the_same_run(uninterrupted, tmp_path):
     saved = ckpt.read_meta(ckpt.latest_checkpoint(str(tmp_path), "same"))
     # Two uninterrupted runs so far: the same at step 8.
     assert_same_training_state(tmp_path / "same" / ckpt.checkpoint_dir_name(8),
-                               uninterrupted / ckpt.checkpoint_dir_name(8))
+                               Path(uninterrupted.run_url) / ckpt.checkpoint_dir_name(8))
 
     outcome = run_training(tiny_job(tmp_path, "same", *SAME_RUN))
 
@@ -130,7 +130,8 @@ def test_rerun_resumes_into_the_same_run(uninterrupted, tmp_path):
     assert [e["step"] for e in events] == [8]
     # The digest taken right after loading the checkpoint equals the one taken when it was written.
     assert events[0]["state_digest"] == saved["state_digest"]
-    assert_same_training_state(Path(outcome.checkpoint), uninterrupted / ckpt.checkpoint_dir_name(40))
+    assert_same_training_state(Path(outcome.checkpoint),
+                               Path(uninterrupted.run_url) / ckpt.checkpoint_dir_name(40))
 
 
 def test_rerun_with_another_model_is_refused(ray_session, tmp_path):
@@ -172,7 +173,8 @@ def test_killed_worker_resumes_into_the_same_run(uninterrupted, tmp_path):
     restored = tmp_path / "same" / ckpt.checkpoint_dir_name(events[0]["step"])
     # The restarted workers picked up exactly what the checkpoint holds.
     assert events[0]["state_digest"] == ckpt.read_meta(str(restored))["state_digest"]
-    assert_same_training_state(Path(outcome["result"].checkpoint), uninterrupted / ckpt.checkpoint_dir_name(40))
+    assert_same_training_state(Path(outcome["result"].checkpoint),
+                               Path(uninterrupted.run_url) / ckpt.checkpoint_dir_name(40))
 
 
 def test_checkpoints_to_s3_and_resume_from_there(ray_session, s3_bucket):
