@@ -101,12 +101,13 @@ class IndexedRows:
     Ray Data does the parallel read and PNG decode once (from local or S3 shards, or the renderer),
     with `preserve_order` so that row i is the same row in every run. Its streaming split hands
     blocks to workers in whatever order they finish, which is why training does not iterate the
-    Dataset: each worker fetches the blocks that hold the rows its sampler names. On one node a
-    fetch is a zero-copy view of shared memory; on others Ray pulls the block into that node's
-    object store as an evictable copy. The store holds the decoded dataset once per cluster,
-    N * resolution^2 * 3 bytes (10^5 faces at 64 px: 1.2 GB; 10^6: 12 GB), and spills to local
-    disk beyond its capacity: that is the bound, the same as the materialized dataset it replaces.
-    A worker holds only the rows of its current batch.
+    Dataset: each worker fetches the blocks that hold the rows its sampler names. On the node that
+    holds a block a fetch is a zero-copy view of shared memory; another node pulls the whole block
+    into its own object store as an evictable copy, so over an epoch a node of a multi-node run
+    caches most blocks (or re-pulls those evicted). The store holds the decoded dataset once per
+    cluster, N * resolution^2 * 3 bytes (10^5 faces at 64 px: 1.2 GB; 10^6: 12 GB), and spills to
+    local disk beyond its capacity: that is the bound, as for the materialized dataset this
+    replaces. A worker's own memory holds only the rows of its current batch.
 
     Pickling an instance pickles object refs, which Ray tracks: it can travel in
     `train_loop_config` as long as the driver keeps the original alive.
