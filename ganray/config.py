@@ -188,7 +188,11 @@ class TrainConfig(Section):
     precision: Precision = Field(
         "bf16", description="autocast dtype; fp16 needs a GPU (uses a GradScaler)"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the models' init, each worker's noise, the data order and flips")
+    deterministic: bool = Field(
+        True, description="bit-reproducible arithmetic (torch.use_deterministic_algorithms, no cuDNN autotuning): "
+        "same seed, worker count and threads -> the same model; can be slower on GPU"
+    )
     log_every: int = Field(10, gt=0, description="steps between reported metrics")
     checkpoint_every: int = Field(200, gt=0, description="steps between full-state checkpoints")
     num_to_keep: int = Field(3, gt=0, description="checkpoints kept in storage")
