@@ -455,7 +455,6 @@ class GeneratorDeploymentConfig(ReplicaOptions):
         0.05, ge=0, description="while a batch renders, the next one gathers for about as long as a render "
         "takes, at most this long (0: always batch_wait_timeout_s)"
     )
-    torch_threads: int = Field(1, gt=0, description="torch intra-op threads per replica")
 
 
 class IngressDeploymentConfig(ReplicaOptions):
@@ -561,7 +560,6 @@ class GenerateConfig(Section):
     # Execution only: the same faces whatever these are.
     batch_size: int = Field(64, gt=0, description="faces per generator forward pass")
     replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
-    threads_per_replica: int = Field(1, gt=0, description="torch threads in each generator actor (cpu)")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
     lease_expiry_s: float = Field(
         60.0, gt=0, description="seconds without a heartbeat after which another driver may take over the "

@@ -348,7 +348,7 @@ def test_a_generator_actor_on_another_device_kind_refuses_to_render(registry_url
 
     with pytest.raises(RuntimeError, match="the bytes could differ, so it refuses to render"):
         FaceRenderer(registry_url, "v1", ConditionPlan(ATTRIBUTES, {}, []), seed_offset=0, psi=1.0, batch_size=4,
-                     precision="bf16", device="cpu", threads=1,
+                     precision="bf16", device="cpu",
                      environment={"torch": torch.__version__, "device_kind": "cuda NVIDIA H100 sm_90"})
 
 

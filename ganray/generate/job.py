@@ -100,14 +100,15 @@ def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
 
     On CPU the actors get fractional CPUs that leave one CPU for encoding and writing: with whole
     CPUs, actors can take every CPU and the tasks after them never run (Ray Data then waits
-    forever). Threads are set separately (torch.set_num_threads): CPUs here are only a reservation.
+    forever). A CPU actor needs at most one CPU: render_faces runs its forward pass on one thread
+    (byte-identical faces whatever the batch), so more replicas, not threads, use more cores.
     """
     import ray
 
     cfg = plan.job.generate
     cpus = ray.cluster_resources().get("CPU", 1.0)
     task_cpus = 1.0 if cpus >= 2 else 0.5
-    actor_cpus = round(min(float(cfg.threads_per_replica), max(cpus - task_cpus, 0.5) / cfg.replicas), 3)
+    actor_cpus = round(min(1.0, max(cpus - task_cpus, 0.5) / cfg.replicas), 3)
     actor = {"num_cpus": actor_cpus}
     if cfg.device == "cuda":
         actor["num_gpus"] = 1
@@ -129,7 +130,7 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease)
             fn_constructor_kwargs=dict(
                 registry_url=plan.registry_url, version=plan.model.version, plan=plan.conditions,
                 seed_offset=cfg.seed_offset, psi=cfg.psi, batch_size=cfg.batch_size,
-                precision=cfg.precision, device=cfg.device, threads=cfg.threads_per_replica,
+                precision=cfg.precision, device=cfg.device,
                 environment=plan.environment),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
@@ -219,7 +220,6 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
         "wall_s": round(wall_s, 2),
         "batch_size": cfg.batch_size,
         "replicas": cfg.replicas,
-        "threads_per_replica": cfg.threads_per_replica,
         "environment": plan.environment,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -45,7 +45,7 @@ class FaceRenderer:
     """
 
     def __init__(self, registry_url: str, version: str, plan: ConditionPlan, seed_offset: int, psi: float,
-                 batch_size: int, precision: str, device: str, threads: int, environment: dict[str, str]):
+                 batch_size: int, precision: str, device: str, environment: dict[str, str]):
         import torch
 
         from ganray.registry import Registry
@@ -54,7 +54,6 @@ class FaceRenderer:
         if mine != environment:
             raise RuntimeError(f"this generator actor runs on {mine}, but the job renders on {environment}: "
                                "the bytes could differ, so it refuses to render. Run the job on nodes of one kind.")
-        torch.set_num_threads(threads)
         self.generator = Registry(registry_url).load_generator(version, device=device).generator
         self.plan, self.seed_offset, self.psi = plan, seed_offset, psi
         self.batch_size, self.precision = batch_size, precision
