@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ganray.config import ConfigError, ModelConfig, TrainConfig, TrainJob, load_config
-from ganray.models.dcgan import build_models
+from ganray.config import ConfigError, DCGANConfig, TrainConfig, TrainJob, load_config
+from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.steps import GANSteps
 from ganray.train.trainer import TrainOutcome, run_training
@@ -196,7 +196,7 @@ def test_checkpoints_to_s3_and_resume_from_there(ray_session, s3_bucket):
 def _steps(precision: str) -> GANSteps:
     """GANSteps for a tiny unconditional DCGAN on CPU; fp16 gets enabled GradScalers (CPU ones)."""
     torch.manual_seed(0)
-    G, D = build_models(ModelConfig(g_width=8, d_width=8, z_dim=16), 32, None)
+    G, D = build_models(DCGANConfig(g_width=8, d_width=8, z_dim=16), 32, None)
     cfg = TrainConfig(precision=precision, use_gpu=precision == "fp16")
     return GANSteps(G, D, copy.deepcopy(G), cfg, 16, torch.device("cpu"))
 
