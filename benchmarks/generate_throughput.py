@@ -6,8 +6,8 @@ Measured in one run on one machine, with a default DCGAN-64 (random weights: the
 forward pass does not depend on them):
 
 (a) end-to-end faces/s of `ganray generate` writing Parquet to local disk, divided by the
-    generator's raw faces/s in one process (forward + uint8, same model, batch size and torch
-    threads as one generator actor). Goal >= 0.9. The job also PNG-encodes every face, so the
+    generator's raw faces/s in one process (forward + uint8, same model and batch size as one
+    generator actor; the forward pass runs on one torch thread, as render_faces always does on CPU). Goal >= 0.9. The job also PNG-encodes every face, so the
     ratio against forward + PNG encoding in one process is printed too.
 (b) N vs 10*N faces: wall-time ratio (goal ~10) and the ratio of peak memory (goal <= 1.2), where
     memory is the summed RSS of the driver and every process of its Ray, sampled every 0.2 s.
@@ -94,8 +94,7 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_job(registry_url: str, output: str, count: int, batch_size: int,
-            threads: int) -> tuple[dict, float, int, float]:
+def run_job(registry_url: str, output: str, count: int, batch_size: int) -> tuple[dict, float, int, float]:
     """(summary, wall seconds, peak RSS bytes, CPU seconds per 1000 faces) of one job run."""
     from ganray.config import GenerateJob, load_config
     from ganray.generate.job import run_generate
@@ -103,7 +102,7 @@ def run_job(registry_url: str, output: str, count: int, batch_size: int,
     job = load_config(GenerateJob, None, [
         f"registry.url={registry_url}", f"generate.output={output}", "generate.model=v1",
         f"generate.count={count}", "generate.shard_size=1000", "generate.format=parquet",
-        f"generate.batch_size={batch_size}", f"generate.threads_per_replica={threads}",
+        f"generate.batch_size={batch_size}",
         "generate.replicas=1", "generate.progress_interval_s=30"])
     with PeakMemory() as memory:
         start, cpu_start = time.perf_counter(), cpu_seconds()
@@ -116,7 +115,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts (2k/20k faces instead of 10k/100k)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the actor and of the raw loop")
     args = parser.parse_args()
     small = 2_000 if args.quick else 10_000
     throughput_count = 5 * small  # large enough that starting the actors (a few seconds) hardly counts
@@ -135,7 +133,7 @@ def main() -> None:
         registry.push(build_generator(DCGANConfig(**model), 64).state_dict(), model, 64, {}, {"benchmark": True})
         generator = registry.load_generator("v1").generator
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(1)  # what render_faces uses for the forward pass on CPU anyway
         seconds = 5 if args.quick else 15
 
         def raw_rates() -> tuple[tuple[float, float], tuple[float, float]]:
@@ -147,17 +145,16 @@ def main() -> None:
         cpus = int(ray.cluster_resources()["CPU"])
         # A first small job starts Ray's worker processes (each imports torch); later jobs reuse
         # them, as the shards of a long job do. Its wall time is printed as the cold-start cost.
-        cold, cold_wall, _, _ = run_job(registry.url, os.path.join(work, "cold"), 1000, args.batch_size,
-                                        args.threads)
+        cold, cold_wall, _, _ = run_job(registry.url, os.path.join(work, "cold"), 1000, args.batch_size)
         small_job, small_wall, small_peak, small_cpu = run_job(
-            registry.url, os.path.join(work, "small"), small, args.batch_size, args.threads)
+            registry.url, os.path.join(work, "small"), small, args.batch_size)
         large_job, large_wall, large_peak, large_cpu = run_job(
-            registry.url, os.path.join(work, "large"), 10 * small, args.batch_size, args.threads)
+            registry.url, os.path.join(work, "large"), 10 * small, args.batch_size)
         # The raw rates are taken just before and just after the throughput job, and averaged: on
         # a shared machine the CPU available drifts over minutes.
         before = raw_rates()
         job, job_wall, _, job_cpu = run_job(registry.url, os.path.join(work, "throughput"), throughput_count,
-                                            args.batch_size, args.threads)
+                                            args.batch_size)
         after = raw_rates()
         (raw, raw_cpu), (raw_png, raw_png_cpu) = [
             ((b[0] + a[0]) / 2, (b[1] + a[1]) / 2) for b, a in zip(before, after)]
@@ -165,7 +162,7 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nDCGAN-64 (random weights), batch {args.batch_size}, {args.threads} torch thread(s) per actor, "
+    print(f"\nDCGAN-64 (random weights), batch {args.batch_size}, 1 torch thread per actor, "
           f"{cpus} CPUs, bf16 autocast, Parquet to local disk\n")
     print(f"{'measurement':<46} {'faces':>8} {'wall s':>8} {'faces/s':>9} {'CPU s/1k':>9} {'peak RSS':>10}")
     print(f"{'raw forward + uint8, one process':<46} {'':>8} {'':>8} {raw:>9.0f} {raw_cpu:>9.2f}   "

@@ -1,6 +1,6 @@
 """Latency and throughput of the face API over real HTTP on loopback.
 
-    .venv/bin/python benchmarks/serve_latency.py [--torch-threads 1] [--requests 1000]
+    .venv/bin/python benchmarks/serve_latency.py [--requests 1000]
 
 It starts its own local Ray and Serve, pushes a DCGAN-64 with random weights to a temp registry,
 serves it with ganray's default serving config (except where flags say otherwise), and prints:
@@ -190,8 +190,6 @@ async def load(base: str, clients: int, requests: int, faces_per_request: int, s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the generator replica "
-                        "and of the offline baseline")
     parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
     parser.add_argument("--latency-requests", type=int, default=300, help="sequential requests for 1-client latency")
     parser.add_argument("--post-faces", type=int, default=None, help="faces per POST in the batched rows "
@@ -207,7 +205,7 @@ def main() -> int:
 
     from ganray.serve.app import build_app
 
-    overrides = {"torch_threads": args.torch_threads}
+    overrides: dict = {}
     if args.max_batch_size is not None:
         overrides["max_batch_size"] = args.max_batch_size
     if args.batch_wait_ms is not None:
@@ -224,7 +222,7 @@ def main() -> int:
     registry.promote(version, config.model.alias)
 
     # Offline baseline first, while nothing else runs.
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(1)  # the offline baseline renders as a replica does: one thread per forward pass
     generator = registry.load_generator(version).generator
     offline = offline_throughput(generator, config.generator.max_batch_size, batches=20)
     model_ms = single_image_ms(generator, repeats=200)

@@ -46,6 +46,7 @@ def make_job(args, storage: str) -> TrainJob:
 def plain_pytorch(job: TrainJob, args) -> float:
     """Images/s of one process with 2 threads running the same steps on in-memory batches."""
     torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(job.train.deterministic)  # as the Ray Train workers do
     torch.manual_seed(0)
     attributes = ATTRIBUTES if job.model.conditional else None
     G, D = build_models(job.model, job.data.resolution, attributes)
@@ -53,13 +54,13 @@ def plain_pytorch(job: TrainJob, args) -> float:
     G_ema.load_state_dict(G.state_dict())
     steps = GANSteps(G, D, G_ema, job.train, job.model.z_dim, torch.device("cpu"))
     data = render_batch(np.arange(args.images), job.data.resolution, 0)
-    flips = torch.Generator().manual_seed(0)
+    flips = np.random.default_rng(0)
     batch = job.train.batch_size
     n_batches = args.images // batch
 
     def one_step(i: int) -> None:
         rows = slice((i % n_batches) * batch, (i % n_batches + 1) * batch)
-        real, labels = to_training_batch({k: v[rows] for k, v in data.items()}, hflip=True, generator=flips)
+        real, labels = to_training_batch({k: v[rows] for k, v in data.items()}, flips.random(batch) < 0.5)
         labels = labels if job.model.conditional else None
         steps.discriminator_step(real, labels)
         steps.generator_step(batch, labels, i)

@@ -233,7 +233,11 @@ class TrainConfig(Section):
     precision: Precision = Field(
         "bf16", description="autocast dtype; fp16 needs a GPU (uses a GradScaler)"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the models' init, each worker's noise, the data order and flips")
+    deterministic: bool = Field(
+        True, description="bit-reproducible arithmetic (torch.use_deterministic_algorithms, no cuDNN autotuning): "
+        "same seed, worker count and threads -> the same model; can be slower on GPU"
+    )
     log_every: int = Field(10, gt=0, description="steps between reported metrics")
     checkpoint_every: int = Field(200, gt=0, description="steps between full-state checkpoints")
     num_to_keep: int = Field(3, gt=0, description="checkpoints kept in storage")
@@ -496,7 +500,6 @@ class GeneratorDeploymentConfig(ReplicaOptions):
         0.05, ge=0, description="while a batch renders, the next one gathers for about as long as a render "
         "takes, at most this long (0: always batch_wait_timeout_s)"
     )
-    torch_threads: int = Field(1, gt=0, description="torch intra-op threads per replica")
 
 
 class IngressDeploymentConfig(ReplicaOptions):
@@ -595,15 +598,17 @@ class GenerateConfig(Section):
     conditions: dict[str, str] = Field(default_factory=dict, description="attribute -> fixed value for every face")
     balance: list[str] = Field(
         default_factory=list,
-        description="attributes to balance: face i gets combination i mod (number of combinations)",
+        description="attributes to balance: every attribute and every combination within one face in the set",
     )
     precision: Precision = Field("bf16", description="autocast dtype (fp16 needs cuda)")
     device: Literal["cpu", "cuda"] = "cpu"
     # Execution only: the same faces whatever these are.
     batch_size: int = Field(64, gt=0, description="faces per generator forward pass")
     replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
-    threads_per_replica: int = Field(1, gt=0, description="torch threads in each generator actor (cpu)")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
+    lease_expiry_s: float = Field(
+        60.0, gt=0, description="seconds without a heartbeat after which another driver may take over the "
+                                "output's lease (heartbeats every quarter of this)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "GenerateConfig":

@@ -70,12 +70,15 @@ def route_driver_logs(session_logs_dir: str | None) -> str | None:
     handler = logging.FileHandler(path)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(name)s -- %(message)s"))
-    ray_logger = logging.getLogger("ray")
-    ray_logger.addHandler(handler)
-    ray_logger.setLevel(logging.INFO)
-    for h in ray_logger.handlers:  # Ray's own console handler: errors only
-        if h is not handler and isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            h.setLevel(logging.ERROR)
+    # "ray" and "ray.serve" (which does not propagate; Serve sets it up when ray.serve is imported,
+    # so `ganray serve` imports it before starting Ray). Ray Data's logger: see configure().
+    for name in ("ray", "ray.serve"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        for h in logger.handlers:  # Ray's own console handlers: errors only
+            if h is not handler and isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.ERROR)
     return path
 
 

@@ -9,6 +9,10 @@ Layout under the registry URL (a local folder or s3://bucket/prefix):
     versions/v1/version.json           id, content hash, created_at: written LAST, it commits the version
     aliases/NAME.json                  {"alias": NAME, "version": "v1", "updated_at": ...}
 
+Version ids and alias names are checked wherever they come from (a caller, a folder listing, an
+alias file): a value that is not `v<N>` or an alias name is refused with a RegistryError, so an
+alias file naming "../../x" or "/abs/path" is never followed.
+
 A version id is claimed by an exclusive create (a local `open(..., "x")`, an S3 conditional PUT),
 so two concurrent pushes never share an id and nothing is ever overwritten. A version without
 version.json is an interrupted push: invisible, and its id is skipped. An alias moves with one
@@ -41,8 +45,9 @@ VERSION_FILE = "version.json"
 CLAIM_FILE = ".claim"
 LATEST = "latest"  # a built-in alias: the newest complete version
 
-_VERSION_ID = re.compile(r"^v([1-9][0-9]*)$")
-_ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+# Both are used with fullmatch only ("$" in match() would let a trailing newline through).
+_VERSION_ID = re.compile(r"v([1-9][0-9]*)")
+_ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 class RegistryError(ValueError):
@@ -108,21 +113,42 @@ class Registry:
 
     # -- paths ---------------------------------------------------------------------------------
 
+    # Every path below the registry is built here, from a checked version id or alias name.
+
     def _version_url(self, version: str, *parts: str) -> str:
-        return storage.join(self.url, "versions", version, *parts)
+        if not isinstance(version, str) or not _VERSION_ID.fullmatch(version):
+            raise RegistryError(f"{version!r} is not a version id (v1, v2, ...)")
+        return storage.child(self.url, "/".join(["versions", version, *parts]))
 
     def _alias_url(self, alias: str) -> str:
-        return storage.join(self.url, "aliases", f"{alias}.json")
+        if not isinstance(alias, str) or not _ALIAS_NAME.fullmatch(alias):
+            raise RegistryError(f"{alias!r} is not an alias name")
+        return storage.child(self.url, f"aliases/{alias}.json")
 
     def _read_json(self, url: str) -> dict[str, Any]:
-        return json.loads(storage.read_bytes(url))
+        try:
+            data = json.loads(storage.read_bytes(url))
+        except ValueError:
+            raise RegistryError(f"{url} is corrupt: not JSON") from None
+        if not isinstance(data, dict):
+            raise RegistryError(f"{url} is corrupt: not a JSON object")
+        return data
+
+    def _alias_target(self, alias: str) -> str:
+        """The version an alias file names, after checking it is a version id (never followed otherwise)."""
+        url = self._alias_url(alias)
+        version = self._read_json(url).get("version")
+        if not isinstance(version, str) or not _VERSION_ID.fullmatch(version):
+            raise RegistryError(f"alias {alias!r} in {self.url} is corrupt: {url} names {version!r}, which is "
+                                "not a version id (v1, v2, ...); refusing to follow it")
+        return version
 
     # -- writing -------------------------------------------------------------------------------
 
     def _claimed_ids(self) -> list[int]:
         ids = []
         for entry in storage.ls(storage.join(self.url, "versions")):
-            match = _VERSION_ID.match(entry.rstrip("/").rsplit("/", 1)[-1])
+            match = _VERSION_ID.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
             if match:
                 ids.append(int(match.group(1)))
         return ids
@@ -164,7 +190,7 @@ class Registry:
 
     def promote(self, ref: str, alias: str) -> str:
         """Point `alias` at the version `ref` resolves to (one atomic write); returns that version."""
-        if not _ALIAS_NAME.match(alias) or _VERSION_ID.match(alias) or alias == LATEST:
+        if not _ALIAS_NAME.fullmatch(alias) or _VERSION_ID.fullmatch(alias) or alias == LATEST:
             raise RegistryError(
                 f"invalid alias {alias!r}: use letters, digits, '_', '.', '-', starting with a letter; "
                 f"not a version id (v1, v2, ...) and not {LATEST!r} (built in)")
@@ -183,22 +209,26 @@ class Registry:
     def aliases(self) -> dict[str, str]:
         found = {}
         for entry in storage.ls(storage.join(self.url, "aliases")):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith(".json") and not storage.is_temp(name):
-                found[name.removesuffix(".json")] = self._read_json(storage.join(self.url, "aliases", name))["version"]
+            name = entry.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+            # Only files named like an alias are aliases (not temporary files of an alias move).
+            if entry.endswith(".json") and _ALIAS_NAME.fullmatch(name) and not storage.is_temp(entry):
+                found[name] = self._alias_target(name)
         return dict(sorted(found.items()))
 
     def resolve(self, ref: str) -> str:
         """The version id that `ref` (a version id, an alias or "latest") names."""
-        if _VERSION_ID.match(ref):
+        if _VERSION_ID.fullmatch(ref):
             if storage.exists(self._version_url(ref, VERSION_FILE)):
                 return ref
         elif ref == LATEST:
             versions = self.versions()
             if versions:
                 return versions[-1]
-        elif _ALIAS_NAME.match(ref) and storage.exists(self._alias_url(ref)):
-            return self._read_json(self._alias_url(ref))["version"]
+        elif _ALIAS_NAME.fullmatch(ref) and storage.exists(self._alias_url(ref)):
+            version = self._alias_target(ref)
+            if not storage.exists(self._version_url(version, VERSION_FILE)):
+                raise RegistryError(f"alias {ref!r} in {self.url} names {version}, which is not a complete version")
+            return version
         known = self.versions()
         raise RegistryError(f"unknown model {ref!r} in registry {self.url}: "
                             + (f"versions {known}, aliases {sorted(self.aliases())}" if known else "it holds no versions"))
@@ -206,6 +236,8 @@ class Registry:
     def show(self, ref: str) -> VersionInfo:
         version = self.resolve(ref)
         stamp = self._read_json(self._version_url(version, VERSION_FILE))
+        if stamp.get("version") != version:
+            raise RegistryError(f"version {version} in {self.url} is corrupt: its {VERSION_FILE} says {stamp.get('version')!r}")
         config = self._read_json(self._version_url(version, CONFIG_FILE))
         return VersionInfo(
             version=version,

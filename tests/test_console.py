@@ -44,3 +44,43 @@ def test_rate_and_eta_count_only_work_since_the_first_update():
     line = ProgressLine("generate:", 10, "shards", stream=out, interval_s=0)
     line.update(8)  # a resumed job: 8 shards were done before this run
     assert "ETA" not in line.text() and "/s" not in line.text()
+
+
+def test_verbose_brings_ray_output_back_and_quiet_routes_it_to_files(monkeypatch, tmp_path):
+    import logging
+
+    import yaml
+
+    from ganray import console
+
+    for key in (console.VERBOSE_ENV, "RAY_DATA_LOGGING_CONFIG"):
+        monkeypatch.setenv(key, "")  # records the value to restore, including "unset"
+        monkeypatch.delenv(key)
+    console.configure(verbose_flag=False)
+    assert console.ray_init_options() == {"log_to_driver": False, "logging_level": logging.ERROR}
+    ray_data_config = yaml.safe_load(open(__import__("os").environ["RAY_DATA_LOGGING_CONFIG"]))
+    assert ray_data_config["handlers"]["console"]["level"] == "ERROR"
+    assert ray_data_config["handlers"]["file"]["filename"] == "ray-data.log"  # still written in full
+
+    loggers = [logging.getLogger("ray"), logging.getLogger("ray.serve")]
+    before = {lg.name: list(lg.handlers) for lg in loggers}
+    try:
+        path = console.route_driver_logs(str(tmp_path))
+        assert path == str(tmp_path / console.DRIVER_LOG_NAME)
+        loggers[0].warning("a Ray warning")
+        loggers[1].info("a Serve line")
+        for lg in loggers:
+            for h in lg.handlers:
+                h.flush()
+        written = (tmp_path / console.DRIVER_LOG_NAME).read_text()
+        assert "a Ray warning" in written and "a Serve line" in written
+    finally:
+        for lg in loggers:
+            for h in lg.handlers[:]:
+                if h not in before[lg.name]:
+                    lg.removeHandler(h)
+                    h.close()
+
+    console.configure(verbose_flag=True)
+    assert console.verbose() and console.ray_init_options() == {"log_to_driver": True}
+    assert console.route_driver_logs(str(tmp_path)) is None

@@ -1,4 +1,4 @@
-"""The training dataset reader (both sources) and the per-worker batch transform."""
+"""The training dataset reader (both sources), reading rows by index in a seeded order, and the batch transform."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from ganray.config import ConfigError, DataConfig, ImportConfig
-from ganray.data.dataset import build_train_dataset, dataset_attributes, dataset_manifest_hash, to_training_batch
+from ganray.data.dataset import (EpochSampler, build_indexed_rows, build_train_dataset, dataset_attributes,
+                                 dataset_manifest_hash, to_training_batch)
 from ganray.data.importer import run_import
 from ganray.data.synthetic import ATTRIBUTES, render_face
 
@@ -29,14 +30,18 @@ def import_faces(src: str, dst: str) -> dict:
                                    labels={"pattern": r"face\d+_(?P<smile>yes|no)\.png"}))
 
 
-def check_shards_dataset(cfg: DataConfig, manifest: dict) -> None:
+def check_shards_dataset(cfg: DataConfig, manifest: dict) -> dict[str, np.ndarray]:
+    """All rows, read by index (the way training reads them); returns them."""
     assert dataset_attributes(cfg) == {"smile": ["no", "yes"]}
     assert dataset_manifest_hash(cfg) == manifest["manifest_hash"]
-    batch = build_train_dataset(cfg).take_batch(FACES, batch_format="numpy")
+    rows = build_indexed_rows(cfg)
+    assert rows.num_rows == FACES
+    batch = rows.read(np.arange(FACES))
     assert list(batch) == ["image", "smile"]
     assert batch["image"].shape == (FACES, cfg.resolution, cfg.resolution, 3)
     assert batch["image"].dtype == np.uint8 and batch["smile"].dtype == np.int64
     assert sorted(batch["smile"].tolist()) == [0, 0, 0, 1, 1, 1]
+    return batch
 
 
 def test_synthetic_source(ray_session):
@@ -53,8 +58,13 @@ def test_shards_source_local_resized(ray_session, tmp_path):
     src.mkdir()
     write_faces(lambda name, data: (src / name).write_bytes(data))
     manifest = import_faces(str(src), str(tmp_path / "shards"))
-    check_shards_dataset(DataConfig(source="shards", url=str(tmp_path / "shards"), resolution=32), manifest)
-    check_shards_dataset(DataConfig(source="shards", url=str(tmp_path / "shards"), resolution=64), manifest)
+    cfg = DataConfig(source="shards", url=str(tmp_path / "shards"), resolution=32)
+    first = check_shards_dataset(cfg, manifest)
+    # Row i is the same row in every build (shard order, then row order): the seeded epoch order
+    # of training indexes into it.
+    again = build_indexed_rows(cfg).read(np.arange(FACES))
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    check_shards_dataset(cfg.model_copy(update={"resolution": 64}), manifest)
 
 
 def test_shards_source_s3(ray_session, s3_bucket):
@@ -77,17 +87,68 @@ def test_to_training_batch():
     images[:, :, -1] = 255
     batch = {"image": images, "a": np.arange(8), "b": np.arange(8) % 2}
 
-    x, labels = to_training_batch(batch, hflip=False, generator=torch.Generator().manual_seed(0))
+    x, labels = to_training_batch(batch, flip=None)
     assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
     assert x.min() == -1.0 and x.max() == 1.0
     assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
     assert labels.dtype == torch.int64 and labels.tolist() == [[i, i % 2] for i in range(8)]
 
-    flipped, _ = to_training_batch(batch, hflip=True, generator=torch.Generator().manual_seed(0))
-    again, _ = to_training_batch(batch, hflip=True, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(flipped, again)  # same generator state -> same flips
-    was_flipped = flipped[:, :, :, 0] == 1.0
-    assert 0 < int(was_flipped.all(dim=(1, 2)).sum()) < 8
+    flip = np.array([True, False, False, True, True, False, True, False])
+    flipped, _ = to_training_batch(batch, flip=flip)
     for i in range(8):
-        expected = x[i].flip(-1) if was_flipped[i].all() else x[i]
-        assert torch.equal(flipped[i], expected)
+        assert torch.equal(flipped[i], x[i].flip(-1) if flip[i] else x[i])
+    assert (flipped[:, :, :, 0] == 1.0).all(dim=(1, 2)).tolist() == flip.tolist()  # the white column moved
+
+
+def test_indexed_rows_read_any_rows_in_the_asked_order(ray_session):
+    cfg = DataConfig(source="synthetic", resolution=32, synthetic={"count": 40, "seed": 3})
+    rows = build_indexed_rows(cfg)
+    assert rows.num_rows == 40 and len(rows.block_refs) > 1  # reads gather across blocks
+    assert rows.columns == ["image", *ATTRIBUTES]
+    wanted = [39, 0, 17, 17, 5]
+    batch = rows.read(np.array(wanted))
+    for j, i in enumerate(wanted):
+        image, labels = render_face(i, 32, seed=3)  # row i is face i: the order is fixed
+        assert np.array_equal(batch["image"][j], image)
+        assert [int(batch[name][j]) for name in ATTRIBUTES] == [labels[name] for name in ATTRIBUTES]
+    with pytest.raises(IndexError, match="0..39"):
+        rows.read(np.array([40]))
+
+
+def _stream(sampler: EpochSampler, n: int) -> list[tuple[list[int], list[bool] | None]]:
+    out = []
+    for _ in range(n):
+        indices, flip = sampler.next()
+        out.append((indices.tolist(), None if flip is None else flip.tolist()))
+    return out
+
+
+def test_epoch_sampler_order_is_seeded_and_split_into_fixed_parts_of_each_global_batch():
+    rows, batch = 50, 8  # 6 global batches per epoch, 2 rows left out of each
+    whole = _stream(EpochSampler(rows, batch, seed=7, hflip=True), 12)
+    parts = [_stream(EpochSampler(rows, batch, seed=7, rank=r, world_size=2, hflip=True), 12) for r in range(2)]
+    # Worker r takes the r-th half of every global batch, flips included: the global batches do
+    # not depend on the number of workers.
+    for b in range(12):
+        assert parts[0][b][0] + parts[1][b][0] == whole[b][0]
+        assert parts[0][b][1] + parts[1][b][1] == whole[b][1]
+    first, second = [sum((b[0] for b in whole[e * 6:(e + 1) * 6]), []) for e in range(2)]
+    assert len(set(first)) == len(set(second)) == 48  # an epoch visits 48 distinct rows once
+    assert first != second  # and the next epoch reshuffles
+    assert any(f for b in whole for f in b[1]) and not all(f for b in whole for f in b[1])
+    assert whole == _stream(EpochSampler(rows, batch, seed=7, hflip=True), 12)  # same seed, same stream
+    assert [b[0] for b in whole] != [b[0] for b in _stream(EpochSampler(rows, batch, seed=8), 12)]
+    assert all(b[1] is None for b in _stream(EpochSampler(rows, batch, seed=7), 3))  # hflip off
+
+
+def test_epoch_sampler_resumes_from_its_position():
+    running = EpochSampler(50, 8, seed=1, rank=1, world_size=2, hflip=True)
+    _stream(running, 9)  # into the second epoch
+    assert running.state_dict() == {"epoch": 1, "batch": 3}
+    resumed = EpochSampler(50, 8, seed=1, rank=1, world_size=2, hflip=True)
+    resumed.load_state_dict(running.state_dict())
+    assert _stream(resumed, 7) == _stream(running, 7)
+    with pytest.raises(ValueError, match="outside an epoch of 6 batches"):
+        resumed.load_state_dict({"epoch": 0, "batch": 6})
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        EpochSampler(7, 8, seed=0)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +22,10 @@ from ganray import storage
 from ganray.cli import main as cli
 from ganray.config import GenerateJob, DCGANConfig, load_config
 from ganray.generate.job import run_generate
+from ganray.generate.lease import OutputLease
 from ganray.generate.output import GenerateError
+from ganray.generate.pipeline import FaceRenderer
+from ganray.generate.plan import job_id
 from ganray.images import decode_png
 from ganray.models.face import labels_for_conditions, render_faces
 from ganray.models import build_generator
@@ -58,10 +64,10 @@ def generate(registry_url: str, output: str, **params) -> dict:
 
 
 def snapshot(url: str) -> dict[str, bytes]:
-    """Every file of an output (but the run's timings), by path relative to the output."""
+    """Every file of an output (but the run's timings and the drivers' leases), by path relative to the output."""
     fs, root = storage.url_to_fs(url)
-    return {path[len(root):].lstrip("/"): fs.cat_file(path) for path in fs.find(root)
-            if not path.endswith("summary.json")}
+    return {rel: fs.cat_file(path) for path in fs.find(root)
+            if not (rel := path[len(root):].lstrip("/")).endswith("summary.json") and not rel.startswith("_lease/")}
 
 
 def entries(output: str) -> list[str]:
@@ -96,6 +102,13 @@ def test_rows_are_unique_complete_balanced_and_decode_to_the_generator_output(re
     manifest = json.loads(Path(reference, "manifest.json").read_text())
     job = json.loads(Path(reference, "job.json").read_text())
     assert manifest["job_id"] == job["job_id"] == table.column("job_id")[0].as_py()
+    assert all(entry["job_id"] == job["job_id"] for entry in manifest["shards"])
+    # The identity records what else decides the bytes: the torch build and the device kind.
+    assert job["parameters"]["torch"] == torch.__version__
+    assert job["parameters"]["device_kind"] == f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    assert job["parameters"]["balance_order"] == "crt-block-shift/1"
+    lease = json.loads(Path(reference, "_lease", "lease-00000001.json").read_text())
+    assert lease["released"] and lease["holder"]["job_id"] == job["job_id"]  # released at the end
     assert manifest["parameters"]["model_version"] == "v1" and manifest["faces"] == 50
     assert [s["face_ids"] for s in manifest["shards"]] == [[0, 16], [16, 32], [32, 48], [48, 50]]
     summary = json.loads(Path(reference, "summary.json").read_text())
@@ -216,7 +229,7 @@ def test_bad_input_exits_2_and_writes_nothing(bad, message, registry_url, tmp_pa
     assert not output.exists()
 
 
-def test_unwritable_output_exits_2(registry_url, tmp_path, capsys):
+def test_unwritable_output_exits_2(ray_session, registry_url, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert cli(["generate", *(a for o in overrides(registry_url, str(blocker / "faces"), REFERENCE)
@@ -233,3 +246,120 @@ def test_s3_output_has_the_same_bytes_as_local(reference, registry_url, s3_bucke
     assert summary["faces"] == 50 and summary["output"] == output
     assert snapshot(output) == snapshot(reference)
     assert json.loads(storage.read_bytes(f"{output}/summary.json"))["job_id"] == summary["job_id"]
+
+
+def test_a_second_driver_is_refused_naming_the_holder_and_deletes_nothing(ray_session, registry_url, tmp_path):
+    output = tmp_path / "faces"
+    small = {**REFERENCE, "count": 8, "shard_size": 4}
+    first = OutputLease.acquire(str(output), "job-of-the-first-driver", expires_after_s=60)
+    in_flight = output / "parquet" / "shard-00000.parquet.tmp-0123456789ab"  # the first driver's writer at work
+    in_flight.parent.mkdir(parents=True)
+    in_flight.write_bytes(b"half a shard")
+    with pytest.raises(GenerateError, match=rf"being written by another driver: host {platform.node()}, "
+                                            rf"pid {os.getpid()}, job job-of-the-first-driver, since"):
+        generate(registry_url, str(output), **small)
+    assert in_flight.read_bytes() == b"half a shard" and not (output / "job.json").exists()
+
+    first.release()
+    summary = generate(registry_url, str(output), **small)
+    assert summary["faces"] == 8 and not in_flight.exists()
+    assert json.loads((output / "_lease" / "lease-00000002.json").read_text())["released"]
+
+
+def corrupt(path: Path) -> None:
+    """Flip one byte in the middle: the size stays the same."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_verify_finds_damage_by_content_and_the_next_run_rewrites_only_those_shards(
+        reference, registry_url, tmp_path, capsys):
+    output = tmp_path / "faces"
+    shutil.copytree(reference, output)
+    assert cli(["generate", "--verify", str(output)]) == 0
+    assert "all 4 shards intact" in capsys.readouterr().out
+
+    corrupt(output / "parquet" / "shard-00000.parquet")
+    corrupt(output / "png" / "shard-00001" / "000000020.png")
+    entry = output / "_manifest" / "shard-00002.json"
+    entry.write_text(entry.read_text().replace(json.loads(entry.read_text())["job_id"], "0123456789abcdef"))
+    (output / "png" / "shard-00003" / "metadata.parquet").unlink()
+    assert cli(["generate", "--verify", str(output)]) == 1
+    report = capsys.readouterr().out
+    assert "damaged: shard-00000: parquet/shard-00000.parquet does not match its sha256" in report
+    assert "damaged: shard-00001: png/shard-00001/ does not match its sha256" in report
+    assert "damaged: shard-00002: it was committed by job 0123456789abcdef" in report
+    assert "damaged: shard-00003: png/shard-00003/ does not match its sha256 (2 files, 3 committed)" in report
+    assert "4 of 4 shards damaged or missing" in report
+
+    summary = generate(registry_url, str(output), **REFERENCE)
+    assert summary["resumed"] and summary["shards_this_run"] == 4
+    assert snapshot(str(output)) == snapshot(reference)
+    assert cli(["generate", "--verify", str(output)]) == 0
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.parquet", "/etc/passwd", "s3://elsewhere/shard.parquet",
+                                      "parquet/../../outside.parquet"])
+def test_a_path_outside_the_output_in_an_entry_is_refused_never_read_or_deleted(
+        bad_path, reference, tmp_path, capsys):
+    output = tmp_path / "faces"
+    shutil.copytree(reference, output)
+    (tmp_path / "outside.parquet").write_bytes(b"not yours")
+    entry_path = output / "_manifest" / "shard-00001.json"
+    entry = json.loads(entry_path.read_text())
+    entry["files"][bad_path] = entry["files"].pop("parquet/shard-00001.parquet")
+    entry_path.write_text(json.dumps(entry))
+    before = snapshot(str(output))
+
+    assert cli(["generate", "--verify", str(output)]) == 2
+    assert f"unsafe path {bad_path!r}" in capsys.readouterr().err
+    assert snapshot(str(output)) == before and (tmp_path / "outside.parquet").read_bytes() == b"not yours"
+
+
+def test_a_run_refuses_an_entry_with_an_unsafe_path_and_deletes_nothing(reference, registry_url, tmp_path):
+    output = tmp_path / "faces"
+    shutil.copytree(reference, output)
+    (tmp_path / "outside.parquet").write_bytes(b"not yours")
+    entry_path = output / "_manifest" / "shard-00001.json"
+    entry = json.loads(entry_path.read_text())
+    entry["files"]["../outside.parquet"] = entry["files"].pop("parquet/shard-00001.parquet")
+    entry_path.write_text(json.dumps(entry))
+    before = snapshot(str(output))
+    with pytest.raises(GenerateError, match=r"unsafe path '\.\./outside\.parquet'(.|\n)*refused: nothing it names"):
+        generate(registry_url, str(output), **REFERENCE)
+    assert snapshot(str(output)) == before and (tmp_path / "outside.parquet").read_bytes() == b"not yours"
+
+
+def test_an_output_rendered_on_another_torch_build_is_not_resumed(reference, registry_url, tmp_path):
+    output = tmp_path / "faces"
+    shutil.copytree(reference, output)
+    job = json.loads((output / "job.json").read_text())
+    job["parameters"]["torch"] = "2.0.0+cu118"
+    job["job_id"] = job_id(job["parameters"])
+    (output / "job.json").write_text(json.dumps(job))
+    with pytest.raises(GenerateError, match=re.escape(f"torch: '2.0.0+cu118' there, '{torch.__version__}' in this "
+                                                      "job\nIt was rendered with another torch build")):
+        generate(registry_url, str(output), **REFERENCE)
+
+
+def test_a_generator_actor_on_another_device_kind_refuses_to_render(registry_url):
+    from ganray.generate.plan import ConditionPlan
+
+    with pytest.raises(RuntimeError, match="the bytes could differ, so it refuses to render"):
+        FaceRenderer(registry_url, "v1", ConditionPlan(ATTRIBUTES, {}, []), seed_offset=0, psi=1.0, batch_size=4,
+                     precision="bf16", device="cpu",
+                     environment={"torch": torch.__version__, "device_kind": "cuda NVIDIA H100 sm_90"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_render_is_deterministic_whatever_the_batch(registry_url):
+    g = Registry(registry_url).load_generator("v1", device="cuda").generator
+    seeds = list(range(40))
+    labels = labels_for_conditions(g, {"gender": "male", "age": "adult"}, len(seeds))
+    whole = render_faces(g, seeds, psi=0.8, labels=labels, precision="fp32")
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    parts = np.concatenate([render_faces(g, seeds[i:i + 7], psi=0.8, labels=labels[i:i + 7], precision="fp32")
+                            for i in range(0, len(seeds), 7)])
+    np.testing.assert_array_equal(whole, parts)

@@ -5,7 +5,10 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +17,12 @@ import pytest
 import ray
 from PIL import Image, ImageFilter
 
-from ganray.storage import sha256_hex
-from ganray.config import ConfigError, ImportConfig
-from ganray.data import preprocess
-from ganray.data.importer import run_import
+from ganray import storage
+from ganray.storage import UnsafePathError, sha256_hex, url_to_fs
+from ganray.config import ConfigError, DataConfig, ImportConfig
+from ganray.data import importer, preprocess
+from ganray.data.dataset import build_train_dataset, dataset_manifest_hash
+from ganray.data.importer import read_manifest, run_import
 from ganray.data.synthetic import render_face
 
 from conftest import UTKFACE_ZIP
@@ -113,6 +118,12 @@ def read_shards(dst: str | Path) -> dict[str, dict]:
     return rows
 
 
+def stored_files(dst: str | Path) -> list[str]:
+    """Every file under dst (local or s3://), relative to it, sorted."""
+    fs, root = url_to_fs(str(dst))
+    return sorted(p[len(root.rstrip("/")) + 1:] for p in fs.find(root))
+
+
 def assert_counts(manifest: dict) -> None:
     seen = len(KEPT) + sum(map(len, DROPPED.values()))
     assert manifest["counts"] == {"seen": seen, "kept": len(KEPT), "dropped": seen - len(KEPT)}
@@ -164,7 +175,9 @@ def test_import_folder_with_sidecar(ray_session, source_dir, tmp_path):
     assert manifest["label_histograms"] == {"smile": {"no": 4, "yes": 5}, "glasses": {"no": 5, "yes": 4}}
     assert [s["rows"] for s in manifest["shards"]] == [4, 4, 1]
     assert json.loads((dst / "manifest.json").read_text()) == manifest
-    assert sorted(p.name for p in dst.iterdir()) == ["manifest.json"] + [s["file"] for s in manifest["shards"]]
+    assert stored_files(dst) == sorted(["manifest.json"] + [s["file"] for s in manifest["shards"]])
+    assert all(re.fullmatch(r"imports/\d{8}T\d{6}Z-[0-9a-f]{12}/shard-\d{5}\.parquet", s["file"])
+               for s in manifest["shards"])
 
     rows = read_shards(dst)
     assert sorted(rows) == sorted(KEPT)
@@ -197,7 +210,9 @@ def test_import_regex_labels_and_shard_shrink(ray_session, source_dir, tmp_path)
     assert_counts(manifest)
     assert manifest["attributes"] == {"smile": ["no", "yes"]}
     assert manifest["manifest_hash"] == first["manifest_hash"]  # the shard layout is not the data
-    assert sorted(p.name for p in dst.iterdir()) == ["manifest.json", "shard-00000.parquet"]
+    # Only the new import is left: the first one's five shards and their folder are gone.
+    assert stored_files(dst) == [manifest["shards"][0]["file"], "manifest.json"]
+    assert os.listdir(dst / "imports") == [manifest["shards"][0]["file"].split("/")[1]]
     rows = read_shards(dst)
     assert sorted(rows) == sorted(KEPT)
     assert {name: row["smile"] for name, row in rows.items()} == {n: int("_yes." in n) for n in KEPT}
@@ -216,9 +231,7 @@ def test_import_s3_to_s3(ray_session, source_dir, s3_bucket):
     manifest = run_import(ImportConfig(src=f"s3://{s3_bucket}/raw", dst=f"s3://{s3_bucket}/shards",
                                        resolution=RES, labels={"pattern": REGEX}))
     assert_counts(manifest)
-    fs.invalidate_cache()
-    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/shards")) == \
-        ["manifest.json"] + [s["file"] for s in manifest["shards"]]
+    assert stored_files(f"s3://{s3_bucket}/shards") == sorted(["manifest.json"] + [s["file"] for s in manifest["shards"]])
     stored = json.loads(fs.cat_file(f"{s3_bucket}/shards/manifest.json"))
     assert stored["manifest_hash"] == manifest["manifest_hash"]
 
@@ -270,3 +283,158 @@ def test_import_utkface_zip(ray_session, tmp_path):
         {"undecodable": 0, "too_small": 0, "blank": 0, "blurry": 0}
     assert manifest["attributes"]["race"] == ["white", "black", "asian", "indian", "other"]
     assert sum(manifest["label_histograms"]["gender"].values()) == manifest["counts"]["kept"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Commit: a crash at any point leaves the previous import or the new one, complete
+
+FACE_PATTERN = r"face\d+_(?P<smile>yes|no)\.png"
+
+
+class SimulatedCrash(BaseException):
+    """The import process dying at a commit point: a BaseException, so no `except Exception` runs."""
+
+
+@contextmanager
+def crash_at(point: str, error: type[BaseException] = SimulatedCrash):
+    """Run the block's import until `point`, where `error` is raised. For a crash, every later point
+    (the error path's clean-up included) raises too: a dead process runs nothing more."""
+    assert point in importer.COMMIT_POINTS
+    crashed = False
+
+    def hook(name: str) -> None:
+        nonlocal crashed
+        if name == point or (crashed and error is SimulatedCrash):
+            crashed = True
+            raise error(f"injected at {name}")
+
+    importer.commit_point_hook = hook
+    try:
+        with pytest.raises(error, match="injected at"):
+            yield
+    finally:
+        importer.commit_point_hook = None
+    assert crashed
+
+
+def write_faces(root: str, indices: list[int]) -> str:
+    fs, path = url_to_fs(root)
+    fs.makedirs(path, exist_ok=True)
+    for i in indices:
+        fs.pipe_file(f"{path}/face{i}_{'yes' if i % 2 else 'no'}.png", png_bytes(face(i, 40)))
+    return root
+
+
+def training_rows(dst: str) -> list[tuple[str, int]]:
+    """What training reads from dst, through the real reader: sorted (image digest, label) rows."""
+    rows = build_train_dataset(DataConfig(source="shards", url=dst, resolution=16)).take_all()
+    return sorted((sha256_hex(row["image"].tobytes()), int(row["smile"])) for row in rows)
+
+
+def to_old_layout(dst: str) -> None:
+    """Rewrite a local import in the layout of older ganray versions: shards at the top of dst."""
+    manifest = json.loads((Path(dst) / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        old_name = shard["file"].rsplit("/", 1)[1]
+        os.rename(Path(dst) / shard["file"], Path(dst) / old_name)
+        shard["file"] = old_name
+    shutil.rmtree(Path(dst) / "imports")
+    (Path(dst) / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_crash_at_each_commit_point_leaves_one_whole_import(ray_session, where, tmp_path, request):
+    base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
+    src_a, src_b = write_faces(f"{base}/a", [0, 1, 2]), write_faces(f"{base}/b", [3, 4])
+    dst = f"{base}/shards"
+
+    def import_(src: str) -> dict:
+        return run_import(ImportConfig(src=src, dst=dst, resolution=16, shard_rows=2, labels={"pattern": FACE_PATTERN}))
+
+    def import_prefixes() -> set[str]:
+        return {f.split("/")[1] for f in stored_files(dst) if f.startswith("imports/")}
+
+    def assert_holds(manifest: dict, rows: list | None = None) -> None:
+        """dst is exactly the import `manifest` describes, complete: every listed shard is there with
+        its rows, and (given `rows`) the real training reader reads exactly those rows."""
+        current = read_manifest(dst)
+        assert current["manifest_hash"] == manifest["manifest_hash"]
+        assert dataset_manifest_hash(DataConfig(source="shards", url=dst)) == manifest["manifest_hash"]
+        fs, root = url_to_fs(dst)
+        for shard in current["shards"]:
+            with fs.open(f"{root}/{shard['file']}") as f:
+                assert pq.read_metadata(f).num_rows == shard["rows"]
+        if rows is not None:
+            assert training_rows(dst) == rows
+
+    manifest_a = import_(src_a)
+    if where == "local":  # an import written by an older ganray reads, and the next import replaces it
+        to_old_layout(dst)
+    rows_a = training_rows(dst)
+    manifest_b = import_(src_b)
+    rows_b = training_rows(dst)
+    assert len(rows_a) == 3 and len(rows_b) == 2 and manifest_a["manifest_hash"] != manifest_b["manifest_hash"]
+    assert [f for f in stored_files(dst) if not f.startswith("imports/")] == ["manifest.json"]
+
+    # dst holds B. Importing A, a crash before the manifest switch leaves B; from the switch on, A.
+    # (The real reader runs where the state could have changed; the cheaper check everywhere.)
+    with crash_at("write_shards"):
+        import_(src_a)
+    assert_holds(manifest_b)
+    assert len(import_prefixes()) == 1
+    with crash_at("switch_manifest"):  # every new shard written, none named by the manifest
+        import_(src_a)
+    assert_holds(manifest_b, rows_b)
+    assert len(import_prefixes()) == 2
+    leftovers = stored_files(dst)
+    with crash_at("switch_manifest", RuntimeError):  # an error, not a crash: its new shards are removed
+        import_(src_a)
+    assert_holds(manifest_b)
+    assert stored_files(dst) == leftovers
+    with crash_at("remove_previous"):
+        import_(src_a)
+    assert_holds(manifest_a, rows_a)
+    with crash_at("remove_leftovers"):
+        import_(src_b)
+    assert_holds(manifest_b, rows_b)
+
+    # A temporary manifest of a killed local write; then a clean import removes every leftover.
+    url_to_fs(dst)[0].pipe_file(url_to_fs(f"{dst}/manifest.json{storage.TEMP_MARKER}0123456789ab")[1], b"{")
+    # Three import prefixes hold files: B (current), B's first import, the crash before the switch.
+    assert len(import_prefixes()) == 3
+    manifest_a = import_(src_a)
+    assert_holds(manifest_a, rows_a)
+    assert stored_files(dst) == sorted(["manifest.json"] + [s["file"] for s in manifest_a["shards"]])
+    if where == "local":
+        assert os.listdir(Path(dst) / "imports") == [manifest_a["shards"][0]["file"].split("/")[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths read from a manifest stay inside its folder
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_manifest_paths_outside_dst_are_refused(ray_session, where, tmp_path, request):
+    base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
+    fs, _ = url_to_fs(base)
+    dst, outside = f"{base}/shards", f"{base}/outside"
+    src = write_faces(f"{base}/src", [0, 1])
+    manifest = run_import(ImportConfig(src=src, dst=dst, resolution=16, labels={"pattern": FACE_PATTERN}))
+    # The sentinel outside dst is a valid shard: following a path to it would read it without error.
+    sentinel = url_to_fs(f"{outside}/shard.parquet")[1]
+    fs.makedirs(url_to_fs(outside)[1], exist_ok=True)
+    fs.copy(url_to_fs(f"{dst}/{manifest['shards'][0]['file']}")[1], sentinel)
+    kept = stored_files(dst)
+    unsafe_paths = ["../outside/shard.parquet", "imports/../../outside/shard.parquet",
+                    sentinel if where == "local" else f"/{sentinel}",  # absolute
+                    f"{outside}/shard.parquet" if where == "s3" else f"file://{sentinel}",  # a URL
+                    "s3://other-bucket/shard.parquet"]
+
+    for unsafe in unsafe_paths:
+        bad = {**manifest, "shards": [{"file": unsafe, "rows": 2}]}
+        fs.pipe_file(url_to_fs(f"{dst}/manifest.json")[1], json.dumps(bad).encode())
+        with pytest.raises(UnsafePathError, match="unsafe path .* in a manifest under"):
+            build_train_dataset(DataConfig(source="shards", url=dst, resolution=16))
+        with pytest.raises(ConfigError, match=r"import.dst: refusing to replace .*unsafe path.*Nothing was written"):
+            run_import(ImportConfig(src=src, dst=dst, resolution=16, labels={"pattern": FACE_PATTERN}))
+        assert stored_files(dst) == kept, unsafe  # no new shards, nothing removed
+    assert stored_files(outside) == ["shard.parquet"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 
 import pytest
@@ -63,7 +64,7 @@ def test_unknown_refs_and_bad_aliases_are_clear_errors(registry_url):
     with pytest.raises(RegistryError, match="holds no versions"):
         registry.resolve("latest")
     registry.push(generator(1).state_dict(), MODEL, 32, ATTRIBUTES, {})
-    for ref in ("v7", "staging", "no such thing"):
+    for ref in ("v7", "staging", "no such thing", "v1\n", "../v1", "versions/v1", "v01"):
         with pytest.raises(RegistryError, match=r"unknown model .* versions \['v1'\]"):
             registry.show(ref)
     for alias in ("v3", "latest", "has space", "-x"):
@@ -71,6 +72,43 @@ def test_unknown_refs_and_bad_aliases_are_clear_errors(registry_url):
             registry.promote("v1", alias)
     with pytest.raises(RegistryError, match="do not fit"):
         registry.push(generator(1).state_dict(), {**MODEL, "g_width": 16}, 32, ATTRIBUTES, {})
+
+
+def test_alias_files_naming_paths_are_refused_not_followed(registry_url, capsys, monkeypatch):
+    registry = Registry(registry_url)
+    registry.push(generator(1).state_dict(), MODEL, 32, ATTRIBUTES, {})
+    # A complete copy of v1 beside the registry: following an alias there would load it without error.
+    parent = registry.url.rsplit("/", 1)[0]
+    version_dir = storage.join(registry.url, "versions", "v1")
+    for entry in storage.ls(version_dir):
+        storage.atomic_write(storage.join(parent, "evil", entry.rsplit("/", 1)[1]), storage.read_bytes(entry))
+    outside = storage.join(parent, "evil")
+    absolute = outside if storage.is_local(outside) else "/" + outside.removeprefix("s3://")
+    targets = ["../../evil", "v1/../../../evil", absolute, outside if "://" in outside else "file://" + outside,
+               "s3://other-bucket/evil", "v1\n", 7, None]
+    alias_file = storage.join(registry.url, "aliases", "production.json")
+    monkeypatch.setenv("GANRAY_REGISTRY", registry.url)
+    for target in targets:
+        storage.atomic_write(alias_file, json.dumps({"alias": "production", "version": target}).encode())
+        refused = rf"alias 'production' in .* is corrupt: .* names {re.escape(repr(target))}, which is not a " \
+                  r"version id \(v1, v2, ...\); refusing to follow it"
+        for read in (registry.resolve, registry.show, registry.load_generator):
+            with pytest.raises(RegistryError, match=refused):
+                read("production")
+        for read_all in (registry.aliases, registry.list):
+            with pytest.raises(RegistryError, match=refused):
+                read_all()
+        assert cli(["registry", "show", "production"]) == 2
+        assert "refusing to follow it" in capsys.readouterr().err
+    assert sorted(e.rsplit("/", 1)[1] for e in storage.ls(outside)) == sorted(
+        e.rsplit("/", 1)[1] for e in storage.ls(version_dir))  # untouched
+
+    storage.atomic_write(alias_file, json.dumps({"alias": "production", "version": "v9"}).encode())
+    with pytest.raises(RegistryError, match="alias 'production' .* names v9, which is not a complete version"):
+        registry.resolve("production")
+    storage.atomic_write(alias_file, b"v1")
+    with pytest.raises(RegistryError, match="production.json is corrupt: not JSON"):
+        registry.resolve("production")
 
 
 def test_versions_are_never_reused_or_overwritten(tmp_path):
@@ -93,6 +131,10 @@ def test_corrupt_weights_are_refused(tmp_path):
     storage.atomic_write(weights, bytes(data))
     with pytest.raises(RegistryError, match="corrupt"):
         registry.load_generator("v1")
+    stamp = storage.join(registry.url, "versions", "v1", "version.json")
+    storage.atomic_write(stamp, json.dumps({**json.loads(storage.read_bytes(stamp)), "version": "v2"}).encode())
+    with pytest.raises(RegistryError, match="version v1 in .* is corrupt: its version.json says 'v2'"):
+        registry.show("v1")
 
 
 def test_alias_moves_are_atomic_for_readers(tmp_path):

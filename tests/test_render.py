@@ -120,3 +120,38 @@ def test_png_bytes_are_deterministic_lossless_and_without_metadata():
     assert zlib.crc32(data) == zlib.crc32(encode_png(image))
     with pytest.raises(ValueError, match="uint8"):
         encode_png(image.astype(np.float32))
+
+
+def _trained_looking_dcgan64(seed: int):
+    """A DCGAN-64 whose outputs use the whole [-1, 1] range, as a trained one does, so that many
+    pixels sit near a rounding boundary."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    g = build_generator(DCGANConfig(z_dim=16, g_width=16, max_channels=128), 64)
+    for bn in [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]:
+        bn.momentum = None  # running statistics = those of the next batch
+    with torch.no_grad():
+        g(torch.randn(64, 16))
+        g.net[-2].weight.mul_(10)
+    return g.eval()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_faces_are_identical_across_batch_sizes_when_the_caller_uses_more_threads(precision):
+    """Two intra-op threads made oneDNN give a face different pixels in a batch of 7 than of 16 (a
+    level here and there); render_faces runs its forward pass on one thread, so they are equal, and
+    the caller's thread count is left as it was."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seeds = list(range(500, 516))
+        for model_seed in range(12):
+            g = _trained_looking_dcgan64(model_seed)
+            whole = render_faces(g, seeds, precision=precision)
+            assert torch.get_num_threads() == 2
+            np.testing.assert_array_equal(whole[5:12], render_faces(g, seeds[5:12], precision=precision))
+            np.testing.assert_array_equal(whole[3:4], render_faces(g, seeds[3:4], precision=precision))
+            assert whole.std() > 50
+    finally:
+        torch.set_num_threads(before)

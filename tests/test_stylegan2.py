@@ -38,11 +38,13 @@ def set_noise_strength(G: Generator, value: float) -> Generator:
     return G
 
 
-def generator(conditional: bool = False, seed: int = 0, noise: float = 0.5, **overrides) -> Generator:
+def generator(conditional: bool = False, seed: int = 0, noise: float = 0.5, resolution: int = 32,
+              **overrides) -> Generator:
     """A tiny G with noise switched on (it starts at 0) and averages of w tracked over a few
     training-mode batches (so per-condition truncation has targets), in eval mode."""
     torch.manual_seed(seed)
-    G = build_generator(tiny_cfg(conditional=conditional, **overrides), 32, ATTRIBUTES if conditional else None)
+    G = build_generator(tiny_cfg(conditional=conditional, **overrides), resolution,
+                        ATTRIBUTES if conditional else None)
     set_noise_strength(G, noise)
     with torch.no_grad():
         for i in range(3):
@@ -174,6 +176,32 @@ def test_noise_comes_from_each_faces_seed(precision):
     assert not torch.equal(rows[-1][0], rows[-1][1])
 
 
+def _trained_looking_stylegan64(seed: int) -> Generator:
+    """A StyleGAN2-64 with noise on and averages of w tracked, whose faces spread over the pixel
+    range, so that many pixels sit near a rounding boundary."""
+    G = generator(conditional=True, seed=seed, z_dim=32, w_dim=32, embed_dim=16, channel_base=1024,
+                  channel_max=32, resolution=64)
+    return G
+
+
+def test_faces_do_not_depend_on_the_batch_across_models_and_precisions():
+    """bf16 batched, fp32 one face at a time on CPU: with batched fp32, a face differed by a level
+    between batches of 7 and 16, and alone vs in a batch, each in 1 of these 12 models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's thread count plays no part (render_faces uses one)
+    try:
+        seeds, labels = list(range(500, 516)), labels_for(16)
+        for model_seed in range(12):
+            G = _trained_looking_stylegan64(model_seed)
+            for precision in ("bf16", "fp32"):
+                whole = render_faces(G, seeds, 0.8, labels, precision)
+                np.testing.assert_array_equal(whole[5:12], render_faces(G, seeds[5:12], 0.8, labels[5:12], precision))
+                np.testing.assert_array_equal(whole[3:4], render_faces(G, seeds[3:4], 0.8, labels[3:4], precision))
+                assert whole.std() > 50
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_average_w_is_tracked_in_training_mode_only():
     torch.manual_seed(0)
     G = build_generator(tiny_cfg(conditional=True, w_avg_beta=0.9), 32, ATTRIBUTES)
@@ -257,14 +285,18 @@ def test_bf16_autocast_forward_backward_and_r1_on_cpu():
     assert torch.isfinite(penalty) and penalty > 0
 
 
-def test_the_existing_training_steps_run_it():
+def test_the_existing_training_steps_run_it_with_deterministic_kernels():
     torch.manual_seed(0)
     G, D = build_models(tiny_cfg(conditional=True), 32, ATTRIBUTES)
     G_ema = build_generator(tiny_cfg(conditional=True), 32, ATTRIBUTES).eval().requires_grad_(False)
     steps = GANSteps(G, D, G_ema, TrainConfig(batch_size=4, num_workers=1, r1_gamma=1.0), 16, torch.device("cpu"))
     labels = labels_for(4)
-    result = steps.discriminator_step(torch.rand(4, 3, 32, 32) * 2 - 1, labels)
-    loss = steps.generator_step(4, labels, step=0)
+    torch.use_deterministic_algorithms(True)  # as train.deterministic sets it: no op may lack a deterministic kernel
+    try:
+        result = steps.discriminator_step(torch.rand(4, 3, 32, 32) * 2 - 1, labels)
+        loss = steps.generator_step(4, labels, step=0)
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert torch.isfinite(result.loss) and torch.isfinite(loss)
     # G_ema takes G's tracked averages of w with its buffers.
     assert int(G.latent_mean_updates) >= 2 and torch.equal(G_ema.latent_mean, G.latent_mean)

@@ -8,9 +8,25 @@ The steps, and where each runs:
 3. driver: pulls only (path, hash, drop reason, labels) back to find exact duplicates: the first
    file in sorted path order keeps its place, later copies are dropped as `duplicate`.
 4. Ray: the kept rows, still in sorted path order, are cut into `shard_rows` slices and one task
-   writes each slice as a Parquet shard under a temporary name.
-5. commit: shards are renamed into place and `manifest.json` is written last, so a folder with a
-   manifest is always a complete import and an error leaves no partial output behind.
+   writes each slice as a Parquet shard under a fresh prefix, `imports/<import id>/`, that no
+   manifest names yet.
+5. commit: `manifest.json`, naming the new shards by paths relative to dst, replaces the old one in
+   one atomic write (local rename, S3 single PUT). Only then are the previous import's shards and
+   the leftovers of crashed imports (prefixes under `imports/` that the manifest does not name)
+   removed. A crash at any point leaves dst holding either the previous import or the new one,
+   complete; the next import cleans up what a crash left behind.
+
+Layout of dst:
+
+    manifest.json                           the import: counts, labels, "shards": [{"file", "rows"}]
+    imports/<import id>/shard-00000.parquet the shards it names (paths relative to dst)
+
+Every path read from a manifest goes through `storage.child`: an absolute path, '..', or a URL
+is refused (UnsafePathError), never read or deleted. An import written by an older ganray
+(shards at the top of dst) still reads, and is replaced by the next import.
+
+One import at a time per dst: a second import running concurrently into the same dst may remove
+the first one's unreferenced prefix as a crash leftover.
 """
 from __future__ import annotations
 
@@ -20,6 +36,8 @@ import io
 import json
 import math
 import re
+import time
+import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -34,11 +52,15 @@ import ray
 from ganray.config import ConfigError, ImportConfig, LabelConfig
 from ganray.data import preprocess
 from ganray.images import encode_png
-from ganray.storage import sha256_hex, atomic_write, join, temp_name, to_url, url_to_fs
+from ganray import storage
+from ganray.storage import sha256_hex, atomic_write, join, to_url, url_to_fs
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "ganray-shards/1"
 SHARD_NAME = "shard-{:05d}.parquet"
+IMPORTS_DIR = "imports"  # each import's shards live under IMPORTS_DIR/<import id>/
+# An import id: UTC start time (sorts by age for a reader of the folder) and a random part (unique).
+IMPORT_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
 # Folder sources are fetched this many files per request batch: concurrency on object stores,
 # bounded memory for large photos.
 FETCH_CHUNK = 32
@@ -263,8 +285,21 @@ def read_manifest(url: str) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
+def shard_paths(root: str, manifest: dict) -> list[str]:
+    """The shard files a manifest names, under `root` (a URL or a filesystem path), in order.
+
+    Each name goes through storage.child: a manifest naming anything outside `root` raises
+    UnsafePathError before a single file is opened or deleted.
+    """
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise ValueError(f"the {MANIFEST_NAME} under {root} has no list of shards")
+    return [storage.child(root, shard.get("file")) for shard in shards]
+
+
 def _previous_import(cfg: ImportConfig) -> dict | None:
-    """The manifest already at dst (to be replaced), or None; refuses a foreign non-empty dst."""
+    """The manifest already at dst (to be replaced), or None; refuses a foreign non-empty dst, and
+    a manifest whose shard paths leave dst (its files are never touched)."""
     fs, root = url_to_fs(cfg.dst)
     fs.invalidate_cache(root)
     if not fs.exists(root):
@@ -279,6 +314,12 @@ def _previous_import(cfg: ImportConfig) -> dict | None:
             f"import.dst: {cfg.dst} is not empty and is not a previous import (no {MANIFEST_NAME}); "
             "choose an empty folder or set import.overwrite=true"
         )
+    if previous is not None:
+        try:
+            shard_paths(root, previous)
+        except ValueError as e:
+            raise ConfigError(f"import.dst: refusing to replace the import at {cfg.dst}: {e}. Nothing was "
+                              f"written or deleted; remove that {MANIFEST_NAME} by hand if the folder is yours") from None
     return previous
 
 
@@ -363,39 +404,89 @@ def run_import(cfg: ImportConfig) -> dict:
     return manifest
 
 
+# The commit's named points, in the order they are reached; "clean_up_failed" is reached only on an
+# error before the new manifest is in place. Tests set `commit_point_hook` to a function that raises
+# at one of them, which stops the import there as a crash would (tests/test_import.py); it is None
+# otherwise.
+COMMIT_POINTS = ("write_shards", "switch_manifest", "remove_previous", "remove_leftovers", "clean_up_failed")
+commit_point_hook: Callable[[str], None] | None = None
+
+
+def _commit_point(name: str) -> None:
+    if commit_point_hook is not None:
+        commit_point_hook(name)
+
+
+def new_import_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
 def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, manifest: dict,
                       previous: dict | None) -> None:
-    """Write the shards under temporary names, then swap them in and write the manifest last.
+    """Write the shards under a fresh prefix, switch manifest.json to them, then clean up.
 
-    Until the swap nothing under dst changes (a previous import stays valid); if anything fails,
-    the temporary files are removed.
+    Until the switch nothing that a manifest names changes (the previous import stays valid);
+    if anything fails before it, the new prefix is removed.
     """
     fs, root = url_to_fs(cfg.dst)
+    import_id = new_import_id()
+    prefix = f"{IMPORTS_DIR}/{import_id}"
     starts = list(range(cfg.shard_rows, n_kept, cfg.shard_rows))
     slices = kept.split_at_indices(starts) if starts else [kept.materialize()]
-    names = [SHARD_NAME.format(i) for i in range(len(slices))]
-    temps = [temp_name(join(root, name)) for name in names]
+    files = [f"{prefix}/{SHARD_NAME.format(i)}" for i in range(len(slices))]
     created_root = not fs.exists(root)
-    fs.makedirs(root, exist_ok=True)
     try:
-        rows = ray.get([write_shard.remote(to_url(fs, tmp), *part.to_arrow_refs()) for tmp, part in zip(temps, slices)])
+        _commit_point("write_shards")
+        fs.makedirs(join(root, prefix), exist_ok=True)
+        writes = [write_shard.remote(to_url(fs, join(root, file)), *part.to_arrow_refs())
+                  for file, part in zip(files, slices)]
+        ray.wait(writes, num_returns=len(writes))  # all ended, failed ones too: none writes after a clean-up
+        rows = ray.get(writes)
         if sum(rows) != n_kept:
             raise RuntimeError(f"import: wrote {sum(rows)} rows but kept {n_kept}")
-        manifest["shards"] = [{"file": name, "rows": n} for name, n in zip(names, rows)]
-        if previous is not None:
-            # The manifest goes first: from here until the new one is written, dst is not an import.
-            fs.rm_file(join(root, MANIFEST_NAME))
-            for shard in previous["shards"]:
-                if shard["file"] not in names and fs.exists(join(root, shard["file"])):
-                    fs.rm_file(join(root, shard["file"]))
-        for tmp, name in zip(temps, names):
-            fs.mv(tmp, join(root, name))
+        manifest["shards"] = [{"file": file, "rows": n} for file, n in zip(files, rows)]
+        _commit_point("switch_manifest")
         atomic_write(to_url(fs, join(root, MANIFEST_NAME)), json.dumps(manifest, indent=1).encode())
     except BaseException:
-        fs.invalidate_cache(root)
-        for tmp in temps:
-            if fs.exists(tmp):
-                fs.rm_file(tmp)
-        if created_root and fs.isdir(root) and not fs.ls(root, detail=False):
-            fs.rmdir(root)
+        _commit_point("clean_up_failed")
+        # An S3 PUT can fail on the client after the server stored it: never remove what is named.
+        if not _names_prefix(read_manifest(cfg.dst), prefix):
+            storage.remove(join(cfg.dst, prefix))
+            _remove_empty_folders(fs, [join(root, IMPORTS_DIR)] + ([root] if created_root else []))
         raise
+
+    _commit_point("remove_previous")
+    if previous is not None:
+        current = set(shard_paths(root, manifest))
+        stale = [path for path in shard_paths(root, previous) if path not in current and fs.exists(path)]
+        if stale:
+            fs.rm(stale)
+    _commit_point("remove_leftovers")
+    _remove_leftovers(cfg.dst, keep=import_id)
+
+
+def _names_prefix(manifest: dict | None, prefix: str) -> bool:
+    """Whether `manifest` names a shard under `prefix` (read as data: any shape is tolerated)."""
+    shards = manifest.get("shards") if manifest is not None else None
+    return isinstance(shards, list) and any(
+        isinstance(s, dict) and str(s.get("file", "")).startswith(prefix + "/") for s in shards)
+
+
+def _remove_leftovers(dst: str, keep: str) -> None:
+    """Remove what earlier imports left behind: every import prefix except `keep` (the one the
+    manifest names), and temporary manifest files of a killed local write."""
+    for entry in storage.ls(join(dst, IMPORTS_DIR)):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if IMPORT_ID.fullmatch(name) and name != keep:  # nothing else under imports/ is ours
+            storage.remove(entry)
+    for entry in storage.ls(dst):
+        if entry.rsplit("/", 1)[-1].startswith(MANIFEST_NAME + storage.TEMP_MARKER):
+            storage.remove(entry)
+
+
+def _remove_empty_folders(fs, folders: list[str]) -> None:
+    """Remove each folder that exists and is empty (local disks; object stores have no folders)."""
+    for folder in folders:
+        fs.invalidate_cache(folder)
+        if fs.isdir(folder) and not fs.ls(folder, detail=False):
+            fs.rmdir(folder)

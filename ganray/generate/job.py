@@ -1,13 +1,15 @@
 """`ganray generate`: render `count` faces from a registry model into Parquet/PNG shards on Ray Data.
 
 The driver checks everything first (model, conditions, output) and writes nothing until then. It
-then claims the output (job.json), removes what an interrupted run left uncommitted, and streams
-the missing shards through the pipeline (ganray/generate/pipeline.py). It only ever sees one small
+then takes the output's lease (ganray/generate/lease.py: one writer at a time), claims the output
+(job.json), removes what an interrupted run left uncommitted or damaged (checked by sha256), and
+streams the missing shards through the pipeline (ganray/generate/pipeline.py). It only ever sees one small
 commit record per shard, so its memory does not grow with `count`; Ray Data's backpressure keeps
 the workers' memory flat. Re-running the same job resumes it; the result is the same bytes.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,9 +28,11 @@ from ganray.generate.output import (
     committed_shards,
     create_output,
     json_bytes,
+    remove_uncommitted,
     write_run_manifest,
 )
-from ganray.generate.plan import ConditionPlan, ShardRange, job_id, job_parameters, shard_ranges
+from ganray.generate.lease import LeaseHeld, OutputLease
+from ganray.generate.plan import ConditionPlan, ShardRange, job_id, job_parameters, render_environment, shard_ranges
 from ganray.registry import Registry, RegistryError, VersionInfo
 from ganray.runtime import init_ray
 
@@ -43,7 +47,8 @@ class GeneratePlan:
     conditions: ConditionPlan
     layout: OutputLayout
     shards: list[ShardRange]
-    identity: dict[str, Any]  # job.json: {"job_id", "parameters"}
+    identity: dict[str, Any] | None = None  # job.json: {"job_id", "parameters"}, once the environment is known
+    environment: dict[str, str] | None = None  # render_environment() on a generator actor's resources
 
     @property
     def job_id(self) -> str:
@@ -51,7 +56,10 @@ class GeneratePlan:
 
 
 def plan_job(job: GenerateJob) -> GeneratePlan:
-    """Validate the job against its registry model; raises GenerateError, writes nothing."""
+    """Validate the job against its registry model; raises GenerateError, writes nothing, needs no Ray.
+
+    The identity is added by `with_environment`, once Ray tells where the faces will be rendered.
+    """
     cfg = job.generate
     registry = Registry(job.registry.url)
     try:
@@ -62,7 +70,6 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
         conditions = ConditionPlan(model.conditions, cfg.conditions, cfg.balance)
     except ValueError as e:
         raise GenerateError(f"generate.conditions/balance: {e}") from None
-    parameters = job_parameters(cfg, model)
     return GeneratePlan(
         job=job,
         registry_url=registry.url,
@@ -70,8 +77,22 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
         conditions=conditions,
         layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format),
         shards=shard_ranges(cfg.count, cfg.shard_size),
-        identity={"job_id": job_id(parameters), "parameters": parameters},
     )
+
+
+def with_environment(plan: GeneratePlan) -> GeneratePlan:
+    """The plan with its identity: the torch build and device kind a generator actor renders on are
+    part of it (they can change the bytes), so they are asked of Ray, on an actor's resources."""
+    import ray
+
+    cfg = plan.job.generate
+    if cfg.device == "cuda" and not ray.cluster_resources().get("GPU"):
+        raise GenerateError("generate.device is 'cuda', but the Ray cluster has no GPU")
+    actor_options, _ = _resources(plan)
+    environment = ray.get(ray.remote(render_environment).options(**actor_options).remote(cfg.device))
+    parameters = job_parameters(cfg, plan.model, environment)
+    return dataclasses.replace(plan, environment=environment,
+                               identity={"job_id": job_id(parameters), "parameters": parameters})
 
 
 def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
@@ -79,21 +100,22 @@ def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
 
     On CPU the actors get fractional CPUs that leave one CPU for encoding and writing: with whole
     CPUs, actors can take every CPU and the tasks after them never run (Ray Data then waits
-    forever). Threads are set separately (torch.set_num_threads): CPUs here are only a reservation.
+    forever). A CPU actor needs at most one CPU: render_faces runs its forward pass on one thread
+    (byte-identical faces whatever the batch), so more replicas, not threads, use more cores.
     """
     import ray
 
     cfg = plan.job.generate
     cpus = ray.cluster_resources().get("CPU", 1.0)
     task_cpus = 1.0 if cpus >= 2 else 0.5
-    actor_cpus = round(min(float(cfg.threads_per_replica), max(cpus - task_cpus, 0.5) / cfg.replicas), 3)
+    actor_cpus = round(min(1.0, max(cpus - task_cpus, 0.5) / cfg.replicas), 3)
     actor = {"num_cpus": actor_cpus}
     if cfg.device == "cuda":
         actor["num_gpus"] = 1
     return actor, task_cpus
 
 
-def _pipeline(plan: GeneratePlan, missing: list[ShardRange]):
+def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease):
     import ray
 
     from ganray.generate.pipeline import FaceRenderer, encode_pngs, write_shard
@@ -108,7 +130,8 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange]):
             fn_constructor_kwargs=dict(
                 registry_url=plan.registry_url, version=plan.model.version, plan=plan.conditions,
                 seed_offset=cfg.seed_offset, psi=cfg.psi, batch_size=cfg.batch_size,
-                precision=cfg.precision, device=cfg.device, threads=cfg.threads_per_replica),
+                precision=cfg.precision, device=cfg.device,
+                environment=plan.environment),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
             **actor_options,
@@ -117,7 +140,8 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange]):
         .map_batches(
             write_shard,
             fn_kwargs=dict(layout=plan.layout, plan=plan.conditions, seed_offset=cfg.seed_offset, psi=cfg.psi,
-                           model_version=plan.model.version, job_id=plan.job_id),
+                           model_version=plan.model.version, job_id=plan.job_id,
+                           superseded_url=lease.superseded_url),
             batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
         )
     )
@@ -127,11 +151,24 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
     """Run (or resume) a generation job to completion; returns the summary (also in summary.json)."""
     started = time.monotonic()
     plan = plan_job(job)
-    cfg, layout = job.generate, plan.layout
-    resumed = check_output(layout, plan.identity)
+    init_ray(job.ray_address)
+    plan = with_environment(plan)
+    check_output(plan.layout, plan.identity)  # refuse another job's output before writing anything to it
+    try:
+        lease = OutputLease.acquire(plan.layout.url, plan.job_id, job.generate.lease_expiry_s)
+    except LeaseHeld as e:
+        raise GenerateError(str(e)) from None
+    with lease:
+        return _run_holding_lease(plan, lease, started, log)
+
+
+def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
+                       log: Callable[[str], None]) -> dict[str, Any]:
+    cfg, layout = plan.job.generate, plan.layout
+    resumed = check_output(layout, plan.identity)  # again: it may have changed before the lease was ours
     if not resumed:
         create_output(layout, plan.identity)
-    done = committed_shards(layout, plan.shards)
+    done = committed_shards(layout, plan.shards, plan.job_id)
     missing = [s for s in plan.shards if s.index not in done]
     log(f"generate: job {plan.job_id}, model {cfg.model} -> {plan.model.version}, {cfg.count} faces in "
         f"{len(plan.shards)} shards -> {layout.url} ({cfg.format}); "
@@ -140,14 +177,14 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
     faces_written = bytes_written = 0
     pipeline_started = time.monotonic()
     if missing:
-        init_ray(job.ray_address)
         if not console.verbose():  # our one progress line instead of Ray Data's per-operator bars
             ray.data.DataContext.get_current().enable_progress_bars = False
         line = ProgressLine("generate:", len(plan.shards), "shards", show_rate=False,
                             interval_s=cfg.progress_interval_s)
         line.update(len(done), extra="starting generator actors")
         committed_now: set[int] = set()
-        for record in _pipeline(plan, missing).iter_rows():
+        for record in _pipeline(plan, missing, lease).iter_rows():
+            lease.check()
             if record["shard"] in committed_now:
                 continue
             committed_now.add(record["shard"])
@@ -156,11 +193,14 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
             rate = faces_written / (time.monotonic() - pipeline_started)
             line.update(len(done) + len(committed_now), extra=f"{faces_written} faces this run, {rate:.0f} faces/s")
         line.close()
-        done = committed_shards(layout, plan.shards)
+        # The shards written now were hashed as they were written: only their commits are checked.
+        done = {s.index for s in plan.shards if s.index in done or storage.exists(layout.entry_url(s))}
+        remove_uncommitted(layout, done)  # temporary files of writer tasks that Ray Data retried
         if len(done) != len(plan.shards):
             raise RuntimeError(f"{len(plan.shards) - len(done)} shards were not committed; re-run to finish them")
     pipeline_s = time.monotonic() - pipeline_started
 
+    lease.check()
     manifest = write_run_manifest(layout, plan.identity, plan.shards)
     wall_s = time.monotonic() - started
     summary = {
@@ -180,7 +220,7 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
         "wall_s": round(wall_s, 2),
         "batch_size": cfg.batch_size,
         "replicas": cfg.replicas,
-        "threads_per_replica": cfg.threads_per_replica,
+        "environment": plan.environment,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     storage.atomic_write(layout.path(SUMMARY_FILE), json_bytes(summary))

@@ -1,28 +1,35 @@
 """The output folder of a generation job: layout, ownership, shard commits and the run manifest.
 
+    OUT/_lease/lease-00000001.json        the writing driver's lease (ganray/generate/lease.py)
     OUT/job.json                          job id + the parameters that determine the bytes (written FIRST)
     OUT/parquet/shard-00000.parquet       format parquet|both: one row per face, PNG bytes in `image`
     OUT/png/shard-00000/000000042.png     format png|both: one file per face ...
     OUT/png/shard-00000/metadata.parquet  ... and the shard's rows without the image column
-    OUT/_manifest/shard-00000.json        the shard's commit: rows, bytes, sha256 (written LAST)
+    OUT/_manifest/shard-00000.json        the shard's commit: job id, rows, bytes, sha256 (written LAST)
     OUT/manifest.json                     every shard + the job, when all shards are committed
     OUT/summary.json                      the run's throughput and wall time
 
 Exactly once: a shard exists only once its `_manifest` entry does, and the entry is written after
-the shard's files are in place. Before (re)running, anything that is not a committed, intact shard
-is removed (temporary files of a killed writer, files of a shard whose entry never appeared), so
-the missing shards are rewritten from scratch and the finished output holds each face once.
+the shard's files are in place. Before (re)running, the driver holding the output's lease removes
+anything that is not a committed, intact shard (temporary files of a killed writer, files of a
+shard whose entry never appeared, a shard whose bytes no longer match its entry's sha256 or whose
+entry names another job), so those shards are rewritten from scratch and the finished output
+holds each face once. Paths read from an entry go through storage.child: an entry naming a path
+outside the output is refused (GenerateError), and nothing it names is read or deleted.
 """
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ganray import storage
-from ganray.generate.plan import ShardRange
+from ganray.generate.lease import LEASE_DIR
+from ganray.generate.plan import ShardRange, shard_ranges
 
 JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
@@ -31,6 +38,12 @@ ENTRIES_DIR = "_manifest"
 PARQUET_DIR = "parquet"
 PNG_DIR = "png"
 PNG_METADATA_FILE = "metadata.parquet"
+
+# Parameters that name where the faces are rendered rather than what they are.
+RENDER_ENVIRONMENT_KEYS = {"torch", "device_kind", "device"}
+# Committed shards are checked (read back and hashed) this many at a time: object stores serve
+# concurrent reads much faster than one after another.
+VERIFY_CONCURRENCY = 8
 
 _SHARD_NAME = re.compile(r"^shard-(\d{5,})(\.parquet|\.json)?$")
 
@@ -107,11 +120,16 @@ def check_output(layout: OutputLayout, job: dict[str, Any]) -> bool:
             mine, other = job["parameters"], theirs.get("parameters", {})
             differences = [f"{key}: {other.get(key)!r} there, {mine.get(key)!r} in this job"
                            for key in sorted(set(mine) | set(other)) if mine.get(key) != other.get(key)]
+            differing = {key for key in set(mine) | set(other) if mine.get(key) != other.get(key)}
+            advice = ("It was rendered with another torch build or on another kind of device, where the same "
+                      "faces can have other bytes: resume it where it was started, or use another output folder."
+                      if differing <= RENDER_ENVIRONMENT_KEYS else
+                      "Use another output folder, or the same parameters to resume that job.")
             raise GenerateError(
                 f"output {layout.url} belongs to another job (job id {theirs['job_id']}, this job {job['job_id']}); "
-                "nothing was written. What differs:\n  " + "\n  ".join(differences)
-                + "\nUse another output folder, or the same parameters to resume that job.")
-        if storage.ls(layout.url):
+                "nothing was written. What differs:\n  " + "\n  ".join(differences) + "\n" + advice)
+        names = {posixpath.basename(url.rstrip("/")) for url in storage.ls(layout.url)}
+        if names and LEASE_DIR not in names:  # a lease without job.json: a driver is claiming it now
             raise GenerateError(f"output {layout.url} is not empty and holds no {JOB_FILE}: "
                                 "it is not a ganray generate output; nothing was written")
         return False
@@ -139,27 +157,59 @@ def create_output(layout: OutputLayout, job: dict[str, Any]) -> None:
 # -- shards ------------------------------------------------------------------------------------
 
 
-def _intact(layout: OutputLayout, entry: dict[str, Any]) -> bool:
-    """The committed shard's files are all there with the sizes the entry records.
+def expected_files(layout: OutputLayout, shard: ShardRange) -> set[str]:
+    """The paths (relative to the output) a committed shard's entry must name, no more, no fewer."""
+    return ({layout.parquet_relpath(shard)} if layout.writes_parquet else set()) | (
+        {layout.png_relpath(shard)} if layout.writes_png else set())
 
-    Sizes, not checksums: reading back every byte of a large output on each resume would cost as
-    much as writing it; the sha256 in the entry lets a consumer verify content when it needs to.
+
+def _file_damage(layout: OutputLayout, relpath: str, expected: dict[str, Any]) -> str | None:
+    """Why the file (or PNG folder) at `relpath` does not match its entry; None when it does."""
+    url = storage.child(layout.url, relpath.rstrip("/")) + ("/" if relpath.endswith("/") else "")
+    if relpath.endswith("/"):
+        names = [u for u in storage.ls(url) if not storage.is_temp(u)]
+        if not names:
+            return f"{relpath} is missing"
+        folder = {posixpath.basename(u.rstrip("/")): storage.read_bytes(u) for u in names}
+        if len(folder) != expected.get("files") or folder_checksum(folder) != expected.get("sha256"):
+            return f"{relpath} does not match its sha256 ({len(folder)} files, {expected.get('files')} committed)"
+        return None
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError:
+        return f"{relpath} is missing"
+    if sha256(data) != expected.get("sha256"):
+        return f"{relpath} does not match its sha256"
+    return None
+
+
+def shard_damage(layout: OutputLayout, shard: ShardRange, job_id: str) -> str | None:
+    """Why shard `shard` is not a committed, intact shard of job `job_id`; None when it is.
+
+    Every byte of the shard's files is read back and hashed: sizes would miss a flipped bit.
+    Raises storage.UnsafePathError when the entry names a path outside the output (not read).
     """
-    fs, _ = storage.url_to_fs(layout.url)
-    for relpath, expected in entry["files"].items():
-        if relpath.endswith("/"):
-            found = [f for f in storage.ls(layout.path(relpath), detail=True)
-                     if f["type"] == "file" and not storage.is_temp(f["name"])]
-            if len(found) != expected["files"] or sum(f["size"] for f in found) != expected["bytes"]:
-                return False
-        else:
-            _, path = storage.url_to_fs(layout.path(relpath))
-            try:
-                if fs.size(path) != expected["bytes"]:
-                    return False
-            except FileNotFoundError:
-                return False
-    return True
+    try:
+        entry = json.loads(storage.read_bytes(layout.entry_url(shard)))
+    except FileNotFoundError:
+        return "not committed"
+    except ValueError:
+        return "its commit entry is not valid JSON"
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+        return "its commit entry has no files"
+    for relpath in entry["files"]:
+        storage.child(layout.url, relpath.rstrip("/"))  # refuse before anything is read
+    if entry.get("job_id") != job_id:
+        return f"it was committed by job {entry.get('job_id')}, not {job_id}"
+    if entry.get("face_ids") != [shard.start, shard.stop]:
+        return f"its entry covers face ids {entry.get('face_ids')}, not {[shard.start, shard.stop]}"
+    if set(entry["files"]) != expected_files(layout, shard):
+        return f"its entry names {sorted(entry['files'])}, not {sorted(expected_files(layout, shard))}"
+    for relpath, expected in sorted(entry["files"].items()):
+        damage = _file_damage(layout, relpath, expected if isinstance(expected, dict) else {})
+        if damage:
+            return damage
+    return None
 
 
 def _shard_index(url: str) -> int | None:
@@ -167,20 +217,40 @@ def _shard_index(url: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def committed_shards(layout: OutputLayout, shards: list[ShardRange]) -> set[int]:
-    """Indices of committed, intact shards, after removing everything else a killed run left behind."""
-    wanted = {s.index for s in shards}
-    committed = set()
+def damaged_shards(layout: OutputLayout, shards: list[ShardRange], job_id: str) -> dict[int, str]:
+    """shard index -> why it is not committed and intact, for every shard of the job (read-only).
+
+    Raises GenerateError when an entry names a path outside the output.
+    """
+    def check(shard: ShardRange) -> tuple[int, str | None]:
+        try:
+            return shard.index, shard_damage(layout, shard, job_id)
+        except storage.UnsafePathError as e:
+            raise GenerateError(f"{layout.entry_url(shard)}: {e}; refused: nothing it names was read or "
+                                "deleted. Inspect the output: it was not written by ganray generate as is.") from None
+
+    with ThreadPoolExecutor(VERIFY_CONCURRENCY) as pool:
+        return {index: why for index, why in pool.map(check, shards) if why is not None}
+
+
+def committed_shards(layout: OutputLayout, shards: list[ShardRange], job_id: str) -> set[int]:
+    """Indices of committed, intact shards, after removing everything else a killed run left behind.
+
+    Only the lease holder calls this: it deletes what no committed shard owns.
+    """
+    committed = {s.index for s in shards} - set(damaged_shards(layout, shards, job_id))
+    remove_uncommitted(layout, committed)
+    return committed
+
+
+def remove_uncommitted(layout: OutputLayout, committed: set[int]) -> None:
+    """Remove every entry, shard file or temporary file that is not one of the `committed` shards'.
+
+    What is removed is found by listing the output's own folders, never read from an entry.
+    """
     for url in storage.ls(layout.path(ENTRIES_DIR)):
-        index = _shard_index(url)
-        if index is None:
-            storage.remove(url)  # a temporary entry of a killed writer
-            continue
-        entry_url = layout.entry_url(shards[index]) if index in wanted else None
-        if entry_url and _intact(layout, json.loads(storage.read_bytes(entry_url))):
-            committed.add(index)
-        else:
-            storage.remove(entry_url or url)
+        if _shard_index(url) not in committed or not url.endswith(".json"):
+            storage.remove(url)  # a temporary entry of a killed writer, or a damaged shard's entry
     for folder in (PARQUET_DIR, PNG_DIR):
         for url in storage.ls(layout.path(folder)):
             if _shard_index(url) not in committed:
@@ -188,7 +258,28 @@ def committed_shards(layout: OutputLayout, shards: list[ShardRange]) -> set[int]
     for url in storage.ls(layout.url):
         if storage.is_temp(url):
             storage.remove(url)
-    return committed
+
+
+def verify_output(url: str) -> dict[str, Any]:
+    """Re-check every shard of a finished or partial output by sha256, without writing anything.
+
+    Returns {"output", "job_id", "shards", "intact", "damaged": {shard name: why}}. Raises
+    GenerateError for a folder that is not a ganray generate output, or an entry naming a path
+    outside it. A damaged shard is rewritten by the next run of the job.
+    """
+    url = storage.normalize_url(url)
+    try:
+        job = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))
+        parameters = job["parameters"]
+        layout = OutputLayout(url, parameters["format"])
+        shards = shard_ranges(int(parameters["count"]), int(parameters["shard_size"]))
+    except FileNotFoundError:
+        raise GenerateError(f"{url} holds no {JOB_FILE}: it is not a ganray generate output") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise GenerateError(f"{url}/{JOB_FILE} is damaged ({e!r}): cannot verify") from None
+    damaged = damaged_shards(layout, shards, job["job_id"])
+    return {"output": url, "job_id": job["job_id"], "shards": len(shards), "intact": len(shards) - len(damaged),
+            "damaged": {shards[index].name: why for index, why in sorted(damaged.items())}}
 
 
 def shard_entries(layout: OutputLayout, shards: list[ShardRange]) -> list[dict[str, Any]]:

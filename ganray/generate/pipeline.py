@@ -27,7 +27,8 @@ from ganray.generate.output import (
     json_bytes,
     sha256,
 )
-from ganray.generate.plan import ConditionPlan, ShardRange
+from ganray.generate.lease import check_not_superseded
+from ganray.generate.plan import ConditionPlan, ShardRange, render_environment
 
 
 def _shard(row: dict[str, Any]) -> ShardRange:
@@ -38,16 +39,21 @@ class FaceRenderer:
     """Ray Data actor: a shard's face-id range -> the faces' uint8 pixels (N, H, W, 3) as bytes.
 
     The generator is loaded once per actor from the registry (by resolved version id, so every
-    actor, including one restarted after a failure, renders with the same weights).
+    actor, including one restarted after a failure, renders with the same weights). An actor on
+    another torch build or device kind than the job's identity records refuses to start: its bytes
+    could differ, and one output must not mix them.
     """
 
     def __init__(self, registry_url: str, version: str, plan: ConditionPlan, seed_offset: int, psi: float,
-                 batch_size: int, precision: str, device: str, threads: int):
+                 batch_size: int, precision: str, device: str, environment: dict[str, str]):
         import torch
 
         from ganray.registry import Registry
 
-        torch.set_num_threads(threads)
+        mine = render_environment(device)
+        if mine != environment:
+            raise RuntimeError(f"this generator actor runs on {mine}, but the job renders on {environment}: "
+                               "the bytes could differ, so it refuses to render. Run the job on nodes of one kind.")
         self.generator = Registry(registry_url).load_generator(version, device=device).generator
         self.plan, self.seed_offset, self.psi = plan, seed_offset, psi
         self.batch_size, self.precision = batch_size, precision
@@ -120,8 +126,12 @@ def _parquet_bytes(columns: dict[str, list]) -> bytes:
 
 
 def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, seed_offset: int, psi: float,
-                model_version: str, job_id: str) -> pa.Table:
-    """Write each shard's files into place, then its manifest entry (the commit); return commit records."""
+                model_version: str, job_id: str, superseded_url: str) -> pa.Table:
+    """Write each shard's files into place, then its manifest entry (the commit); return commit records.
+
+    `superseded_url` is the lease key that exists once another driver has taken the output over:
+    then the shard is not committed (that driver's cleanup may already have removed its files).
+    """
     records = []
     for row in batch.to_pylist():
         shard, pngs = _shard(row), row["pngs"]
@@ -143,6 +153,7 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
             files[relpath] = {"files": len(folder), "bytes": sum(map(len, folder.values())),
                               "sha256": folder_checksum(folder)}
         entry = {
+            "job_id": job_id,
             "shard": shard.index,
             "name": shard.name,
             "face_ids": [shard.start, shard.stop],
@@ -151,6 +162,7 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
             "sha256": sha256("".join(f["sha256"] for f in files.values()).encode()),
             "files": files,
         }
+        check_not_superseded(superseded_url)
         storage.atomic_write(layout.entry_url(shard), json_bytes(entry))  # LAST: commits the shard
         records.append({"shard": shard.index, "rows": entry["rows"], "bytes": entry["bytes"]})
     return pa.Table.from_pylist(records, schema=pa.schema([("shard", pa.int64()), ("rows", pa.int64()),

@@ -6,8 +6,9 @@ agrees on which face ids form shard k, which seed and conditions face i gets, an
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
+import math
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,10 @@ from ganray.config import GenerateConfig
 from ganray.models.face import complete_conditions
 from ganray.registry import VersionInfo
 
-LAYOUT_VERSION = "ganray-generate/1"  # bump when the bytes a job writes change for the same parameters
+LAYOUT_VERSION = "ganray-generate/2"  # bump when the bytes a job writes change for the same parameters
+# How face ids map to balanced combinations (ConditionPlan.combination); part of the job identity,
+# so that an output balanced in another order is never resumed with this one.
+BALANCE_ORDER = "crt-block-shift/1"
 # Columns of every row; each conditioned attribute adds a column of its own name.
 ROW_COLUMNS = ("face_id", "seed", "image", "width", "height", "model_version", "psi", "conditions", "job_id", "file")
 
@@ -39,12 +43,31 @@ def shard_ranges(count: int, shard_size: int) -> list[ShardRange]:
 
 
 class ConditionPlan:
-    """Face id -> its conditions: fixed values, a balanced cycle, and per-seed draws for the rest.
+    """Face id -> its conditions: fixed values, a balanced order, and per-seed draws for the rest.
 
-    Balanced attributes cycle through every combination of their values (in the model's value
-    order): face i gets combination i mod C, so any C consecutive faces cover each group once and
-    the whole set is balanced to within one face per group. Attributes neither fixed nor balanced
-    are drawn from the face's seed.
+    Balanced attributes (sizes n_1..n_k, cycle C = n_1*...*n_k) follow an order of the joint
+    combinations with period C in which each attribute is balanced on its own too. Attribute j
+    (with C_j = n_1*...*n_j and L_j = lcm(C_(j-1), n_j)) takes value index
+
+        a_j(i) = (i + (i mod C_j) // L_j) mod n_j
+
+    i.e. it counts through its values one face at a time, and steps one value further at every
+    L_j-th face of each C_j-cycle. Within a block of L_j faces, (first j-1 attributes, a_j) are
+    the pairs (x mod C_(j-1), x + m mod n_j) of the Chinese remainder theorem, whose difference is
+    fixed modulo g = gcd(C_(j-1), n_j); the block number m = 0..g-1 shifts that difference, so the
+    g blocks together hold every combination once. Hence:
+
+    - every C consecutive faces hold each combination once: the joint counts of any run of faces
+      differ by at most one;
+    - each attribute's counts in any prefix (faces 0..count-1) differ by at most one: whole
+      blocks are exactly balanced and the part of a block is a run of consecutive values;
+    - in any run of faces that does not start at 0 (a shard), each attribute's counts differ by
+      at most one when the sizes are pairwise coprime (no shifts: every attribute is periodic),
+      and by at most two otherwise (a block's tail and another block's head). With shared
+      factors no order keeps every shard within one (tests/test_generate_balance.py shows it for
+      3 x 3 by exhaustive search), so the whole set is what is guaranteed.
+
+    Attributes neither fixed nor balanced are drawn from the face's seed.
     """
 
     def __init__(self, condition_values: dict[str, list[str]], fixed: dict[str, str], balance: list[str]):
@@ -62,22 +85,53 @@ class ConditionPlan:
             if name not in condition_values:
                 raise ValueError(f"cannot balance unknown attribute {name!r}: this model conditions on "
                                  f"{list(condition_values)}")
-        self.combinations = list(itertools.product(*(condition_values[name] for name in balance)))
+        self.sizes = [len(condition_values[name]) for name in balance]
+        # (cycle C_j, block L_j) per balanced attribute, see the class docstring.
+        self._periods: list[tuple[int, int]] = []
+        cycle = 1
+        for n in self.sizes:
+            block = math.lcm(cycle, n)
+            cycle *= n
+            self._periods.append((cycle, block))
+        self.cycle = cycle
+
+    def combination(self, face_id: int) -> tuple[int, ...]:
+        """The value indices of the balanced attributes for face `face_id` (period `self.cycle`)."""
+        return tuple((face_id + (face_id % cycle) // block) % n
+                     for n, (cycle, block) in zip(self.sizes, self._periods))
 
     def for_face(self, face_id: int, seed: int) -> dict[str, str]:
         chosen = dict(self.fixed)
-        if self.balance:
-            chosen.update(zip(self.balance, self.combinations[face_id % len(self.combinations)]))
+        for name, index in zip(self.balance, self.combination(face_id)):
+            chosen[name] = self.condition_values[name][index]
         return complete_conditions(self.condition_values, chosen, seed)
 
 
-def job_parameters(cfg: GenerateConfig, info: VersionInfo) -> dict[str, Any]:
+def render_environment(device: str) -> dict[str, str]:
+    """What, besides the job's parameters, decides a face's bytes: the torch build and the device kind.
+
+    The CPU kind is torch's kernel dispatch level (e.g. AVX512, AVX2): kernels of another level
+    may round differently. The GPU kind is its name and compute capability.
+    """
+    import torch
+
+    if device == "cuda":
+        major, minor = torch.cuda.get_device_capability(0)
+        kind = f"cuda {torch.cuda.get_device_name(0)} sm_{major}{minor}"
+    else:
+        kind = f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    return {"torch": torch.__version__, "device_kind": kind}
+
+
+def job_parameters(cfg: GenerateConfig, info: VersionInfo, environment: dict[str, str]) -> dict[str, Any]:
     """The parameters that determine the output's bytes (and nothing else: no batch size, no replicas).
 
-    Device and precision are in: a GPU or another autocast dtype rounds differently.
+    Device, device kind, torch version and precision are in: another GPU, another torch build
+    or another autocast dtype may round differently (`environment` is render_environment's).
     """
     return {
         "layout": LAYOUT_VERSION,
+        "balance_order": BALANCE_ORDER,
         "model_version": info.version,
         "model_content_hash": info.content_hash,
         "resolution": info.resolution,
@@ -90,6 +144,8 @@ def job_parameters(cfg: GenerateConfig, info: VersionInfo) -> dict[str, Any]:
         "balance": list(cfg.balance),
         "precision": cfg.precision,
         "device": cfg.device,
+        "device_kind": environment["device_kind"],
+        "torch": environment["torch"],
     }
 
 

@@ -24,6 +24,7 @@ bytes for the same face.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 
@@ -123,6 +124,40 @@ def _device(generator: nn.Module) -> torch.device:
     return next(generator.parameters()).device
 
 
+def use_deterministic_cuda() -> None:
+    """Pin CUDA to bit-reproducible kernels: cuDNN deterministic, no autotuning, no TF32.
+
+    cuDNN autotuning picks the fastest kernel per run (which can differ between runs and round
+    differently), and TF32 rounds fp32 matmuls and convolutions to 10-bit mantissas. Process-wide,
+    as torch's flags are; render-only processes (generate actors, Serve replicas) are what set them.
+    """
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device):
+    """Run the forward pass on one intra-op thread on CPU.
+
+    With more threads, oneDNN may split the work of a batch differently for different batch sizes,
+    and then a face's pixels depend on the batch it was rendered in: measured here with 2 threads,
+    a DCGAN-64 face differed by one level between batches of 7 and 16 (3 of 20 random models in
+    fp32, 1 of 20 in bf16; never with one thread). Byte-identical faces come first; more cores are
+    used by more renderers (bulk job replicas, Serve replicas), not by more threads per forward pass.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def is_style_based(generator: nn.Module) -> bool:
     """Whether `generator` is rendered in w space (ganray.models.stylegan2.Generator's interface)."""
     return all(hasattr(generator, name) for name in ("map", "synthesis", "num_ws", "noise_inputs"))
@@ -186,14 +221,11 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
     device = _device(generator)
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision 'fp16' needs a GPU: use 'bf16' or 'fp32' on CPU")
-    if precision == "fp32" and len(seeds) == 1:
-        # oneDNN runs a float32 conv of a single image down another code path, whose results differ
-        # from the batched ones in the last bits (bf16 does not): render one face as a batch of two.
-        return render_faces(generator, [seeds[0]] * 2, psi, None if labels is None else labels.repeat(2, 1),
-                            precision, None if mix_seeds is None else [mix_seeds[0]] * 2, crossover)[:1]
+    if device.type == "cuda":
+        use_deterministic_cuda()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     labels = None if labels is None else labels.to(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), one_cpu_thread(device):
         if not is_style_based(generator):
             z = truncate(latents_for_seeds(seeds, generator.z_dim), psi, latent_mean(generator))
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -208,7 +240,15 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
                 ws = torch.cat([ws[:, :crossover], second[:, crossover:]], dim=1)
                 noise = [own if w_index < crossover else other for (_, w_index), own, other
                          in zip(generator.noise_inputs, noise, noise_for_seeds(generator, mix_seeds))]
+            noise = [n.to(device) for n in noise]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                x = generator.synthesis(ws, [n.to(device) for n in noise])
+                if precision == "fp32" and device.type == "cpu":
+                    # oneDNN's float32 convs take batch-size-dependent code paths even on one thread
+                    # (a StyleGAN2-64 face differed by a level between batches of 7 and 16, and alone
+                    # vs in a batch, each in 1 of 12 random models; bf16: in none): one face at a time.
+                    x = torch.cat([generator.synthesis(ws[i:i + 1], [n[i:i + 1] for n in noise])
+                                   for i in range(len(seeds))])
+                else:
+                    x = generator.synthesis(ws, noise)
     pixels = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -444,8 +444,9 @@ class Generator(nn.Module):
 def _update_averages(means: Tensor, updates: Tensor, index: Tensor, w: Tensor, beta: float) -> None:
     """Exponential moving averages of w per index (in place): each index present in the batch moves
     its average to lerp(batch mean, average, beta); the first update sets it to the batch mean.
-    Whole-buffer arithmetic, so no device sync."""
-    count = torch.bincount(index, minlength=means.shape[0])
+    Whole-buffer arithmetic, so no device sync; index_add_, not bincount, which has no deterministic
+    CUDA kernel (train.deterministic)."""
+    count = torch.zeros(means.shape[0], device=w.device).index_add_(0, index, torch.ones_like(w[:, 0]))
     batch_mean = torch.zeros_like(means).index_add_(0, index, w.float()) / count.clamp(min=1)[:, None]
     present = (count > 0)[:, None]
     moved = torch.where((updates > 0)[:, None], torch.lerp(batch_mean, means, beta), batch_mean)

@@ -111,8 +111,9 @@ def utc_now() -> str:
 class FaceGenerator:
     """Renders faces with the model behind a registry alias, and follows the alias when it moves."""
 
-    def __init__(self, torch_threads: int, device: str):
-        torch.set_num_threads(torch_threads)
+    def __init__(self, device: str):
+        # No thread setting: render_faces runs the forward pass on one CPU thread (byte-identical
+        # faces whatever the batch); more CPU throughput comes from more replicas.
         self._device = device
         self._settings: LiveSettings | None = None
         self._registry: Registry | None = None
@@ -523,5 +524,5 @@ def build_app(args: dict[str, Any] | FaceServiceConfig) -> Application:
         user_config=LiveSettings(model=model, max_batch_size=gen.max_batch_size,
                                  batch_wait_timeout_s=gen.batch_wait_timeout_s,
                                  max_gather_s=gen.max_gather_s).model_dump(mode="json"),
-    ).bind(torch_threads=gen.torch_threads, device="cuda" if gen.num_gpus > 0 else "cpu")
+    ).bind(device="cuda" if gen.num_gpus > 0 else "cpu")
     return FaceAPI.options(**deployment_options(config.ingress, config.api.retry_after_s, access_log=True)).bind(generator, limits)

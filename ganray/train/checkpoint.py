@@ -5,7 +5,7 @@ step) under `{run.storage_path}/{run.name}/`. It holds everything needed to resu
 training stopped (see docs/CONTRACTS.md):
 
     state.pt     G, D, G_ema, both optimizers, grad scalers, step, images seen, every rank's RNG
-                 and augmentation generator state, the config, the dataset manifest hash
+                 state, the position in the data stream, the config, the dataset manifest hash
     meta.json    the same bookkeeping without tensors, readable by anyone
     samples.png  a grid drawn by G_ema from fixed seeds
     metrics.jsonl, loss_curves.png   the run's metric history so far, and its plot
@@ -14,6 +14,7 @@ training stopped (see docs/CONTRACTS.md):
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
@@ -71,16 +72,22 @@ def read_meta(checkpoint_url: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def state_digest(state: dict[str, Any], keys: tuple[str, ...] = ("opt_G", "opt_D", "G", "D")) -> str:
-    """A hash of model and optimizer tensors: equal digests mean a bit-exact restore."""
-    import hashlib
+# The entries of state.pt that make up the training state: every tensor of a checkpoint is under one
+# of them. The rest (config, manifest_hash, attributes, history) is bookkeeping, which legitimately
+# differs between an uninterrupted run and a resumed one (a resumed run's history notes the resume).
+TRAINING_STATE_KEYS = ("G", "D", "G_ema", "opt_G", "opt_D", "scaler", "rng", "data_position", "step",
+                       "images_seen")
 
+
+def state_digest(state: dict[str, Any], keys: tuple[str, ...] = TRAINING_STATE_KEYS) -> str:
+    """A SHA-256 over the training state (every tensor's dtype and bytes, every other value's repr,
+    every key): equal digests mean bit-identical models, optimizers, scalers, RNGs and data position."""
     h = hashlib.sha256()
 
     def visit(obj: Any) -> None:
         if isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
-            h.update(str(t.dtype).encode())
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         elif isinstance(obj, dict):
             for k in sorted(obj, key=str):
@@ -93,5 +100,6 @@ def state_digest(state: dict[str, Any], keys: tuple[str, ...] = ("opt_G", "opt_D
             h.update(repr(obj).encode())
 
     for key in keys:
+        h.update(key.encode())
         visit(state[key])
     return h.hexdigest()

@@ -2,9 +2,16 @@
 
 Read top to bottom: set up (models, optimizers, restore), then the loop: D step(s), G step, EMA,
 metrics, checkpoints. Parallelism is Ray Train's: `prepare_model` wraps G and D in DDP (gloo on
-CPU, NCCL on GPU), `get_dataset_shard` gives this worker its slice of the data, and
-`ray.train.report` carries metrics and checkpoints to storage. Nothing here knows how many nodes
-there are.
+CPU, NCCL on GPU) and `ray.train.report` carries metrics and checkpoints to storage. Nothing here
+knows how many nodes there are.
+
+A run is reproducible: with the same seed, worker count and threads_per_worker (and
+train.deterministic on) two runs end bit-identical, and so does a run that was interrupted and
+resumed. That takes every source of randomness to be seeded and saved: the models' init (the seed),
+each worker's noise (torch's RNG, saved per rank), the data order and flips (`EpochSampler`: a pure
+function of seed and position; the position is saved), and deterministic kernels. This is why the
+loop reads rows by index (`IndexedRows`) rather than through `get_dataset_shard`, whose streaming
+split hands out blocks in finishing order.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import ray.train
 import ray.train.torch
@@ -24,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ganray.config import TrainJob
-from ganray.data.dataset import to_training_batch
+from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.report import save_loss_plot, save_sample_grid
@@ -38,21 +45,17 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)  # reported metrics, in order
 
 
-def rng_state(aug_generator: torch.Generator) -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "aug": aug_generator.get_state(),
-    }
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch draws the noise z; python's is saved for code that uses it)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict[str, Any], aug_generator: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
-    aug_generator.set_state(state["aug"])
     if torch.cuda.is_available() and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -81,12 +84,29 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, t.tolist()))
 
 
-def epochs(shard, batch_size: int) -> Iterator[dict]:
-    """This worker's batches, epoch after epoch, forever (the step budget ends training)."""
-    while True:
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=batch_size * 8):
-            yield batch
+def use_deterministic_kernels(use_gpu: bool) -> None:
+    """Make every kernel bit-reproducible run to run (train.deterministic).
+
+    On CPU, with a fixed torch thread count, the kernels this model uses already are; the flag makes
+    torch raise on any op that has no deterministic version instead of silently varying. On GPU it
+    also needs cuBLAS's fixed workspace (the variable must be set before cuBLAS starts) and turns
+    off cuDNN's autotuner, which may pick different algorithms in different runs.
+    """
+    if use_gpu:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
+def training_state(steps: GANSteps, progress: Progress, rngs: list[dict],
+                   sampler: EpochSampler) -> dict[str, Any]:
+    """Everything `ckpt.TRAINING_STATE_KEYS` names: what must be equal for two runs to be the same."""
+    return {
+        "G": unwrap(steps.G).state_dict(), "D": unwrap(steps.D).state_dict(), "G_ema": steps.G_ema.state_dict(),
+        **steps.optimizer_state(),
+        "rng": rngs, "data_position": sampler.state_dict(),
+        "step": progress.step, "images_seen": progress.images_seen,
+    }
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -101,6 +121,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads_per_worker)
+    if cfg.deterministic:
+        use_deterministic_kernels(device.type == "cuda")
 
     # Same seed on every rank: G and D start identical everywhere (DDP also broadcasts them).
     torch.manual_seed(cfg.seed)
@@ -108,9 +130,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     G, D = build_models(job.model, resolution, attributes if job.model.conditional else None)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    # Each rank draws its own noise and flips from here on.
+    # Each rank draws its own noise from here on.
     torch.manual_seed(cfg.seed * 1000 + rank + 1)
-    aug_generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
+    rows: IndexedRows = loop_config["rows"]
+    sampler = EpochSampler(rows.num_rows, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size,
+                           hflip=job.data.hflip)
 
     # --- Restore the full state from the latest checkpoint (worker restart or re-run).
     state, progress = None, Progress()
@@ -122,17 +146,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
         progress = Progress(state["step"], state["images_seen"], list(state["history"]))
-        # With another worker count the old RNG streams do not map onto the new ranks: the
+        # The data stream continues at the saved position, whatever the worker count now: its
+        # global batches do not depend on it.
+        sampler.load_state_dict(state["data_position"])
+        # With another worker count the old noise streams do not map onto the new ranks: the
         # fresh per-rank seeds above stand, and everything else is restored exactly.
         if len(state["rng"]) == world_size:
-            set_rng_state(state["rng"][rank], aug_generator)
+            set_rng_state(state["rng"][rank])
 
     steps = GANSteps(ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D), G_ema, cfg,
                      job.model.z_dim, device)
     if state is not None:
         steps.load_optimizer_state(state)
-        digest = ckpt.state_digest({"G": unwrap(steps.G).state_dict(), "D": unwrap(steps.D).state_dict(),
-                                    **steps.optimizer_state()})
+        # A collective (all ranks gather the RNG states), like the one at every report.
+        digest = ckpt.state_digest(training_state(steps, progress, gather_from_all(rng_state()), sampler))
         progress.history.append({"event": "resume", "step": progress.step, "state_digest": digest})
         if rank == 0:
             message = (f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); "
@@ -143,14 +170,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         del state
 
     local_batch = cfg.batch_size // world_size
-    batches = epochs(ray.train.get_dataset_shard("train"), local_batch)
     probabilities = cfg.loss in ("minimax", "non_saturating")  # D outputs read as P(real)
     window = MetricsWindow()
 
     while progress.step < cfg.max_steps:
         # --- Discriminator: d_steps_per_g_step updates, each on a fresh real batch.
         for _ in range(cfg.d_steps_per_g_step):
-            real, labels = to_training_batch(next(batches), hflip=job.data.hflip, generator=aug_generator)
+            indices, flip = sampler.next()
+            real, labels = to_training_batch(rows.read(indices), flip)
             real = real.to(device, non_blocking=True)
             labels = labels.to(device) if job.model.conditional else None
             d = steps.discriminator_step(real, labels)
@@ -167,11 +194,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics = mean_over_workers(window.means(), device)
             metrics.update(step=progress.step, images_seen=progress.images_seen, images_per_s=window.rate())
             progress.history.append(dict(metrics))
-            rngs = gather_from_all(rng_state(aug_generator))  # a collective: all ranks, every report
+            rngs = gather_from_all(rng_state())  # a collective: all ranks, every report
             checkpoint = None
             with tempfile.TemporaryDirectory() as tmp:
                 if at_checkpoint and rank == 0:
-                    write_checkpoint(tmp, job, attributes, manifest_hash, progress, rngs, metrics, steps)
+                    write_checkpoint(tmp, job, attributes, manifest_hash, progress, metrics,
+                                     training_state(steps, progress, rngs, sampler), steps.G_ema)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint,
                                  checkpoint_dir_name=ckpt.checkpoint_dir_name(progress.step) if at_checkpoint else None)
@@ -205,12 +233,9 @@ class MetricsWindow:
 
 
 def write_checkpoint(directory: str, job: TrainJob, attributes: dict, manifest_hash: str,
-                     progress: Progress, rngs: list[dict], metrics: dict, steps: GANSteps) -> None:
+                     progress: Progress, metrics: dict, training: dict[str, Any], G_ema: torch.nn.Module) -> None:
     state = {
-        "G": unwrap(steps.G).state_dict(), "D": unwrap(steps.D).state_dict(), "G_ema": steps.G_ema.state_dict(),
-        **steps.optimizer_state(),
-        "step": progress.step, "images_seen": progress.images_seen,
-        "rng": rngs, "history": progress.history,
+        **training, "history": progress.history,
         "config": job.model_dump(mode="json"), "manifest_hash": manifest_hash, "attributes": attributes,
     }
     torch.save(state, os.path.join(directory, ckpt.STATE_FILE))
@@ -223,7 +248,7 @@ def write_checkpoint(directory: str, job: TrainJob, attributes: dict, manifest_h
     with open(os.path.join(directory, ckpt.METRICS_FILE), "w") as f:
         for row in progress.history:
             f.write(json.dumps(row) + "\n")
-    save_sample_grid(steps.G_ema, job, attributes, os.path.join(directory, ckpt.SAMPLES_FILE))
+    save_sample_grid(G_ema, job, attributes, os.path.join(directory, ckpt.SAMPLES_FILE))
     save_loss_plot(progress.history, os.path.join(directory, ckpt.LOSS_PLOT_FILE))
     # meta.json last: its presence marks the checkpoint complete (see checkpoint.list_checkpoints).
     with open(os.path.join(directory, ckpt.META_FILE), "w") as f:

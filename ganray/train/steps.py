@@ -109,5 +109,10 @@ class GANSteps:
     def load_optimizer_state(self, state: dict) -> None:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
-        self.scaler_G.load_state_dict(state["scaler"]["G"])
-        self.scaler_D.load_state_dict(state["scaler"]["D"])
+        for scaler, saved in ((self.scaler_G, state["scaler"]["G"]), (self.scaler_D, state["scaler"]["D"])):
+            # A run may switch train.precision between bf16 and fp16 on resume. A bf16/fp32 run's
+            # scaler was disabled and saved an empty state: an fp16 run then starts loss scaling
+            # afresh (GradScaler's initial scale), as it would at step 0. A disabled scaler ignores
+            # the state of an fp16 run's scaler (load_state_dict is a no-op when disabled).
+            if saved:
+                scaler.load_state_dict(saved)

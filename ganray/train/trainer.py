@@ -11,8 +11,8 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ganray.config import ConfigError, TrainJob
-from ganray.data.dataset import build_train_dataset, dataset_attributes, dataset_manifest_hash
 from ganray.console import ProgressLine
+from ganray.data.dataset import build_indexed_rows, dataset_attributes, dataset_manifest_hash
 from ganray.runtime import init_ray
 from ganray.storage import url_to_fs
 from ganray.train import checkpoint as ckpt
@@ -23,7 +23,7 @@ from ganray.train.progress import ProgressBoard, run_with_progress
 RESUMABLE_CHANGES = {
     "ray_address", "train.max_steps", "train.num_workers", "train.use_gpu", "train.threads_per_worker",
     "train.log_every", "train.checkpoint_every", "train.num_to_keep", "train.max_failures",
-    "train.sample_seeds", "train.precision",
+    "train.sample_seeds", "train.precision", "train.deterministic",
 }
 
 
@@ -88,18 +88,21 @@ def run_training(job: TrainJob) -> TrainOutcome:
           f"checkpoints in {ckpt.run_url(storage_root(job), job.run.name)}", flush=True)
     init_ray(job.ray_address)  # only once the run is known to be valid
 
-    # Per-epoch progress bars of the data split are noise in a training log.
+    # Progress bars of the one-off read are noise in a training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # Decoded images live in the object store once; every epoch re-reads them without decoding.
-    # One global shuffle first: imported shards are in file-name order (UTKFace: sorted by age),
-    # and the per-epoch local shuffle buffer only mixes neighbours.
-    dataset = build_train_dataset(job.data).random_shuffle(seed=job.train.seed).materialize()
+    # Decoded images live in the object store once, in a fixed row order; every epoch re-reads
+    # them without decoding, in the order each epoch's seeded permutation gives (a global shuffle
+    # per epoch: imported shards are in file-name order, UTKFace's sorted by age).
+    rows = build_indexed_rows(job.data)
+    if rows.num_rows < job.train.batch_size:
+        raise ConfigError(f"train.batch_size ({job.train.batch_size}) is larger than the dataset "
+                          f"({rows.num_rows} rows)")
     board = ProgressBoard.remote()
     cpu_per_worker = 0 if job.train.use_gpu else job.train.threads_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
-                           "manifest_hash": manifest_hash, "progress_board": board},
+                           "manifest_hash": manifest_hash, "rows": rows, "progress_board": board},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
@@ -108,7 +111,6 @@ def run_training(job: TrainJob) -> TrainOutcome:
             name=job.run.name, storage_path=storage_root(job),
             failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep)),
-        datasets={"train": dataset},
     )
     line = ProgressLine(f"train {job.run.name}:", job.train.max_steps, "steps", show_rate=False)
     result = run_with_progress(trainer.fit, board, line)
