@@ -176,12 +176,11 @@ def test_noise_comes_from_each_faces_seed(precision):
     assert not torch.equal(rows[-1][0], rows[-1][1])
 
 
-def _trained_looking_stylegan64(seed: int) -> Generator:
-    """A StyleGAN2-64 with noise on and averages of w tracked, whose faces spread over the pixel
-    range, so that many pixels sit near a rounding boundary."""
-    G = generator(conditional=True, seed=seed, z_dim=32, w_dim=32, embed_dim=16, channel_base=1024,
-                  channel_max=32, resolution=64)
-    return G
+def _stylegan64(seed: int) -> Generator:
+    """A StyleGAN2-64 with noise on and averages of w tracked; its faces spread over the pixel range,
+    so many pixels sit near a rounding boundary."""
+    return generator(conditional=True, seed=seed, z_dim=32, w_dim=32, embed_dim=16, channel_base=1024,
+                     channel_max=32, resolution=64)
 
 
 def test_faces_do_not_depend_on_the_batch_across_models_and_precisions():
@@ -192,7 +191,7 @@ def test_faces_do_not_depend_on_the_batch_across_models_and_precisions():
     try:
         seeds, labels = list(range(500, 516)), labels_for(16)
         for model_seed in range(12):
-            G = _trained_looking_stylegan64(model_seed)
+            G = _stylegan64(model_seed)
             for precision in ("bf16", "fp32"):
                 whole = render_faces(G, seeds, 0.8, labels, precision)
                 np.testing.assert_array_equal(whole[5:12], render_faces(G, seeds[5:12], 0.8, labels[5:12], precision))

@@ -42,7 +42,6 @@ learned vector per attribute value, summed, is what the embedding layer makes of
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
