@@ -128,3 +128,46 @@ def test_with_shared_factors_no_order_keeps_every_shard_within_one():
     """Why the per-shard bound is two for sizes with a common factor: for 3 x 3 no order exists."""
     assert _order_exists((2, 2)) and _order_exists((4, 3))  # the search finds orders where they exist
     assert not _order_exists((3, 3))
+
+
+def _any_order_exists(sizes: tuple[int, ...], shard: int, n_faces: int) -> bool:
+    """Is there ANY order of n_faces faces (not only periodic ones) in which every prefix and every
+    shard of at least one full cycle, the last partial one included, keeps each attribute and the
+    joint counts within one? Exhaustive: every prefix within one forces each aligned cycle of faces
+    to hold every combination once, so only such orders are tried."""
+    combos = list(itertools.product(*(range(n) for n in sizes)))
+    cycle = len(combos)
+
+    def within(faces: list[tuple[int, ...]]) -> bool:
+        for j, n in enumerate(sizes):
+            counts = [sum(1 for f in faces if f[j] == v) for v in range(n)]
+            if max(counts) - min(counts) > 1:
+                return False
+        joint = [faces.count(c) for c in combos]
+        return max(joint) - min(joint) <= 1
+
+    order: list[tuple[int, ...]] = []
+
+    def extend() -> bool:
+        if len(order) == n_faces:
+            return True
+        used = set(order[len(order) // cycle * cycle:])
+        for combo in combos:
+            if combo in used:
+                continue
+            order.append(combo)
+            shard_start = (len(order) - 1) // shard * shard
+            if (within(order) and (len(order) - shard_start < cycle or within(order[shard_start:]))
+                    and extend()):
+                return True
+            order.pop()
+        return False
+
+    return extend()
+
+
+def test_no_order_at_all_keeps_every_shard_within_one_for_2x2_in_shards_of_9():
+    """Why the per-shard bound cannot be one in general: with 2 x 2 values and shards of 9 faces,
+    no order of 18 faces keeps every prefix and every shard of >= 4 faces within one."""
+    assert _any_order_exists((2, 2), 5, 15) and _any_order_exists((3, 3), 10, 20)  # the search does find orders
+    assert not _any_order_exists((2, 2), 9, 18)

@@ -63,9 +63,10 @@ class ConditionPlan:
       blocks are exactly balanced and the part of a block is a run of consecutive values;
     - in any run of faces that does not start at 0 (a shard), each attribute's counts differ by
       at most one when the sizes are pairwise coprime (no shifts: every attribute is periodic),
-      and by at most two otherwise (a block's tail and another block's head). With shared
-      factors no order keeps every shard within one (tests/test_generate_balance.py shows it for
-      3 x 3 by exhaustive search), so the whole set is what is guaranteed.
+      and by at most two otherwise (a block's tail and another block's head). One is not reachable
+      in general: for 2 x 2 in shards of 9 no order at all keeps every prefix and every shard of
+      at least one cycle within one, and for 3 x 3 no periodic order does (both by exhaustive
+      search in tests/test_generate_balance.py).
 
     Attributes neither fixed nor balanced are drawn from the face's seed.
     """
