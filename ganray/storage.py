@@ -97,12 +97,16 @@ def _submit_dir() -> str | None:
     return value
 
 
+# Object-store schemes whose URLs can carry keys before the bucket (pyarrow reads s3://KEY:SECRET@bucket).
+# Not abfs://, where container@account is the address, not a credential.
+_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")
+
+
 def _check_no_credentials(url: str) -> None:
-    netloc = urlsplit(url).netloc
-    if "@" in netloc:
-        scheme = url.split("://", 1)[0]
+    parts = urlsplit(url)
+    if parts.scheme in _BUCKET_SCHEMES and "@" in parts.netloc:
         raise LocationError(
-            f"a {scheme}:// location must not carry credentials (user:secret@ before the bucket): they "
+            f"a {parts.scheme}:// location must not carry credentials (user:secret@ before the bucket): they "
             "would be written to logs, manifests and job.json. Give credentials through the standard "
             "AWS chain instead (environment variables, ~/.aws, an instance role)")
 

@@ -97,6 +97,12 @@ def test_urls_with_credentials_are_refused_and_not_echoed(url, monkeypatch):
     assert "secretkey" not in str(refused.value) and "token@" not in str(refused.value)
 
 
+def test_an_address_with_at_is_not_taken_for_credentials(monkeypatch):
+    monkeypatch.delenv(storage.RAY_JOB_DRIVER_ENV, raising=False)
+    url = "abfs://container@account.dfs.core.windows.net/runs"  # Azure: container@account is the address
+    assert storage.absolute_location(url) == url
+
+
 def test_cli_refuses_a_relative_output_to_verify_in_a_submitted_job(job_driver, capsys):
     assert main(["generate", "--verify", "faces"]) == 2
     err = capsys.readouterr().err

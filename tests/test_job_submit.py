@@ -172,6 +172,11 @@ def test_train_publish_and_generate_as_submitted_jobs(head, s3_server, s3_bucket
     bucket = f"s3://{s3_bucket}"
     logs = []
 
+    # Token authentication is on: a client without RAY_AUTH_MODE=token is turned away.
+    no_token = {k: v for k, v in head.client_env.items() if k != "RAY_AUTH_MODE"}
+    listed = subprocess.run([RAY, "job", "list"], env=no_token, capture_output=True, text=True, timeout=120)
+    assert listed.returncode != 0 and "Missing authentication token" in listed.stdout + listed.stderr
+
     # A relative path in a submitted job is refused, naming the fix, with exit status 2: here the
     # default registry (./registry), the README's failure of old ("registry ... holds no versions").
     ok, log = head.submit_sdk(["python", "jobs/generate.py", "--config", "configs/cluster/generate_1m.yaml",
