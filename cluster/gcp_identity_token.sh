@@ -4,14 +4,22 @@
 # AssumeRoleWithWebIdentity for $AWS_ROLE_ARN, re-reading it whenever they refresh credentials.
 #   gcp_identity_token.sh --once    fetch one token, then exit (before `ray start`)
 #   gcp_identity_token.sh           keep it fresh: Google identity tokens expire after an hour
+# Uses python3 (in every Ray image) rather than curl, which the image may lack.
 set -euo pipefail
-audience="${AWS_WEB_IDENTITY_AUDIENCE:-sts.amazonaws.com}"
-url="http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity?audience=${audience}&format=full"
+export AUDIENCE="${AWS_WEB_IDENTITY_AUDIENCE:-sts.amazonaws.com}"
 refresh_s=1800
 
 fetch() {
-  curl -sSf -H "Metadata-Flavor: Google" "$url" -o "${AWS_WEB_IDENTITY_TOKEN_FILE}.tmp"
-  mv "${AWS_WEB_IDENTITY_TOKEN_FILE}.tmp" "$AWS_WEB_IDENTITY_TOKEN_FILE"
+  python3 - <<'PY'
+import os, urllib.request
+url = ("http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity"
+       f"?audience={os.environ['AUDIENCE']}&format=full")
+token = urllib.request.urlopen(urllib.request.Request(url, headers={"Metadata-Flavor": "Google"}), timeout=10).read()
+path = os.environ["AWS_WEB_IDENTITY_TOKEN_FILE"]
+with open(path + ".tmp", "wb") as f:
+    f.write(token)
+os.replace(path + ".tmp", path)  # readers never see a partial token
+PY
 }
 
 fetch
