@@ -1,7 +1,19 @@
 """One way to reach files on any fsspec URL (a local path, file://, s3://, ...), and atomic writes.
 
-S3: `AWS_ENDPOINT_URL`, when set, is passed to s3fs explicitly, so that a local S3-protocol server
-(moto, MinIO) works whatever the installed botocore makes of that variable.
+S3 (and S3-compatible stores: MinIO, R2, Ceph): credentials come from the standard AWS chain
+(environment, shared credentials file or profile, an instance role / IRSA / workload identity) and
+are never passed, printed or stored by ganray. The endpoint override is the standard variable every
+AWS SDK reads, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (unset: AWS itself); ganray passes it to
+s3fs explicitly, so that it works whatever the installed botocore makes of it, and pyarrow (Ray
+Train's storage) reads it itself. A location URL that carries credentials (`s3://KEY:SECRET@bucket`)
+is refused: it would end up in logs, manifests and job.json.
+
+Relative local paths (the path policy): outside a Ray job they mean what they mean in a shell,
+relative to the working directory. In the driver of a job started by `ray job submit` they would
+resolve inside the job's temporary copy of the working directory on the cluster (gitignored folders
+such as ./registry are not uploaded; what is written there vanishes with the job), so they are
+refused with a LocationError, unless the user names the directory they mean in
+$GANRAY_SUBMIT_DIR (absolute; relative paths then resolve against it in every process).
 
 Atomic writes: a reader sees either the old file or the complete new one, never a partial file.
 On a local disk the bytes go to a temporary name in the same folder and are then renamed over
@@ -14,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import socket
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -23,18 +37,108 @@ from fsspec.implementations.local import LocalFileSystem
 TEMP_MARKER = ".tmp-"
 
 
+# The endpoint override, in the order botocore itself reads them: the S3-specific one wins.
+S3_ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+# The opt-in of the path policy: the absolute directory relative local paths mean in a submitted job.
+SUBMIT_DIR_ENV = "GANRAY_SUBMIT_DIR"
+# Ray's job supervisor sets this for the entrypoint process of a `ray job submit` job (the driver)
+# and for nothing else: not for a driver started by hand, not for the job's tasks and actors.
+RAY_JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+class LocationError(ValueError):
+    """A location that cannot be used as given: a relative local path in a job started by
+    `ray job submit` without $GANRAY_SUBMIT_DIR to say what it is relative to, or a URL that
+    carries credentials."""
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint override (MinIO, R2, Ceph, a local test server), or None for AWS itself."""
+    for name in S3_ENDPOINT_ENV_VARS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
 def _storage_options(url: str) -> dict[str, Any]:
     if not url.startswith(("s3://", "s3a://")):
         return {}
     # No listing cache: jobs list folders that other processes are writing to.
+    # No keys: s3fs (botocore) finds credentials through the standard AWS chain.
     options: dict[str, Any] = {"use_listings_cache": False}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
     return options
 
 
+def is_remote(url: str) -> bool:
+    """True for a URL with a scheme other than file:// (s3://, gs://, memory://, ...)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def in_submitted_job() -> bool:
+    """True in the driver of a job started by `ray job submit` (its entrypoint process)."""
+    return RAY_JOB_DRIVER_ENV in os.environ
+
+
+def _submit_dir() -> str | None:
+    value = os.environ.get(SUBMIT_DIR_ENV)
+    if not value:
+        return None
+    if not os.path.isabs(value):
+        raise LocationError(f"${SUBMIT_DIR_ENV} must be an absolute directory, got {value!r}")
+    if not os.path.isdir(value):
+        raise LocationError(
+            f"${SUBMIT_DIR_ENV} is {value!r}, which is not a directory on this node "
+            f"({socket.gethostname()}): relative paths can resolve against the directory you submitted "
+            "from only where the cluster shares that filesystem; use absolute shared paths or s3:// URLs")
+    return value
+
+
+# Object-store schemes whose URLs can carry keys before the bucket (pyarrow reads s3://KEY:SECRET@bucket).
+# Not abfs://, where container@account is the address, not a credential.
+_BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")
+
+
+def _check_no_credentials(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme in _BUCKET_SCHEMES and "@" in parts.netloc:
+        raise LocationError(
+            f"a {parts.scheme}:// location must not carry credentials (user:secret@ before the bucket): they "
+            "would be written to logs, manifests and job.json. Give credentials through the standard "
+            "AWS chain instead (environment variables, ~/.aws, an instance role)")
+
+
+def absolute_location(url: str) -> str:
+    """The path policy (module docstring): `url` in a form that means the same in every process.
+
+    Remote URLs are returned as given (credentials in them are refused). A relative local path is
+    joined to $GANRAY_SUBMIT_DIR when that is set, refused in the driver of a submitted job when it
+    is not (LocationError), and made absolute against the working directory otherwise.
+    """
+    if is_remote(url):
+        _check_no_credentials(url)
+        return url
+    path = os.path.expanduser(url.removeprefix("file://"))
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    base = _submit_dir()
+    if base is None and in_submitted_job():
+        raise LocationError(
+            f"{url!r} is a relative path, and this is a job started by `ray job submit`: it would resolve "
+            "inside the job's temporary copy of the working directory on the cluster (gitignored folders "
+            "such as ./registry are not uploaded, and what is written there is deleted with the job). "
+            "Use an s3:// URL or an absolute path on storage every node shares; or, to resolve relative "
+            "paths against the directory you submitted from (on a filesystem the cluster shares), submit "
+            f"with --runtime-env-json '{{\"env_vars\": {{\"{SUBMIT_DIR_ENV}\": \"'$PWD'\"}}}}'")
+    return os.path.abspath(os.path.join(base or os.getcwd(), path))
+
+
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path within it) for a local path or any fsspec URL."""
+    """(filesystem, path within it) for a local path or any fsspec URL (the path policy applies)."""
+    url = absolute_location(url)
     return fsspec.core.url_to_fs(url, **_storage_options(url))
 
 
@@ -44,10 +148,10 @@ def is_local(url: str) -> bool:
 
 def normalize_url(url: str) -> str:
     """An absolute form of `url` that means the same on every process: local paths become absolute
-    (Ray workers do not share the driver's working directory); remote URLs are kept as given."""
-    if "://" in url and not url.startswith("file://"):
-        return url.rstrip("/")
-    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+    (Ray workers do not share the driver's working directory; see absolute_location for relative
+    paths in submitted jobs); remote URLs are kept as given, without a trailing slash."""
+    url = absolute_location(url)
+    return url.rstrip("/") if is_remote(url) else url
 
 
 def join(url: str, *parts: str) -> str:

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module in this package with a `register(subparsers)` function;
 this file is the table of contents. Every handler takes the parsed args and returns an exit status.
-Config and usage errors exit with status 2 before any Ray work starts. The command modules import
+Config and usage errors, and locations refused by the path policy (ganray/storage.py), exit with
+status 2 before any Ray work starts. The command modules import
 the rest of the package lazily (inside handlers), so `ganray --help` does not import torch or Ray.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ganray import console
 from ganray.cli import data, demo, generate, registry, serve, train
 from ganray.cli.common import UsageError
 from ganray.config import ConfigError
+from ganray.storage import LocationError
 
 # In the order `ganray --help` lists them.
 COMMAND_MODULES = (demo, train, data, registry, generate, serve)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(getattr(args, "verbose", False))
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, UsageError) as e:
+    except (ConfigError, UsageError, LocationError) as e:  # LocationError: ganray/storage.py's path policy
         print(f"ganray {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from ganray.config import ConfigError, TrainJob
 from ganray.console import ProgressLine
 from ganray.data.dataset import build_indexed_rows, dataset_attributes, dataset_manifest_hash
 from ganray.runtime import init_ray
-from ganray.storage import url_to_fs
+from ganray.storage import normalize_url, url_to_fs
 from ganray.train import checkpoint as ckpt
 from ganray.train.loop import train_loop_per_worker
 from ganray.train.progress import ProgressBoard, run_with_progress
@@ -49,9 +48,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def storage_root(job: TrainJob) -> str:
-    """Ray Train wants absolute local paths; URLs (s3://...) pass through."""
-    path = job.run.storage_path
-    return path if "://" in path else os.path.abspath(path)
+    """Ray Train wants absolute local paths; URLs (s3://...) pass through. Relative paths follow the
+    path policy (ganray/storage.py: refused in a `ray job submit` driver unless $GANRAY_SUBMIT_DIR)."""
+    return normalize_url(job.run.storage_path)
 
 
 def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
