@@ -126,14 +126,22 @@ def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(sq, 0, None))
 
 
+# Rows of a distance matrix computed at once: bounds memory at ROW_CHUNK * N * 8 bytes.
+ROW_CHUNK = 1024
+
+
 def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
-    distances = _pairwise_distances(x, x)
-    # Column 0 of the sorted row is the sample itself (distance 0): the k-th neighbour is column k.
-    return np.partition(distances, k, axis=1)[:, k]
+    radii = np.empty(x.shape[0])
+    for start in range(0, x.shape[0], ROW_CHUNK):
+        distances = _pairwise_distances(x[start:start + ROW_CHUNK], x)
+        # The sample itself is at distance 0, the smallest: the k-th neighbour is sorted index k.
+        radii[start:start + ROW_CHUNK] = np.partition(distances, k, axis=1)[:, k]
+    return radii
 
 
 def _inside_manifold(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    return (_pairwise_distances(points, manifold) <= radii[None, :]).any(axis=1)
+    return np.concatenate([(_pairwise_distances(points[start:start + ROW_CHUNK], manifold) <= radii[None, :]).any(1)
+                           for start in range(0, points.shape[0], ROW_CHUNK)])
 
 
 def precision_recall(real, generated, k: int = PR_NEIGHBOURS) -> dict[str, float]:
