@@ -136,3 +136,16 @@ def test_cli_gate_promote_force_decisions_and_show(registry, capsys):
     assert cli(["registry", "gate", "production", "--remove", "--registry", url]) == 0
     assert registry.gate("production") is None
     assert cli(["registry", "promote", "v4", "production", "--registry", url]) == 0  # ungated again
+
+
+def test_push_with_promote_goes_through_the_gate(tmp_path, capsys):
+    from test_registry import _write_checkpoint, generator  # a training run's checkpoint, as push reads it
+
+    _write_checkpoint(str(tmp_path / "runs"), "demo", generator(5))
+    url = str(tmp_path / "registry")
+    Registry(url).set_gate("production", make_gate("fid"))
+    assert cli(["registry", "push", "--from-run", str(tmp_path / "runs"), "demo", "--promote", "production",
+                "--registry", url]) == 1  # pushed, but unmeasured: the gate refuses
+    assert "pushed demo as v1" in capsys.readouterr().out
+    assert Registry(url).versions() == ["v1"] and Registry(url).aliases() == {}
+    assert Registry(url).decisions()[0]["outcome"] == "refused"
