@@ -61,13 +61,17 @@ def test_inception_loads_saved_weights_and_extracts(weights_file):
     path, sha, network = weights_file
     extractor = build_extractor(ExtractorConfig(name="inception_v3", weights=str(path), weights_sha256=sha,
                                                 resize="legacy"))
-    batch = images(2)
+    batch = images(1)
     out = extractor(batch)
-    assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
+    assert out["features"].shape == (1, 2048) and out["logits"].shape == (1, 1008)
     with torch.inference_mode():  # the same numbers as the network that was saved
         x = resize_images(batch, 299, "legacy") / 127.5 - 1
         expected, _ = network(x)
+        # IS logits: pool3 times the classifier weights, without the bias (the original IS code).
+        logits = expected @ network.fc.weight.T
     np.testing.assert_allclose(out["features"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(network.fc.bias, torch.zeros_like(network.fc.bias))  # so the bias would show
     assert extractor.identity == extractor_identity(extractor.cfg)
     assert extractor.identity["comparable_to_published"] is True and extractor.identity["weights_sha256"] == sha
 

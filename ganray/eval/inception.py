@@ -8,7 +8,8 @@ the branch average pools of the A, C and first E blocks ignore the zero padding
 (count_include_pad=False), the last E block pools with a max pool, and there are 1008 classes.
 Batch norm uses eps 0.001. Written from the published architecture; torchvision is not needed.
 
-Input: float (B, 3, 299, 299) in [-1, 1]. Output: pool3 features (B, 2048) and logits (B, 1008).
+Input: float (B, 3, 299, 299) in [-1, 1]. Output: pool3 features (B, 2048) and the IS logits
+(B, 1008): pool3 times the classifier's weights, without its bias (as the original IS code).
 """
 from __future__ import annotations
 
@@ -168,4 +169,6 @@ class FIDInceptionV3(nn.Module):
                       self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)
         pool3 = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return pool3, self.fc(pool3)
+        # IS logits without the bias, as the original Inception Score code multiplies pool3 by the
+        # softmax layer's weights only (torch-fidelity's "logits_unbiased").
+        return pool3, F.linear(pool3, self.fc.weight)

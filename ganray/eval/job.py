@@ -17,6 +17,7 @@ exactly as `ganray generate` renders it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -99,9 +100,15 @@ def extract(dataset: ray.data.Dataset, cfg: ExtractorConfig) -> dict[str, np.nda
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _ordered_context() -> None:
-    # "The first N rows" must be the same rows on every run: keep the shards' order.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+@contextlib.contextmanager
+def _ordered_rows():
+    # "The first N rows" must be the same rows on every run: keep the shards' order while we read.
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
 
 
 # -- reference ---------------------------------------------------------------------------------
@@ -162,7 +169,11 @@ def reference_features(reference: str, manifest: dict[str, Any], count: int, cfg
     log(f"reference features: extracting {count} images of {reference}")
     arrays = extract(dataset, cfg)
     arrays = {k: v for k, v in arrays.items() if k in ("features", "logits")}
-    write_cached(url, key_fields, arrays)
+    try:
+        write_cached(url, key_fields, arrays)
+    except OSError as e:  # a read-only dataset location: evaluate anyway, without caching
+        log(f"reference features not cached: cannot write {url}: {e}")
+        return arrays, {"url": None, "hit": False}
     return arrays, {"url": url, "hit": False}
 
 
@@ -240,13 +251,12 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
     if cfg.extractor.name == "inception_v3":
         build_extractor(cfg.extractor)  # a missing or mismatching weights file fails here, before Ray
     init_ray(job.ray_address)
-    _ordered_context()
-
-    real, cache = reference_features(storage.normalize_url(cfg.reference), manifest, cfg.reference_count,
-                                     cfg.extractor)
-    faces, source = generated_from_model(job, registry) if cfg.model is not None else generated_from_output(job)
-    log(f"generated features: {cfg.count} faces of {source.get('model') or source.get('generated')}")
-    fake = extract(faces, cfg.extractor)
+    with _ordered_rows():
+        real, cache = reference_features(storage.normalize_url(cfg.reference), manifest, cfg.reference_count,
+                                         cfg.extractor)
+        faces, source = generated_from_model(job, registry) if cfg.model is not None else generated_from_output(job)
+        log(f"generated features: {cfg.count} faces of {source.get('model') or source.get('generated')}")
+        fake = extract(faces, cfg.extractor)
     _check_size(fake, manifest["resolution"], "generated")
 
     values = compute_metrics(real, fake, job)
