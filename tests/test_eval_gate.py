@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from ganray import storage
 from ganray.cli import main as cli
 from ganray.config import DCGANConfig
 from ganray.eval.gate import make_gate, promote
@@ -149,3 +150,11 @@ def test_push_with_promote_goes_through_the_gate(tmp_path, capsys):
     assert "pushed demo as v1" in capsys.readouterr().out
     assert Registry(url).versions() == ["v1"] and Registry(url).aliases() == {}
     assert Registry(url).decisions()[0]["outcome"] == "refused"
+
+
+def test_a_corrupt_alias_file_is_an_error_not_an_empty_alias(registry):
+    registry.record("v1", "default", result(10.0))
+    storage.atomic_write(storage.join(registry.url, "aliases", "production.json"), b'{"version": "../x"}')
+    with pytest.raises(RegistryError, match="refusing to follow it"):
+        promote(registry, "v1", "production")
+    assert registry.decisions() == []

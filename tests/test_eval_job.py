@@ -14,9 +14,8 @@ from PIL import Image
 
 from ganray import storage
 from ganray.cli import main as cli
-from ganray.config import DCGANConfig, ExtractorConfig
+from ganray.config import DCGANConfig, ExtractorConfig, ImportConfig
 from ganray.data.importer import run_import, shard_paths
-from ganray.config import ImportConfig
 from ganray.data.synthetic import render_face
 from ganray.eval import job as eval_job
 from ganray.eval import metrics

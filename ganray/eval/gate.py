@@ -102,10 +102,7 @@ def promote(registry: Registry, ref: str, alias: str, force: bool = False) -> De
     if gate is None:
         registry.promote(candidate, alias)
         return Decision(alias, candidate, None, "ungated", "the alias has no gate")
-    try:
-        holder = registry.resolve(alias)
-    except RegistryError:
-        holder = None  # the alias does not exist yet
+    holder = registry.aliases().get(alias)  # None: no alias yet; a corrupt alias file raises, never "no holder"
     name = gate["evaluation"]
     candidate_result = registry.evaluation(candidate, name)
     holder_result = registry.evaluation(holder, name) if holder else None
