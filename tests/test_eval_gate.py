@@ -47,6 +47,7 @@ def test_gate_allows_a_version_that_beats_the_holder_by_the_margin(registry):
     assert (entry["id"], entry["candidate"], entry["holder"], entry["outcome"]) == ("d-00000002", "v2", "v1", "allowed")
     assert entry["candidate_result"]["metrics"]["fid"] == 8.9 and entry["holder_result"]["metrics"]["fid"] == 10.0
     assert entry["gate"] == {"metric": "fid", "margin": 1.0, "evaluation": "default"}
+    assert entry["user"] and entry["host"] and entry["recorded_at"] and "beats" in entry["reason"]
 
 
 def test_gate_refuses_a_version_that_does_not_beat_by_the_margin_and_force_overrides(registry):
