@@ -7,11 +7,17 @@ Layout under the registry URL (a local folder or s3://bucket/prefix):
     versions/v1/config.json            {"model": model config, "resolution": R, "attributes": {...}}
     versions/v1/provenance.json        training run, checkpoint, step, dataset manifest hash, metrics
     versions/v1/version.json           id, content hash, created_at: written LAST, it commits the version
+    versions/v1/evaluations/NAME.json  results recorded for the version (e.g. by `ganray eval`), one per name
     aliases/NAME.json                  {"alias": NAME, "version": "v1", "updated_at": ...}
+    gates/NAME.json                    the promotion gate of alias NAME (its policy: ganray/eval/gate.py)
+    decisions/d-00000001.json          append-only log of gated promotions, one exclusively created file each
 
 Version ids and alias names are checked wherever they come from (a caller, a folder listing, an
 alias file): a value that is not `v<N>` or an alias name is refused with a RegistryError, so an
 alias file naming "../../x" or "/abs/path" is never followed.
+
+The registry stores evaluations, gates and decisions as opaque JSON: it does not know how metrics
+are computed or compared (ganray.eval does).
 
 A version id is claimed by an exclusive create (a local `open(..., "x")`, an S3 conditional PUT),
 so two concurrent pushes never share an id and nothing is ever overwritten. A version without
@@ -43,11 +49,16 @@ CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 VERSION_FILE = "version.json"
 CLAIM_FILE = ".claim"
+EVALUATIONS_DIR = "evaluations"
+GATES_DIR = "gates"
+DECISIONS_DIR = "decisions"
 LATEST = "latest"  # a built-in alias: the newest complete version
 
 # Both are used with fullmatch only ("$" in match() would let a trailing newline through).
 _VERSION_ID = re.compile(r"v([1-9][0-9]*)")
 _ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_RECORD_NAME = _ALIAS_NAME  # evaluation names: the same safe file-name alphabet
+_DECISION_FILE = re.compile(r"d-([0-9]{8,})\.json")
 
 
 class RegistryError(ValueError):
@@ -153,20 +164,24 @@ class Registry:
                 ids.append(int(match.group(1)))
         return ids
 
-    def _claim(self, version: str) -> bool:
-        """Take `version` for this push; False if another push already has it."""
-        claim = _json_bytes({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
-        fs, path = storage.url_to_fs(self._version_url(version, CLAIM_FILE))
+    def _create_exclusive(self, url: str, data: bytes) -> bool:
+        """Write a new file at `url` in one step; False (nothing written) if it already exists."""
+        fs, path = storage.url_to_fs(url)
         try:
             if storage.is_local(self.url):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "xb") as f:
-                    f.write(claim)
+                    f.write(data)
             else:
-                fs.pipe_file(path, claim, mode="create")
+                fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
         return True
+
+    def _claim(self, version: str) -> bool:
+        """Take `version` for this push; False if another push already has it."""
+        claim = _json_bytes({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
+        return self._create_exclusive(self._version_url(version, CLAIM_FILE), claim)
 
     def push(self, generator_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
              attributes: dict[str, list[str]] | None, provenance: dict[str, Any]) -> str:
@@ -188,18 +203,94 @@ class Registry:
             {"version": version, "content_hash": content_hash(weights, config), "created_at": _now()}))
         return version
 
-    def promote(self, ref: str, alias: str) -> str:
-        """Point `alias` at the version `ref` resolves to (one atomic write); returns that version."""
-        if not _ALIAS_NAME.fullmatch(alias) or _VERSION_ID.fullmatch(alias) or alias == LATEST:
+    @staticmethod
+    def _check_alias(alias: str) -> None:
+        if not isinstance(alias, str) or not _ALIAS_NAME.fullmatch(alias) or _VERSION_ID.fullmatch(alias) \
+                or alias == LATEST:
             raise RegistryError(
                 f"invalid alias {alias!r}: use letters, digits, '_', '.', '-', starting with a letter; "
                 f"not a version id (v1, v2, ...) and not {LATEST!r} (built in)")
+
+    def promote(self, ref: str, alias: str) -> str:
+        """Point `alias` at the version `ref` resolves to (one atomic write); returns that version.
+
+        This is the unchecked move: an alias's gate is applied by ganray.eval.gate.promote (and
+        `ganray registry promote`), which calls this once the gate allows it."""
+        self._check_alias(alias)
         version = self.resolve(ref)
         storage.atomic_write(self._alias_url(alias),
                              _json_bytes({"alias": alias, "version": version, "updated_at": _now()}))
         return version
 
+    def record(self, ref: str, name: str, result: dict[str, Any]) -> str:
+        """Store `result` (any JSON object) as the evaluation `name` of the version `ref` resolves to,
+        replacing an earlier one of that name in one atomic write; returns the version."""
+        version = self.resolve(ref)
+        if not isinstance(result, dict):
+            raise RegistryError(f"an evaluation is a JSON object, got {type(result).__name__}")
+        storage.atomic_write(self._version_url(version, EVALUATIONS_DIR, f"{self._record_name(name)}.json"),
+                             _json_bytes(result))
+        return version
+
+    def set_gate(self, alias: str, gate: dict[str, Any] | None) -> None:
+        """Store (or with None remove) the promotion gate of `alias`: opaque JSON for ganray.eval.gate."""
+        self._check_alias(alias)
+        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
+        if gate is None:
+            if storage.exists(url):
+                storage.remove(url)
+        else:
+            storage.atomic_write(url, _json_bytes(gate))
+
+    def append_decision(self, entry: dict[str, Any]) -> str:
+        """Append `entry` to the decisions log: a new file per entry, created exclusively, never
+        rewritten. Returns its id (d-00000001, ...)."""
+        body = _json_bytes({**entry, "recorded_at": _now()})
+        number = max(self._decision_numbers(), default=0) + 1
+        while not self._create_exclusive(storage.child(self.url, f"{DECISIONS_DIR}/d-{number:08d}.json"), body):
+            number += 1  # another writer took this number: take the next
+        return f"d-{number:08d}"
+
     # -- reading -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _record_name(name: str) -> str:
+        if not isinstance(name, str) or not _RECORD_NAME.fullmatch(name):
+            raise RegistryError(f"{name!r} is not an evaluation name (letters, digits, '_', '.', '-', "
+                                "starting with a letter)")
+        return name
+
+    def evaluations(self, ref: str) -> dict[str, dict[str, Any]]:
+        """Every evaluation recorded for the version `ref` resolves to, name -> result."""
+        version = self.resolve(ref)
+        found = {}
+        for entry in storage.ls(self._version_url(version, EVALUATIONS_DIR)):
+            name = entry.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+            if entry.endswith(".json") and _RECORD_NAME.fullmatch(name) and not storage.is_temp(entry):
+                found[name] = self._read_json(entry)
+        return dict(sorted(found.items()))
+
+    def evaluation(self, ref: str, name: str) -> dict[str, Any] | None:
+        url = self._version_url(self.resolve(ref), EVALUATIONS_DIR, f"{self._record_name(name)}.json")
+        return self._read_json(url) if storage.exists(url) else None
+
+    def gate(self, alias: str) -> dict[str, Any] | None:
+        self._check_alias(alias)
+        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
+        return self._read_json(url) if storage.exists(url) else None
+
+    def _decision_numbers(self) -> list[int]:
+        numbers = []
+        for entry in storage.ls(storage.join(self.url, DECISIONS_DIR)):
+            match = _DECISION_FILE.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
+            if match:
+                numbers.append(int(match.group(1)))
+        return numbers
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The decisions log, oldest first, each entry with its id."""
+        return [{"id": f"d-{n:08d}", **self._read_json(storage.child(self.url, f"{DECISIONS_DIR}/d-{n:08d}.json"))}
+                for n in sorted(self._decision_numbers())]
 
     def versions(self) -> list[str]:
         """Complete version ids, oldest first."""

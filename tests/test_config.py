@@ -66,7 +66,7 @@ def test_every_shipped_ganray_config_is_valid(path):
     from ganray import config as C
 
     tree = yaml.safe_load(path.read_text())
-    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob") if hasattr(C, n)]
+    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob") if hasattr(C, n)]
     errors = []
     for job_type in job_types:
         try:
@@ -90,7 +90,7 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
     assert not storage.exists()  # nothing written
 
 
-EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "serve"}
+EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "eval", "serve"}
 
 
 def test_every_subcommand_registers_and_answers_help():

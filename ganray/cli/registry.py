@@ -1,10 +1,15 @@
-"""`ganray registry push | list | show | promote`: the model registry from the command line."""
+"""`ganray registry push | list | show | promote | gate | decisions`: the model registry from the command line."""
 from __future__ import annotations
 
 import argparse
 import json
 
+import sys
+
 from ganray.cli.common import UsageError
+
+# Exit status of a promotion the alias's gate refused (2 stays "bad input").
+EXIT_REFUSED = 1
 
 
 def _registry(args: argparse.Namespace):
@@ -21,8 +26,7 @@ def _push(args: argparse.Namespace) -> int:
     version = push_run(registry, storage_path, run_name)
     print(f"pushed {run_name} as {version} to {registry.url}")
     if args.promote:
-        registry.promote(version, args.promote)
-        print(f"{args.promote} -> {version}")
+        return _promote_through_gate(registry, version, args.promote, force=False)
     return 0
 
 
@@ -42,13 +46,52 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print(json.dumps(_registry(args).show(args.ref).to_dict(), indent=2))
+    registry = _registry(args)
+    info = registry.show(args.ref)
+    print(json.dumps({**info.to_dict(), "evaluations": registry.evaluations(info.version)}, indent=2))
+    return 0
+
+
+def _promote_through_gate(registry, ref: str, alias: str, force: bool) -> int:
+    from ganray.eval.gate import promote
+
+    decision = promote(registry, ref, alias, force=force)
+    logged = f" (decision {decision.decision_id})" if decision.decision_id else ""
+    if not decision.moved:
+        print(f"refused: {alias} stays at {decision.holder}: {decision.reason}{logged}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{alias} -> {decision.candidate}" + ("" if decision.outcome == "ungated"
+                                                 else f": {decision.outcome}: {decision.reason}{logged}"))
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
-    version = _registry(args).promote(args.ref, args.alias)
-    print(f"{args.alias} -> {version}")
+    return _promote_through_gate(_registry(args), args.ref, args.alias, args.force)
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from ganray.eval.gate import make_gate
+
+    registry = _registry(args)
+    if args.remove:
+        registry.set_gate(args.alias, None)
+        print(f"{args.alias}: no gate")
+        return 0
+    if args.metric is None and args.margin is None:
+        print(json.dumps(registry.gate(args.alias)))  # show it (null: no gate)
+        return 0
+    gate = make_gate(args.metric or "fid", args.margin or 0.0, args.evaluation)
+    registry.set_gate(args.alias, gate)
+    print(f"{args.alias}: gate {json.dumps(gate)}")
+    return 0
+
+
+def _decisions(args: argparse.Namespace) -> int:
+    for entry in _registry(args).decisions():
+        if args.alias in (None, entry.get("alias")):
+            print(json.dumps(entry) if args.json else
+                  f"{entry['id']}  {entry.get('recorded_at')}  {entry.get('alias')}: {entry.get('holder')} -> "
+                  f"{entry.get('candidate')}  {entry.get('outcome')}: {entry.get('reason')}")
     return 0
 
 
@@ -65,7 +108,7 @@ def _handle(handler):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("registry", help="model registry: push, list, show, promote",
+    parser = subparsers.add_parser("registry", help="model registry: push, list, show, promote, gate, decisions",
                                    description="Versioned generators and aliases on a local path or s3://.")
     commands = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 
@@ -83,6 +126,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("list", _list, "list versions with their aliases")
     show = add("show", _show, "print a version's config, provenance and aliases as JSON")
     show.add_argument("ref", help="version id (v3), alias, or 'latest'")
-    promote = add("promote", _promote, "point an alias at a version (an atomic move)")
+    promote = add("promote", _promote, "point an alias at a version (an atomic move); an alias with a gate "
+                                       f"moves only to a version that beats its holder (else exit {EXIT_REFUSED})")
     promote.add_argument("ref", help="version id (v3), alias, or 'latest'")
     promote.add_argument("alias")
+    promote.add_argument("--force", action="store_true",
+                         help="move a gated alias even if the gate refuses (logged in the decisions log)")
+    gate = add("gate", _gate, "set, show or remove the promotion gate of an alias")
+    gate.add_argument("alias")
+    gate.add_argument("--metric", choices=["fid", "kid_mean", "precision", "recall"], default=None,
+                      help="metric compared (default fid; fid and kid_mean: lower is better)")
+    gate.add_argument("--margin", type=float, default=None, help="how much better the candidate must be (default 0)")
+    gate.add_argument("--evaluation", default="default", metavar="NAME",
+                      help="the recorded evaluation compared (eval.record_as; default: default)")
+    gate.add_argument("--remove", action="store_true", help="remove the gate")
+    decisions = add("decisions", _decisions, "print the log of gated promotion decisions, oldest first")
+    decisions.add_argument("--alias", default=None, help="only this alias's decisions")
+    decisions.add_argument("--json", action="store_true", help="one JSON object per line, with both results")
