@@ -225,8 +225,8 @@ SG2_RUN = ("model.arch=stylegan2", "model.z_dim=16", "model.w_dim=16", "model.em
            "train.precision=fp32", "train.max_steps=24", "train.checkpoint_every=4", "train.log_every=3",
            "train.num_to_keep=20", "train.sample_seeds=4", "train.r1_gamma=1", "train.r1_interval=4",
            "train.pl_weight=2", "train.pl_interval=2",
-           # ada_interval 3 against checkpoints every 4: checkpoints fall between adjustments of p.
-           "train.augment=bgc", "train.augment_p=0.3", "train.ada_interval=3", "train.ada_kimg=0.5")
+           # ada_interval 5 against checkpoints every 4: checkpoints fall between adjustments of p.
+           "train.augment=bgc", "train.augment_p=0.3", "train.ada_interval=5", "train.ada_kimg=2")
 
 
 def sg2_job(storage: Path, name: str, *overrides: str) -> TrainJob:

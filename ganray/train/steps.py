@@ -110,20 +110,27 @@ class GANSteps:
             loss = loss + (cfg.r1_gamma / 2) * r1
         self._step(self.opt_D, self.scaler_D, loss)
         if self.lazy_r1 and d_index % cfg.r1_interval == 0:
-            r1 = self.r1(real, labels)
-            self._step(self.opt_D, self.scaler_D, (cfg.r1_gamma / 2) * r1 * cfg.r1_interval)
+            # Past DDP, which insists that every parameter gets a gradient (D's output bias gets
+            # none from R1); the gradients are averaged over the ranks by hand instead.
+            r1 = self.r1(real, labels, unwrap(self.D))
+            self._step(self.opt_D, self.scaler_D, (cfg.r1_gamma / 2) * r1 * cfg.r1_interval,
+                       average_grads_of=unwrap(self.D))
         self.augment.end_minibatch(d_index, self.device)
         return DStepResult(loss.detach(), real_logits.detach(), fake_logits.detach(),
                            None if r1 is None else r1.detach())
 
-    def r1(self, real: Tensor, labels: Tensor | None) -> Tensor:
+    def r1(self, real: Tensor, labels: Tensor | None, D: nn.Module | None = None) -> Tensor:
         """R1 on the reals as D sees them (augmented), with the gradient taken w.r.t. the reals."""
-        return r1_penalty(lambda images, lab: self.D(self.augment(images), lab), real, labels)
+        D = self.D if D is None else D
+        return r1_penalty(lambda images, lab: D(self.augment(images), lab), real, labels)
 
     @staticmethod
-    def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: Tensor) -> None:
+    def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: Tensor,
+              average_grads_of: nn.Module | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if average_grads_of is not None:  # a step taken past DDP
+            all_reduce_mean_([p.grad for p in average_grads_of.parameters() if p.grad is not None])
         scaler.step(optimizer)
         scaler.update()
 
@@ -167,10 +174,7 @@ class GANSteps:
         all_reduce_mean_([batch_mean])
         self.pl_mean = self.pl_mean.lerp(batch_mean, cfg.pl_decay)
         penalty = (lengths - self.pl_mean).square().mean()
-        self.opt_G.zero_grad(set_to_none=True)
-        (penalty * cfg.pl_weight * cfg.pl_interval).backward()
-        all_reduce_mean_([p.grad for p in G.parameters() if p.grad is not None])
-        self.opt_G.step()
+        self._step(self.opt_G, self.scaler_G, penalty * cfg.pl_weight * cfg.pl_interval, average_grads_of=G)
         return penalty.detach()
 
     def ema_beta(self, step: int) -> float:
