@@ -222,7 +222,7 @@ def test_path_length_needs_a_mapping_network():
 
 SG2_RUN = ("model.arch=stylegan2", "model.z_dim=16", "model.w_dim=16", "model.embed_dim=8", "model.mapping_layers=2",
            "model.channel_base=256", "model.channel_max=16",
-           "train.precision=fp32", "train.max_steps=24", "train.checkpoint_every=4", "train.log_every=3",
+           "train.precision=fp32", "train.max_steps=16", "train.checkpoint_every=4", "train.log_every=4",
            "train.num_to_keep=20", "train.sample_seeds=4", "train.r1_gamma=1", "train.r1_interval=4",
            "train.pl_weight=2", "train.pl_interval=2",
            # ada_interval 5 against checkpoints every 4: checkpoints fall between adjustments of p.
@@ -246,7 +246,7 @@ def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_pat
     ref_dir = Path(reference.run_url)
     state = ckpt.load_state(reference.checkpoint)
     assert state["config"]["model"]["arch"] == "stylegan2"
-    assert state["ada"]["p"] != 0.3 and state["ada"]["count"] > 0  # p moved; statistics pending at step 24
+    assert state["ada"]["p"] != 0.3 and state["ada"]["count"] > 0  # p moved; statistics pending at step 16
     assert state["pl_mean"] > 0
     rows = [r for r in history(ref_dir) if "loss_D" in r]
     assert all(0 <= r["ada_p"] <= 1 and "ada_rt" in r for r in rows)
@@ -265,9 +265,9 @@ def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_pat
     psutil.Process(pids[-1]).kill()
     thread.join(timeout=600)
 
-    assert outcome["result"].step == 24
+    assert outcome["result"].step == 16
     events = [r for r in history(tmp_path / "killed" / "sg2") if r.get("event") == "resume"]
     assert events, "training did not restart from a checkpoint"
     restored = tmp_path / "killed" / "sg2" / ckpt.checkpoint_dir_name(events[0]["step"])
     assert events[0]["state_digest"] == ckpt.read_meta(str(restored))["state_digest"]
-    assert_same_training_state(Path(outcome["result"].checkpoint), ref_dir / ckpt.checkpoint_dir_name(24))
+    assert_same_training_state(Path(outcome["result"].checkpoint), ref_dir / ckpt.checkpoint_dir_name(16))
