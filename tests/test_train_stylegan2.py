@@ -207,6 +207,52 @@ def test_path_length_runs_on_its_schedule_and_pl_mean_is_saved_and_restored(monk
     assert torch.equal(restored.pl_mean, steps.pl_mean)
 
 
+class RecordingD(torch.nn.Module):
+    """Wraps a D and keeps the images it was shown."""
+
+    def __init__(self, D: torch.nn.Module):
+        super().__init__()
+        self.D, self.seen = D, []
+
+    def forward(self, images, labels=None):
+        self.seen.append(images.detach().clone())
+        return self.D(images, labels)
+
+
+def test_d_sees_augmented_reals_fakes_and_r1_inputs():
+    def shown(**train) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        _, D = build_models(DCGANConfig(g_width=8, d_width=8, z_dim=16), 32, None)
+        steps = dcgan_steps(RecordingD(D), r1_gamma=1.0, r1_interval=2, **train)
+        torch.manual_seed(9)
+        steps.discriminator_step(reals(0), None, d_index=0)  # D(real), D(fake), then lazy R1's D(real)
+        steps.generator_step(8, None, step=0)  # D(G(z))
+        return steps.D.seen
+
+    plain, augmented = shown(), shown(augment="bgc", augment_p=1.0)
+    assert len(plain) == len(augmented) == 4
+    assert torch.equal(plain[0], reals(0)) and torch.equal(plain[2], reals(0))
+    assert all(not torch.equal(a, b) for a, b in zip(plain, augmented))
+    # p = 0 draws the same randomness but shows D its images unchanged.
+    assert all(torch.equal(a, b) for a, b in zip(plain[:1], shown(augment="bgc", augment_p=0.0)[:1]))
+
+
+def test_a_checkpoint_without_ada_or_pl_mean_resumes_at_their_initial_values():
+    steps = sg2_steps(augment="bgc", augment_p=0.25, pl_weight=1.0)
+    old = {k: v for k, v in steps.optimizer_state().items() if k not in ("ada", "pl_mean")}
+    steps.augment.p, steps.pl_mean = 0.9, torch.tensor(3.0)
+    fresh = sg2_steps(augment="bgc", augment_p=0.25, pl_weight=1.0)
+    fresh.load_optimizer_state(old)
+    assert fresh.augment.p == 0.25 and float(fresh.pl_mean) == 0.0
+
+
+def test_stylegan2_ada_settings_from_the_readme_validate():
+    job = load_config(TrainJob, None, ["model.arch=stylegan2", "train.betas=[0,0.99]", "train.g_lr=0.0025",
+                                       "train.d_lr=0.0025", "train.r1_gamma=0.4096", "train.r1_interval=16",
+                                       "train.augment=bgc", "train.pl_weight=2"])
+    assert job.train.betas == (0.0, 0.99) and job.train.augment == "bgc" and job.train.ada_target == 0.6
+
+
 def test_path_length_needs_a_mapping_network():
     with pytest.raises(ValueError, match="model.arch: stylegan2"):
         dcgan_steps(pl_weight=2.0)
@@ -249,7 +295,9 @@ def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_pat
     assert state["ada"]["p"] != 0.3 and state["ada"]["count"] > 0  # p moved; statistics pending at step 16
     assert state["pl_mean"] > 0
     rows = [r for r in history(ref_dir) if "loss_D" in r]
-    assert all(0 <= r["ada_p"] <= 1 and "ada_rt" in r for r in rows)
+    assert all(0 <= r["ada_p"] <= 1 for r in rows)
+    # Reported at steps 4, 8, ...; p is first adjusted after minibatch 5.
+    assert rows[0]["ada_rt"] is None and all(-1 <= r["ada_rt"] <= 1 for r in rows[1:])
 
     job = sg2_job(tmp_path / "killed", "sg2", "train.max_failures=2")
     outcome: dict = {}
@@ -271,3 +319,25 @@ def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_pat
     restored = tmp_path / "killed" / "sg2" / ckpt.checkpoint_dir_name(events[0]["step"])
     assert events[0]["state_digest"] == ckpt.read_meta(str(restored))["state_digest"]
     assert_same_training_state(Path(outcome["result"].checkpoint), ref_dir / ckpt.checkpoint_dir_name(16))
+
+
+def test_a_run_from_before_the_regularization_options_resumes_at_their_defaults(tmp_path):
+    """A checkpoint whose config lacks the ADA / lazy-R1 / path-length keys resumes with them at their
+    defaults (off), and refuses a resume that turns one on."""
+    import json
+
+    from ganray.train.trainer import check_resumable
+
+    job = tiny_job(tmp_path, "old")
+    config = job.model_dump(mode="json")
+    new_keys = ("r1_interval", "pl_weight", "pl_interval", "pl_decay", "pl_batch_shrink", "augment", "augment_p",
+                "ada_target", "ada_interval", "ada_kimg")
+    for key in new_keys:
+        del config["train"][key]
+    checkpoint = tmp_path / "old" / ckpt.checkpoint_dir_name(2)
+    checkpoint.mkdir(parents=True)
+    (checkpoint / ckpt.META_FILE).write_text(json.dumps({"config": config, "manifest_hash": "h"}))
+
+    assert check_resumable(job, "h") == str(checkpoint)
+    with pytest.raises(ConfigError, match=r"train.augment: 'none' -> 'bgc'"):
+        check_resumable(tiny_job(tmp_path, "old", "train.augment=bgc"), "h")
