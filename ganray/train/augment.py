@@ -207,8 +207,9 @@ class AdaptiveAugment:
         sign_sum, count = totals.tolist()
         self.sign_sum, self.count = 0.0, 0
         self.rt = sign_sum / max(count, 1.0)
+        direction = (self.rt > self.target) - (self.rt < self.target)  # sign(r_t - target)
         step = self.global_batch * self.interval / (self.kimg * 1000)
-        self.p = min(max(self.p + math.copysign(step, self.rt - self.target) * (self.rt != self.target), 0.0), 1.0)
+        self.p = min(max(self.p + direction * step, 0.0), 1.0)
 
     def state_dict(self, pending: list[tuple[float, int]] | None = None) -> dict[str, Any]:
         """`pending`: every rank's (sign_sum, count) (gathered by the caller); default this rank's."""
