@@ -47,11 +47,14 @@ def lazy_adam(params, lr: float, betas: tuple[float, float], interval: int | Non
 
 
 def all_reduce_mean_(tensors: list[Tensor]) -> None:
-    """Average tensors over the ranks in place (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t)
-            t /= dist.get_world_size()
+    """Average same-dtype tensors over the ranks in place, in one collective (no-op when not distributed)."""
+    if not (tensors and dist.is_available() and dist.is_initialized()):
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
 
 
 @dataclass
@@ -158,7 +161,8 @@ class GANSteps:
 
         It calls G's mapping and synthesis directly, past DDP, so it averages the gradients over the
         ranks itself; pl_mean follows the mean path length over all ranks, so it is the same everywhere.
-        Runs in fp32, like the other penalties (double backward). Returns the penalty.
+        Runs in fp32, like the other penalties (double backward), without style mixing (NVlabs mix
+        here too). Returns the penalty.
         """
         cfg = self.cfg
         G = unwrap(self.G)
