@@ -1,6 +1,7 @@
 """The per-worker GAN training loop that Ray Train runs on every worker.
 
-Read top to bottom: set up (models, optimizers, restore), then the loop: D step(s), G step, EMA,
+Read top to bottom: set up (models, optimizers, restore), then the loop: D step(s) (with lazy R1
+and ADA's adjustments of p on their schedules), G step (with path length on its schedule), EMA,
 metrics, checkpoints. Parallelism is Ray Train's: `prepare_model` wraps G and D in DDP (gloo on
 CPU, NCCL on GPU) and `ray.train.report` carries metrics and checkpoints to storage. Nothing here
 knows how many nodes there are.
@@ -8,7 +9,8 @@ knows how many nodes there are.
 A run is reproducible: with the same seed, worker count and threads_per_worker (and
 train.deterministic on) two runs end bit-identical, and so does a run that was interrupted and
 resumed. That takes every source of randomness to be seeded and saved: the models' init (the seed),
-each worker's noise (torch's RNG, saved per rank), the data order and flips (`EpochSampler`: a pure
+each worker's noise and ADA augmentations (torch's RNG, saved per rank), ADA's p and the statistics
+that steer it, the running path-length mean, the data order and flips (`EpochSampler`: a pure
 function of seed and position; the position is saved), and deterministic kernels. This is why the
 loop reads rows by index (`IndexedRows`) rather than through `get_dataset_shard`, whose streaming
 split hands out blocks in finishing order.
