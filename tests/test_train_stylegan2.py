@@ -60,6 +60,13 @@ def test_blit_moves_pixels_exactly_and_geometry_is_exact():
     x = images[:1]
     assert torch.equal(resample(x, flip), x.flip(-1))
     assert torch.equal(resample(x, quarter), torch.rot90(x, 1, dims=(2, 3)))
+    # Inside a bf16 autocast region (as in a bf16 D step) coordinates stay exact, even at 512 px.
+    large = torch.rand(2, 3, 512, 512)
+    rng = torch.get_rng_state()
+    outside = augment(large, "blit", 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.set_rng_state(rng)
+        assert torch.equal(augment(large, "blit", 1.0), outside)
     # Shift by 3: output column j reads column j + 3; the last 3 columns mirror the border.
     shifted = resample(x, shift)
     assert torch.equal(shifted[..., :13], x[..., 3:])

@@ -159,6 +159,12 @@ def augment(images: Tensor, pipeline: str, p: float) -> Tensor:
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown augmentation pipeline {pipeline!r}; choose one of {list(PIPELINES)}")
     transforms = PIPELINES[pipeline]
+    # Outside autocast: pixel coordinates in bf16 would round (D's autocast region encloses this).
+    with torch.autocast(images.device.type, enabled=False):
+        return _augment(images, transforms, p)
+
+
+def _augment(images: Tensor, transforms: tuple[str, ...], p: float) -> Tensor:
     x = images
     if any(t in GEOMETRIC for t in transforms):
         matrix = _geometry(images.shape[0], images.shape[-1], transforms, p, images.device)
