@@ -62,7 +62,7 @@ def plain_pytorch(job: TrainJob, args) -> float:
         rows = slice((i % n_batches) * batch, (i % n_batches + 1) * batch)
         real, labels = to_training_batch({k: v[rows] for k, v in data.items()}, flips.random(batch) < 0.5)
         labels = labels if job.model.conditional else None
-        steps.discriminator_step(real, labels)
+        steps.discriminator_step(real, labels, d_index=i)  # schedules lazy R1 and ADA as the loop does
         steps.generator_step(batch, labels, i)
 
     for i in range(args.warmup):

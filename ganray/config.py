@@ -226,6 +226,22 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.5, 0.999)
     d_steps_per_g_step: int = Field(1, gt=0, description="D updates before each G update")
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (0 = off)")
+    r1_interval: int = Field(
+        1, ge=1, description="1: R1 in every D step's loss; N > 1: lazy R1, a separate D update every N D "
+        "minibatches on N x the penalty, with D's Adam lr * c and betas ** c, c = N / (N + 1) (StyleGAN2: 16)")
+    pl_weight: float = Field(0.0, ge=0, description="path-length regularization weight (0 = off; StyleGAN2 "
+                                                    "generators only; StyleGAN2: 2)")
+    pl_interval: int = Field(4, ge=1, description="G steps between path-length updates (lazy as r1_interval, "
+                                                  "adjusting G's Adam when > 1)")
+    pl_decay: float = Field(0.01, gt=0, le=1, description="how fast pl_mean follows the mean path length")
+    pl_batch_shrink: int = Field(2, ge=1, description="path-length batch = the worker's batch // this")
+    augment: Literal["none", "blit", "geom", "color", "bgc"] = Field(
+        "none", description="ADA pipeline applied to every image D sees (ganray.train.augment); none = off")
+    augment_p: float = Field(0.0, ge=0, le=1, description="initial augmentation probability p")
+    ada_target: float | None = Field(
+        0.6, ge=-1, le=1, description="adapt p towards r_t = E[sign(D(real))] = this; None: p stays at augment_p")
+    ada_interval: int = Field(4, ge=1, description="D minibatches between adjustments of p")
+    ada_kimg: float = Field(500.0, gt=0, description="thousands of images over which p can move from 0 to 1")
     gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for wgan_gp")
     ema_beta: float = Field(0.999, ge=0, lt=1, description="G_ema <- beta*G_ema + (1-beta)*G per step")
     ema_warmup: bool = Field(
@@ -283,6 +299,9 @@ class TrainJob(Section):
     @model_validator(mode="after")
     def _model_fits_data(self) -> "TrainJob":
         self.model.check_resolution(self.data.resolution)  # each architecture has its own range
+        if self.train.pl_weight > 0 and self.model.arch != "stylegan2":
+            raise ValueError(f"train.pl_weight needs a generator with a mapping network (model.arch: stylegan2), "
+                             f"not {self.model.arch}")
         return self
 
 

@@ -1,10 +1,12 @@
 """The face API over real HTTP on 127.0.0.1, on the session's real local Ray.
 
-Three applications share one Serve instance, each under its own route prefix:
+Four applications share one Serve instance, each under its own route prefix:
   /main      the API as configured for users (with an API key), serving alias `production`;
   /reload    alias `staging`, polled fast, its key from $GANRAY_API_KEY: hot reload and failed reload;
-  /overload  tiny queues and a generator that waits for batches that never fill: 503 + Retry-After.
-Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a temp registry.
+  /overload  tiny queues and a generator that waits for batches that never fill: 503 + Retry-After;
+  /arch      alias `arch`: hot reload from a DCGAN version to a StyleGAN2 version.
+Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a temp registry, and
+one tiny conditional StyleGAN2 (with noise on and a tracked average w, so psi and noise matter).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ import torch
 import yaml
 from conftest import REPO, free_port
 
-from ganray.config import FaceServiceConfig, DCGANConfig, ServeJob, load_config
+from ganray.config import FaceServiceConfig, DCGANConfig, ServeJob, StyleGAN2Config, load_config
 from ganray.images import encode_png
-from ganray.models.face import labels_for_conditions, render_faces
+from ganray.models.face import labels_for_conditions, labels_for_rows, render_faces
 from ganray.models import build_generator
 from ganray.registry import Registry
 
@@ -36,12 +38,27 @@ MAIN_KEY = "main-secret"
 ENV_KEY = "env-secret"
 MAX_SEED = 10**6
 MAX_BODY = 1024  # the main application's api.max_body_bytes
+TINY_STYLEGAN2 = StyleGAN2Config(z_dim=16, w_dim=16, embed_dim=8, mapping_layers=2, channel_base=256,
+                                 channel_max=16, conditional=True)
 
 
 def push_random_model(registry: Registry, init_seed: int) -> str:
     torch.manual_seed(init_seed)
     generator = build_generator(TINY, RESOLUTION, ATTRIBUTES)
     return registry.push(generator.state_dict(), TINY.model_dump(), RESOLUTION, ATTRIBUTES,
+                         {"source": "tests/test_serve.py", "init_seed": init_seed})
+
+
+def push_random_stylegan2(registry: Registry, init_seed: int) -> str:
+    torch.manual_seed(init_seed)
+    generator = build_generator(TINY_STYLEGAN2, RESOLUTION, ATTRIBUTES)
+    with torch.no_grad():
+        for layer in generator.synthesis.layers:
+            layer.noise_strength.fill_(0.5)  # noise starts switched off: on, the per-face noise shows
+        for i in range(3):  # averages of w (overall and per condition) for truncation to pull towards
+            labels = torch.randint(2, (8, len(ATTRIBUTES)), generator=torch.Generator().manual_seed(i))
+            generator.map(torch.randn(8, TINY_STYLEGAN2.z_dim), labels, track=True)
+    return registry.push(generator.state_dict(), TINY_STYLEGAN2.model_dump(), RESOLUTION, ATTRIBUTES,
                          {"source": "tests/test_serve.py", "init_seed": init_seed})
 
 
@@ -107,7 +124,29 @@ def bulk_faces(ray_session, registry, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, registry, bulk_faces):
+def stylegan2_bulk(ray_session, registry, tmp_path_factory):
+    """A tiny StyleGAN2 in the registry, and a bulk job's faces of it (batches of 3), balanced over
+    both attributes (as `bulk_faces`, before the Serve applications start). Alias `arch` starts on
+    the first DCGAN version."""
+    import pyarrow.parquet as pq
+
+    from ganray.config import GenerateJob
+    from ganray.generate.job import run_generate
+    from ganray.generate.output import PARQUET_DIR
+
+    reg, url, versions = registry
+    version = push_random_stylegan2(reg, init_seed=7)
+    reg.promote(versions[0], "arch")
+    output = tmp_path_factory.mktemp("stylegan2-bulk") / "faces"
+    job = GenerateJob.model_validate({"registry": {"url": url}, "generate": {
+        "model": version, "output": str(output), "count": 8, "shard_size": 4, "format": "parquet",
+        "psi": 0.7, "balance": ["age", "smile"], "seed_offset": 60, "batch_size": 3}})
+    run_generate(job, log=lambda line: None)
+    return version, sorted(pq.read_table(output / PARQUET_DIR).to_pylist(), key=lambda row: row["seed"])
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, registry, bulk_faces, stylegan2_bulk):
     """The three applications; yields their base URLs. Deletes only them at the end."""
     from ray import serve
 
@@ -132,7 +171,8 @@ def service(ray_session, registry, bulk_faces):
         ))
         env.setenv("GANRAY_API_KEY", ENV_KEY)
         reload_app = build_app(app_config(model={"registry": url, "alias": "staging", "poll_interval_s": 0.3}))
-    apps = {"main": main_app, "reload": reload_app, "overload": overload_app}
+        arch_app = build_app(app_config(model={"registry": url, "alias": "arch", "poll_interval_s": 0.3}))
+    apps = {"main": main_app, "reload": reload_app, "overload": overload_app, "arch": arch_app}
     # All three at once: their replicas start in parallel.
     serve.run_many([serve.RunTarget(app, name=f"test-serve-{name}", route_prefix=f"/{name}")
                     for name, app in apps.items()])
@@ -484,6 +524,63 @@ def test_promotion_is_picked_up_without_failing_requests_and_a_bad_version_is_re
     reg.promote(v2, "staging")
     wait_for(lambda: client.get("/v1/model").json()["load_error"] is None, what="the error to clear")
     client.close()
+
+
+def test_stylegan2_bulk_job_is_balanced_and_the_same_bytes_at_any_batch_size(stylegan2_bulk, registry):
+    reg, _, _ = registry
+    version, rows = stylegan2_bulk
+    seeds = [r["seed"] for r in rows]
+    assert seeds == list(range(60, 68)) and {r["model_version"] for r in rows} == {version}
+    # Balanced over age x smile: 8 faces, each of the 4 combinations twice, and each shard of 4 once.
+    conditions = [json.loads(r["conditions"]) for r in rows]
+    combos = [tuple(c[a] for a in ATTRIBUTES) for c in conditions]
+    assert sorted(combos) == sorted([(a, s) for a in ATTRIBUTES["age"] for s in ATTRIBUTES["smile"]] * 2)
+    assert len(set(combos[:4])) == len(set(combos[4:])) == 4
+    # The job rendered batches of 3; the same faces rendered all 8 in one batch, and one at a time.
+    generator = reg.load_generator(version).generator
+    labels = labels_for_rows(generator, conditions)
+    at_once = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "bf16")]
+    one_by_one = [encode_png(render_faces(generator, [s], 0.7, labels[i:i + 1], "bf16")[0])
+                  for i, s in enumerate(seeds)]
+    assert [r["image"] for r in rows] == at_once == one_by_one
+    # psi matters: the model has an average w to truncate towards.
+    assert at_once[0] != encode_png(render_faces(generator, seeds[:1], 1.0, labels[:1], "bf16")[0])
+
+
+def test_hot_reload_from_dcgan_to_stylegan2_serves_the_bulk_jobs_bytes(service, registry, stylegan2_bulk):
+    reg, _, versions = registry
+    version, rows = stylegan2_bulk
+    headers = {"X-API-Key": ENV_KEY}
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def hammer():  # requests across the swap
+        with httpx.Client(base_url=service["arch"], headers=headers, timeout=30) as own_client:
+            seed = 0
+            while not stop.is_set():
+                r = own_client.get(f"/v1/faces/{seed % 20}.png")
+                seen.append((r.status_code, r.headers.get("x-model-version")))
+                seed += 1
+
+    with httpx.Client(base_url=service["arch"], headers=headers, timeout=30) as client:
+        assert client.get("/v1/model").json()["version"] == versions[0]
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            wait_for(lambda: len(seen) > 3, what="requests before the promotion")
+            reg.promote(version, "arch")
+            wait_for(lambda: client.get("/v1/model").json()["version"] == version, what="the StyleGAN2 version")
+            wait_for(lambda: sum(v == version for _, v in seen) > 3, what="requests after the swap")
+        finally:
+            stop.set()
+            thread.join()
+        assert {status for status, _ in seen} == {200} and {v for _, v in seen} == {versions[0], version}
+        info = client.get("/v1/model").json()
+        assert info["load_error"] is None
+        for row in rows:
+            r = client.get(f"/v1/faces/{row['seed']}.png", params={"psi": row["psi"], **json.loads(row["conditions"])})
+            assert r.status_code == 200 and r.headers["x-model-version"] == version
+            assert r.content == row["image"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ A checkpoint is a Ray Train checkpoint directory named `checkpoint_{step:08d}` (
 step) under `{run.storage_path}/{run.name}/`. It holds everything needed to resume exactly where
 training stopped (see docs/CONTRACTS.md):
 
-    state.pt     G, D, G_ema, both optimizers, grad scalers, step, images seen, every rank's RNG
-                 state, the position in the data stream, the config, the dataset manifest hash
+    state.pt     G, D, G_ema, both optimizers, grad scalers, ADA's p and r_t statistics, the running
+                 path-length mean, step, images seen, every rank's RNG state, the position in the
+                 data stream, the config, the dataset manifest hash
     meta.json    the same bookkeeping without tensors, readable by anyone
     samples.png  a grid drawn by G_ema from fixed seeds
     metrics.jsonl, loss_curves.png   the run's metric history so far, and its plot
@@ -75,8 +76,8 @@ def read_meta(checkpoint_url: str) -> dict[str, Any]:
 # The entries of state.pt that make up the training state: every tensor of a checkpoint is under one
 # of them. The rest (config, manifest_hash, attributes, history) is bookkeeping, which legitimately
 # differs between an uninterrupted run and a resumed one (a resumed run's history notes the resume).
-TRAINING_STATE_KEYS = ("G", "D", "G_ema", "opt_G", "opt_D", "scaler", "rng", "data_position", "step",
-                       "images_seen")
+TRAINING_STATE_KEYS = ("G", "D", "G_ema", "opt_G", "opt_D", "scaler", "ada", "pl_mean", "rng", "data_position",
+                       "step", "images_seen")
 
 
 def state_digest(state: dict[str, Any], keys: tuple[str, ...] = TRAINING_STATE_KEYS) -> str:

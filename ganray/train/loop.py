@@ -1,6 +1,7 @@
 """The per-worker GAN training loop that Ray Train runs on every worker.
 
-Read top to bottom: set up (models, optimizers, restore), then the loop: D step(s), G step, EMA,
+Read top to bottom: set up (models, optimizers, restore), then the loop: D step(s) (with lazy R1
+and ADA's adjustments of p on their schedules), G step (with path length on its schedule), EMA,
 metrics, checkpoints. Parallelism is Ray Train's: `prepare_model` wraps G and D in DDP (gloo on
 CPU, NCCL on GPU) and `ray.train.report` carries metrics and checkpoints to storage. Nothing here
 knows how many nodes there are.
@@ -8,7 +9,8 @@ knows how many nodes there are.
 A run is reproducible: with the same seed, worker count and threads_per_worker (and
 train.deterministic on) two runs end bit-identical, and so does a run that was interrupted and
 resumed. That takes every source of randomness to be seeded and saved: the models' init (the seed),
-each worker's noise (torch's RNG, saved per rank), the data order and flips (`EpochSampler`: a pure
+each worker's noise and ADA augmentations (torch's RNG, saved per rank), ADA's p and the statistics
+that steer it, the running path-length mean, the data order and flips (`EpochSampler`: a pure
 function of seed and position; the position is saved), and deterministic kernels. This is why the
 loop reads rows by index (`IndexedRows`) rather than through `get_dataset_shard`, whose streaming
 split hands out blocks in finishing order.
@@ -98,12 +100,20 @@ def use_deterministic_kernels(use_gpu: bool) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def training_state(steps: GANSteps, progress: Progress, rngs: list[dict],
+def gather_per_rank_state(steps: GANSteps) -> tuple[list[dict], list[tuple[float, int]]]:
+    """Every rank's RNG states and ADA statistics since p was last adjusted: one collective."""
+    gathered = gather_from_all((rng_state(), steps.ada_pending()))
+    return [rng for rng, _ in gathered], [tuple(pending) for _, pending in gathered]
+
+
+def training_state(steps: GANSteps, progress: Progress, per_rank: tuple[list[dict], list[tuple[float, int]]],
                    sampler: EpochSampler) -> dict[str, Any]:
-    """Everything `ckpt.TRAINING_STATE_KEYS` names: what must be equal for two runs to be the same."""
+    """Everything `ckpt.TRAINING_STATE_KEYS` names: what must be equal for two runs to be the same.
+    `per_rank`: `gather_per_rank_state(steps)`."""
+    rngs, ada_pending = per_rank
     return {
         "G": unwrap(steps.G).state_dict(), "D": unwrap(steps.D).state_dict(), "G_ema": steps.G_ema.state_dict(),
-        **steps.optimizer_state(),
+        **steps.optimizer_state(ada_pending),
         "rng": rngs, "data_position": sampler.state_dict(),
         "step": progress.step, "images_seen": progress.images_seen,
     }
@@ -157,9 +167,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps = GANSteps(ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D), G_ema, cfg,
                      job.model.z_dim, device)
     if state is not None:
-        steps.load_optimizer_state(state)
+        steps.load_optimizer_state(state, rank)
         # A collective (all ranks gather the RNG states), like the one at every report.
-        digest = ckpt.state_digest(training_state(steps, progress, gather_from_all(rng_state()), sampler))
+        digest = ckpt.state_digest(training_state(steps, progress, gather_per_rank_state(steps), sampler))
         progress.history.append({"event": "resume", "step": progress.step, "state_digest": digest})
         if rank == 0:
             message = (f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); "
@@ -175,12 +185,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     while progress.step < cfg.max_steps:
         # --- Discriminator: d_steps_per_g_step updates, each on a fresh real batch.
-        for _ in range(cfg.d_steps_per_g_step):
+        for k in range(cfg.d_steps_per_g_step):
             indices, flip = sampler.next()
             real, labels = to_training_batch(rows.read(indices), flip)
             real = real.to(device, non_blocking=True)
             labels = labels.to(device) if job.model.conditional else None
-            d = steps.discriminator_step(real, labels)
+            # The D minibatch's index schedules lazy R1 and ADA's adjustments of p.
+            d = steps.discriminator_step(real, labels, d_index=progress.step * cfg.d_steps_per_g_step + k)
             progress.images_seen += cfg.batch_size
             window.images += cfg.batch_size
         # --- Generator: one update against the just-updated D, then the EMA.
@@ -193,13 +204,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if progress.step % cfg.log_every == 0 or at_checkpoint:
             metrics = mean_over_workers(window.means(), device)
             metrics.update(step=progress.step, images_seen=progress.images_seen, images_per_s=window.rate())
+            if steps.augment.enabled:  # the same on every rank
+                metrics.update(ada_p=steps.augment.p, ada_rt=steps.augment.rt)
             progress.history.append(dict(metrics))
-            rngs = gather_from_all(rng_state())  # a collective: all ranks, every report
+            per_rank = gather_per_rank_state(steps)  # a collective: all ranks, every report
             checkpoint = None
             with tempfile.TemporaryDirectory() as tmp:
                 if at_checkpoint and rank == 0:
                     write_checkpoint(tmp, job, attributes, manifest_hash, progress, metrics,
-                                     training_state(steps, progress, rngs, sampler), steps.G_ema)
+                                     training_state(steps, progress, per_rank, sampler), steps.G_ema)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint,
                                  checkpoint_dir_name=ckpt.checkpoint_dir_name(progress.step) if at_checkpoint else None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import ray.data
 import ray.train
+from pydantic import ValidationError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ganray.config import ConfigError, TrainJob
@@ -59,7 +60,12 @@ def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
     if latest is None:
         return None
     meta = ckpt.read_meta(latest)
-    before = _flatten(meta["config"])
+    try:
+        # Read through today's config: keys added since the run started count at their defaults
+        # (a run from before train.augment existed ran without augmentation: augment none).
+        before = _flatten(TrainJob.model_validate(meta["config"]).model_dump(mode="json"))
+    except ValidationError:
+        before = _flatten(meta["config"])  # a key since removed: it shows as a change below
     now = _flatten(job.model_dump(mode="json"))
     changed = sorted(k for k in set(before) | set(now)
                      if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
