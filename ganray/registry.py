@@ -164,24 +164,10 @@ class Registry:
                 ids.append(int(match.group(1)))
         return ids
 
-    def _create_exclusive(self, url: str, data: bytes) -> bool:
-        """Write a new file at `url` in one step; False (nothing written) if it already exists."""
-        fs, path = storage.url_to_fs(url)
-        try:
-            if storage.is_local(self.url):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "xb") as f:
-                    f.write(data)
-            else:
-                fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            return False
-        return True
-
     def _claim(self, version: str) -> bool:
         """Take `version` for this push; False if another push already has it."""
         claim = _json_bytes({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
-        return self._create_exclusive(self._version_url(version, CLAIM_FILE), claim)
+        return storage.create_exclusive(self._version_url(version, CLAIM_FILE), claim)
 
     def push(self, generator_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
              attributes: dict[str, list[str]] | None, provenance: dict[str, Any]) -> str:
@@ -247,7 +233,7 @@ class Registry:
         rewritten. Returns its id (d-00000001, ...)."""
         body = _json_bytes({**entry, "recorded_at": _now()})
         number = max(self._decision_numbers(), default=0) + 1
-        while not self._create_exclusive(storage.child(self.url, f"{DECISIONS_DIR}/d-{number:08d}.json"), body):
+        while not storage.create_exclusive(storage.child(self.url, f"{DECISIONS_DIR}/d-{number:08d}.json"), body):
             number += 1  # another writer took this number: take the next
         return f"d-{number:08d}"
 

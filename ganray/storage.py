@@ -279,3 +279,29 @@ def child(root: str, relpath: str) -> str:
         raise UnsafePathError(f"unsafe path {relpath!r} in a manifest under {root}: "
                               "manifest paths must be relative and stay inside their folder")
     return join(root, relpath)
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create `url` with `data` unless it exists: True if this call created it, False (nothing
+    written) if the name was taken. Readers never see the file partial. On a local disk the bytes
+    go to a temporary file that is hard-linked to the name (a link fails if the name exists); on
+    S3 it is one conditional PUT (If-None-Match: *). Version claims, decision-log entries and
+    output leases are all taken this way."""
+    fs, path = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = temp_name(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True

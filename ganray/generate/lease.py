@@ -95,28 +95,6 @@ def _describe(record: dict[str, Any], now: float) -> str:
             f"it expires {record.get('expires_after_s')} s after its last heartbeat)")
 
 
-def _create_exclusive(url: str, data: bytes) -> bool:
-    """Create `url` with `data` unless it exists; False if it does. Readers never see it partial."""
-    fs, path = storage.url_to_fs(url)
-    if storage.is_local(url):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = storage.temp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)  # atomic, and fails if `path` exists
-        except FileExistsError:
-            return False
-        finally:
-            os.remove(tmp)
-        return True
-    try:
-        fs.pipe_file(path, data, mode="create")  # S3 conditional PUT: If-None-Match: *
-    except FileExistsError:
-        return False
-    return True
-
-
 class OutputLease:
     """The lease on one output, held by this process. Use `acquire`; release with `release()` or `with`."""
 
@@ -157,7 +135,7 @@ class OutputLease:
                 "expires_after_s": expires_after_s,
                 "released": False,
             }
-            if _create_exclusive(lease_url(output_url, next_generation), _json(record)):
+            if storage.create_exclusive(lease_url(output_url, next_generation), _json(record)):
                 lease = cls(output_url, next_generation, record)
                 lease._heartbeat.start()
                 return lease

@@ -56,12 +56,10 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
-sha256 = storage.sha256_hex
-
-
 def folder_checksum(files: dict[str, bytes]) -> str:
     """sha256 over a folder's (name, sha256 of content) pairs in name order."""
-    return sha256("".join(f"{name}:{sha256(data)}\n" for name, data in sorted(files.items())).encode())
+    pairs = "".join(f"{name}:{storage.sha256_hex(data)}\n" for name, data in sorted(files.items()))
+    return storage.sha256_hex(pairs.encode())
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,7 @@ def _file_damage(layout: OutputLayout, relpath: str, expected: dict[str, Any]) -
         data = storage.read_bytes(url)
     except FileNotFoundError:
         return f"{relpath} is missing"
-    if sha256(data) != expected.get("sha256"):
+    if storage.sha256_hex(data) != expected.get("sha256"):
         return f"{relpath} does not match its sha256"
     return None
 

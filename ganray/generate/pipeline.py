@@ -25,7 +25,6 @@ from ganray.generate.output import (
     OutputLayout,
     folder_checksum,
     json_bytes,
-    sha256,
 )
 from ganray.generate.lease import check_not_superseded
 from ganray.generate.plan import ConditionPlan, ShardRange, render_environment
@@ -142,7 +141,7 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
             data = _parquet_bytes(face_rows(shard, plan, images=pngs, **row_args))
             relpath = layout.parquet_relpath(shard)
             storage.atomic_write(layout.path(relpath), data)
-            files[relpath] = {"bytes": len(data), "sha256": sha256(data)}
+            files[relpath] = {"bytes": len(data), "sha256": storage.sha256_hex(data)}
         if layout.writes_png:
             relpath = layout.png_relpath(shard)
             columns = face_rows(shard, plan, **row_args)
@@ -159,7 +158,7 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
             "face_ids": [shard.start, shard.stop],
             "rows": len(pngs),
             "bytes": sum(f["bytes"] for f in files.values()),
-            "sha256": sha256("".join(f["sha256"] for f in files.values()).encode()),
+            "sha256": storage.sha256_hex("".join(f["sha256"] for f in files.values()).encode()),
             "files": files,
         }
         check_not_superseded(superseded_url)
