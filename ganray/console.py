@@ -12,29 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
+from pathlib import Path
 from typing import TextIO
 
 VERBOSE_ENV = "GANRAY_VERBOSE"
-# Ray Data reads its logging config from this file path at import (ray/data/_internal/logging.py).
+# Ray Data reads its logging config from the file this variable names, at import
+# (ray/data/_internal/logging.py). Ours is Ray Data's default with the console handler raised to
+# ERROR: its INFO lines ("Starting execution of Dataset ...") and warnings such as "Progress bars
+# disabled" still go to ray-data.log in the session's log folder.
 _RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
-# Ray Data's own default config, with the console handler raised to ERROR: its INFO lines ("Starting
-# execution of Dataset ...", "Execution plan ...") and warnings such as "Progress bars disabled"
-# still go to ray-data.log in the session's log folder.
-_RAY_DATA_QUIET_CONFIG = """\
-version: 1
-disable_existing_loggers: false
-formatters:
-  ray: {format: "%(asctime)s\\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}
-filters:
-  console_filter: {"()": ray.data._internal.logging.HiddenRecordFilter}
-handlers:
-  file: {class: ray.data._internal.logging.SessionFileHandler, formatter: ray, filename: ray-data.log}
-  console: {class: ray._private.log.PlainRayHandler, formatter: ray, level: ERROR, filters: [console_filter]}
-loggers:
-  ray.data: {level: DEBUG, handlers: [file, console], propagate: false}
-"""
+RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parent / "ray_data_quiet_logging.yaml"
 DRIVER_LOG_NAME = "ganray-driver.log"
 
 
@@ -48,11 +36,7 @@ def configure(verbose_flag: bool = False) -> None:
         os.environ[VERBOSE_ENV] = "1"
     if verbose():
         return
-    if _RAY_DATA_LOGGING_ENV not in os.environ:  # a user's own config wins
-        fd, path = tempfile.mkstemp(prefix="ganray-ray-data-logging-", suffix=".yaml")
-        with os.fdopen(fd, "w") as f:
-            f.write(_RAY_DATA_QUIET_CONFIG)
-        os.environ[_RAY_DATA_LOGGING_ENV] = path
+    os.environ.setdefault(_RAY_DATA_LOGGING_ENV, str(RAY_DATA_QUIET_LOGGING))  # a user's own config wins
 
 
 def ray_init_options() -> dict:
