@@ -152,3 +152,13 @@ def test_epoch_sampler_resumes_from_its_position():
         resumed.load_state_dict({"epoch": 0, "batch": 6})
     with pytest.raises(ValueError, match="fewer than one batch"):
         EpochSampler(7, 8, seed=0)
+
+
+def test_to_training_batch_picks_and_orders_the_label_columns_a_model_conditions_on():
+    """model.condition_on may pick the dataset's attributes in another order: labels follow it."""
+    images = np.stack([render_face(i, 16)[0] for i in range(4)])
+    batch = {"image": images, "age": np.arange(4), "gender": np.arange(4) % 2, "race": np.arange(4) + 10}
+    _, labels = to_training_batch(batch, flip=None, label_columns=["race", "gender"])
+    assert labels.tolist() == [[10 + i, i % 2] for i in range(4)]
+    with pytest.raises(KeyError, match="skin"):
+        to_training_batch(batch, flip=None, label_columns=["skin"])

@@ -45,7 +45,9 @@ def history(run_dir: Path) -> list[dict]:
 # metrics every 3 (so some reports carry no checkpoint and some checkpoints fall between them). Steps
 # take milliseconds here; the 40 leave the killed run time to be killed before it ends.
 SAME_RUN = ("train.precision=fp32", "train.max_steps=40", "train.checkpoint_every=8", "train.log_every=3",
-            "train.num_to_keep=20")
+            "train.num_to_keep=20",
+            # Some of the dataset's attributes, not in its order: the label columns must follow.
+            "model.condition_on=[glasses,hair_color,skin_tone]")
 
 
 def leaves(tree, prefix: str = ""):
@@ -103,6 +105,7 @@ def test_two_worker_ddp_run_writes_full_state(uninterrupted):
     # EMA copy differs from G after training (it lags behind).
     assert any(not torch.equal(state["G"][k], state["G_ema"][k]) for k in state["G"] if "weight" in k)
     assert state["config"]["model"]["conditional"] is True and "skin_tone" in state["attributes"]
+    assert state["config"]["model"]["condition_on"] == ["glasses", "hair_color", "skin_tone"]
 
     rows = [r for r in history(run_dir) if "loss_D" in r]
     # Every log_every steps, and at each checkpoint.

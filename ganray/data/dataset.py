@@ -67,17 +67,23 @@ def dataset_manifest_hash(cfg: DataConfig) -> str:
     return shards_manifest(cfg)["manifest_hash"]
 
 
-def to_training_batch(batch: dict[str, np.ndarray],
-                      flip: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A numpy batch in the TRAINING SCHEMA -> (images NCHW float32 in [-1, 1], labels int64 [B, n_attrs]).
+def to_training_batch(batch: dict[str, np.ndarray], flip: np.ndarray | None,
+                      label_columns: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A numpy batch in the TRAINING SCHEMA -> (images NCHW float32 in [-1, 1], labels int64 [B, n]).
 
     `flip` (bool per image, from `EpochSampler`) mirrors those images horizontally; None: no flips.
+    `label_columns`: the attributes the labels hold, in that column order (a conditional model's
+    `condition_on` may pick some of the dataset's attributes, in another order); None: every
+    attribute of the batch, in dataset order.
     """
     # astype copies into a fresh writable array (batches can be read-only views of the object store).
     x = torch.from_numpy(batch["image"].astype(np.float32)).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
     if flip is not None:
         x = torch.where(torch.from_numpy(np.asarray(flip, dtype=bool))[:, None, None, None], x.flip(-1), x)
-    label_names = [k for k in batch if k != "image"]  # column order = attribute order
+    label_names = [k for k in batch if k != "image"] if label_columns is None else list(label_columns)
+    missing = [k for k in label_names if k not in batch]
+    if missing:
+        raise KeyError(f"label columns {missing} are not in the batch (it has {sorted(batch)})")
     if label_names:
         # np.stack copies: Ray hands out read-only arrays, which torch warns about sharing.
         labels = torch.from_numpy(np.stack([batch[k] for k in label_names], axis=1).astype(np.int64))

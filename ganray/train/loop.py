@@ -138,6 +138,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     G, D = build_models(job.model, resolution, attributes if job.model.conditional else None)
+    # The label columns G and D are called with: the attributes they condition on, in their order
+    # (`model.condition_on` may pick and reorder the dataset's attributes).
+    label_columns = list(G.condition_names)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     # Each rank draws its own noise from here on.
@@ -187,7 +190,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # --- Discriminator: d_steps_per_g_step updates, each on a fresh real batch.
         for k in range(cfg.d_steps_per_g_step):
             indices, flip = sampler.next()
-            real, labels = to_training_batch(rows.read(indices), flip)
+            real, labels = to_training_batch(rows.read(indices), flip, label_columns)
             real = real.to(device, non_blocking=True)
             labels = labels.to(device) if job.model.conditional else None
             # The D minibatch's index schedules lazy R1 and ADA's adjustments of p.
