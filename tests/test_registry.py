@@ -159,16 +159,16 @@ def test_alias_moves_are_atomic_for_readers(tmp_path):
     assert seen == {"v1", "v2"}
 
 
-def _write_checkpoint(storage_path, run_name: str, g: Generator) -> None:
+def _write_checkpoint(storage_path, run_name: str, g: Generator, step: int = 300) -> None:
     """A training checkpoint in the format of docs/CONTRACTS.md (what ganray.train writes)."""
     config = {"model": MODEL, "data": {"resolution": 32}}
-    ckpt = storage.join(storage_path, run_name, "checkpoint_00000300")
-    state = {"G": g.state_dict(), "G_ema": g.state_dict(), "step": 300, "images_seen": 19200,
+    ckpt = storage.join(storage_path, run_name, f"checkpoint_{step:08d}")
+    state = {"G": g.state_dict(), "G_ema": g.state_dict(), "step": step, "images_seen": step * 64,
              "config": config, "manifest_hash": "abc123", "attributes": ATTRIBUTES}
     buf = io.BytesIO()
     torch.save(state, buf)
     storage.atomic_write(storage.join(ckpt, "state.pt"), buf.getvalue())
-    meta = {"step": 300, "images_seen": 19200, "config": config, "manifest_hash": "abc123",
+    meta = {"step": step, "images_seen": step * 64, "config": config, "manifest_hash": "abc123",
             "attributes": ATTRIBUTES, "metrics": {"loss_G": 1.5}, "run_name": run_name,
             "created_at": "2026-01-01T00:00:00+00:00"}
     storage.atomic_write(storage.join(ckpt, "meta.json"), json.dumps(meta).encode())
@@ -198,3 +198,23 @@ def test_push_from_run_and_cli(tmp_path, capsys, monkeypatch):
     assert "unknown model 'v9'" in capsys.readouterr().err
     assert cli(["registry", "push", "--from-run", str(tmp_path / "runs"), "missing"]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_push_a_chosen_checkpoint_of_a_run(tmp_path, capsys):
+    """--step picks one checkpoint (e.g. to evaluate a run over training); without it, the newest."""
+    runs, registry_url = str(tmp_path / "runs"), str(tmp_path / "registry")
+    early, late = generator(5), generator(6)
+    _write_checkpoint(runs, "demo", early, step=300)
+    _write_checkpoint(runs, "demo", late, step=600)
+    push = ["registry", "push", "--registry", registry_url, "--from-run", runs, "demo"]
+
+    assert cli(push + ["--step", "300"]) == 0 and cli(push) == 0
+    registry = Registry(registry_url)
+    assert [registry.show(v).provenance["step"] for v in ("v1", "v2")] == [300, 600]
+    labels = torch.tensor([[0, 1]])
+    for version, g in (("v1", early), ("v2", late)):
+        assert (render_faces(registry.load_generator(version).generator, [1], labels=labels)
+                == render_faces(g, [1], labels=labels)).all()
+    capsys.readouterr()
+    assert cli(push + ["--step", "450"]) == 2
+    assert "no checkpoint at step 450 of run 'demo' (steps: 300, 600)" in capsys.readouterr().err

@@ -22,7 +22,7 @@ def _push(args: argparse.Namespace) -> int:
     registry = _registry(args)
     from ganray.train.publish import push_run
 
-    version = push_run(registry, storage_path, run_name)
+    version = push_run(registry, storage_path, run_name, args.step)
     print(f"pushed {run_name} as {version} to {registry.url}")
     if args.promote:
         return _promote_through_gate(registry, version, args.promote, force=False)
@@ -118,9 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=_handle(handler))
         return p
 
-    push = add("push", _push, "store the newest checkpoint's G_ema of a training run as a new version")
+    push = add("push", _push, "store a training run's checkpoint's G_ema (the newest by default) as a new version")
     push.add_argument("--from-run", nargs=2, required=True, metavar=("STORAGE", "RUN_NAME"),
                       help="the run's storage_path (local or s3://) and name")
+    push.add_argument("--step", type=int, default=None, metavar="N",
+                      help="push the checkpoint of step N instead of the newest")
     push.add_argument("--promote", metavar="ALIAS", help="then point ALIAS at the new version")
     add("list", _list, "list versions with their aliases")
     show = add("show", _show, "print a version's config, provenance and aliases as JSON")

@@ -1,4 +1,4 @@
-"""Publishing a training run to the model registry: the newest checkpoint's G_ema becomes a version.
+"""Publishing a training run to the model registry: a checkpoint's G_ema (the newest by default) becomes a version.
 
 This lives beside training, not in the registry: the registry stores generators and knows nothing
 of how they were trained; training knows its checkpoint format and hands the registry plain
@@ -7,14 +7,22 @@ weights, config and provenance.
 from __future__ import annotations
 
 from ganray.registry import Registry, RegistryError
-from ganray.train.checkpoint import latest_checkpoint, load_state, read_meta
+from ganray.train.checkpoint import list_checkpoints, load_state, read_meta
 
 
-def push_run(registry: Registry, storage_path: str, run_name: str) -> str:
-    """Push G_ema of the newest checkpoint of run `run_name` under `storage_path`; returns the version id."""
-    checkpoint = latest_checkpoint(storage_path, run_name)
-    if checkpoint is None:
+def push_run(registry: Registry, storage_path: str, run_name: str, step: int | None = None) -> str:
+    """Push G_ema of run `run_name`'s checkpoint at `step` (None: the newest); returns the version id."""
+    checkpoints = list_checkpoints(storage_path, run_name)
+    if not checkpoints:
         raise RegistryError(f"no checkpoint found for run {run_name!r} under {storage_path}")
+    if step is None:
+        checkpoint = checkpoints[-1]
+    else:
+        by_step = {read_meta(c)["step"]: c for c in checkpoints}
+        if step not in by_step:
+            raise RegistryError(f"no checkpoint at step {step} of run {run_name!r} "
+                                f"(steps: {', '.join(str(s) for s in sorted(by_step))})")
+        checkpoint = by_step[step]
     state = load_state(checkpoint)
     meta = read_meta(checkpoint)
     config = state["config"]
