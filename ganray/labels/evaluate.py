@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ganray.labels.dataset import HELDOUT_RULE
+from ganray.models.face import one_cpu_thread
 
 
 def to_input(images: np.ndarray, resolution: int) -> torch.Tensor:
@@ -30,11 +31,12 @@ def to_input(images: np.ndarray, resolution: int) -> torch.Tensor:
 
 def predict_probabilities(classifier: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
     """{attribute: float32 (N, number of values)} softmax probabilities, image by image (see above)."""
+    device = next(classifier.parameters()).device
     x = to_input(images, classifier.resolution)
     out: dict[str, list[np.ndarray]] = {name: [] for name in classifier.attribute_names}
-    with torch.inference_mode():
+    with torch.inference_mode(), one_cpu_thread(device):
         for i in range(len(x)):
-            logits = classifier(x[i:i + 1])
+            logits = {k: v.cpu() for k, v in classifier(x[i:i + 1].to(device)).items()}
             for name, values in logits.items():
                 out[name].append(torch.softmax(values.float(), dim=1)[0].numpy())
     width = {name: len(values) for name, values in classifier.attribute_values.items()}
