@@ -10,19 +10,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from ganray import storage
 from ganray.cli import main as cli
-from ganray.config import ConfigError, DCGANConfig, ImportConfig, LabelConfig, LabelerConfig, load_config, \
-    LabelerTrainJob
+from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, ImportConfig, ImportJob, LabelConfig, \
+    LabelerConfig, LabelerTrainJob, load_config
 from ganray.data.bands import age_band_index, age_band_names, age_band_starts_from_names
-from ganray.data.importer import UTKFACE_ATTRIBUTES, make_labeler, run_import, shard_paths
+from ganray.data.importer import UTKFACE_ATTRIBUTES, make_labeler, run_import
 from ganray.data.synthetic import ATTRIBUTES, render_face
-from ganray.images import decode_png
+from ganray.eval import job as eval_job
 from ganray.labels import LabelerError, build_labeler
 from ganray.labels import checkpoint as ckpt
 from ganray.labels.dataset import HELDOUT_RULE, heldout_mask
@@ -223,16 +221,25 @@ def test_eval_with_the_classifier_extractor_and_its_cache_follows_the_labeler_ve
     assert extractor["weights_sha256"] == registry.labelers.show("v1").content_hash
     assert extractor["feature_dim"] == 16 and np.isfinite(first["metrics"]["fid"])
     assert first["reference_cache"]["hit"] is False
-    again = evaluate("again")
-    assert again["reference_cache"] == {"url": first["reference_cache"]["url"], "hit": True}
-    assert again["metrics"] == first["metrics"]
 
-    registry.labelers.promote("v2", "tiny")  # another labeler version: another feature space
-    moved = evaluate("moved")
-    assert moved["comparable"]["extractor"]["labeler_version"] == "v2"
-    assert moved["reference_cache"]["hit"] is False
-    assert moved["reference_cache"]["url"] != first["reference_cache"]["url"]
-    registry.labelers.promote("v1", "tiny")
+    # The reference cache: the same labeler version reads it; another version (another feature
+    # space, another content hash) never does.
+    manifest = eval_job.reference_manifest(faces["url"])
+
+    def reference(labeler: str):
+        cfg = ExtractorConfig(name="classifier", labeler=labeler, labeler_registry=runs["registry"], batch_size=16)
+        return eval_job.reference_features(faces["url"], manifest, 32, cfg)
+
+    same_features, same_cache = reference("v1")
+    assert same_cache == {"url": first["reference_cache"]["url"], "hit": True}
+    registry.labelers.promote("v2", "tiny")  # the alias moves: the extractor follows it
+    try:
+        moved_features, moved_cache = reference("tiny")
+    finally:
+        registry.labelers.promote("v1", "tiny")
+    assert moved_cache["hit"] is False and moved_cache["url"] != first["reference_cache"]["url"]
+    assert not np.array_equal(moved_features["features"], same_features["features"])
+    assert reference("v2")[1] == {"url": moved_cache["url"], "hit": True}
 
 
 def test_classifier_extractor_needs_a_labeler(tmp_path, capsys):
@@ -259,7 +266,5 @@ def test_age_bands_default_names_and_configurable_starts():
     assert labeler.lookup("65_0_0_20170116174525125.jpg.chip.jpg")["age_group"] == "65+"
     for bad in ([3, 10], [0, 10, 10], [0, 5, 2]):
         with pytest.raises(ConfigError, match="age_band_starts must start at 0 and increase"):
-            load_config(LabelerTrainJob, None, [])  # a valid job: the error below is the bands'
-            from ganray.config import ImportJob
             load_config(ImportJob, None, ["import.src=x", "import.dst=y", "import.labels.preset=utkface",
                                           f"import.labels.age_band_starts={bad}"])
