@@ -138,6 +138,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint,
                                  checkpoint_dir_name=ckpt.checkpoint_dir_name(step) if at_checkpoint else None)
+            if rank == 0 and loop_config.get("progress") is not None:
+                loop_config["progress"].post.remote(metrics)  # the driver's console line; fire and forget
             sums, count, started = {k: 0.0 for k in sums}, 0, time.perf_counter()
 
 

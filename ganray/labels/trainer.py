@@ -12,9 +12,11 @@ that dies is restarted by Ray Train from there (train.max_failures).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 import ray.data
 import ray.train
 from pydantic import ValidationError
@@ -22,6 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ganray import storage as st
 from ganray.config import ConfigError, LabelerEvalJob, LabelerTrainJob
+from ganray.console import ProgressLine
 from ganray.data.dataset import dataset_manifest_hash
 from ganray.labels import checkpoint as ckpt
 from ganray.labels.dataset import choose_attributes, heldout_arrays, split_rows
@@ -55,6 +58,48 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Rank 0 posts its latest metrics here; the driver reads them for its console line (Ray Train V2
+    routes reports through its controller, so the driver has no hook of its own)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Any] | None = None
+
+    def post(self, metrics: dict[str, Any]) -> None:
+        self.metrics = metrics
+
+    def read(self) -> dict[str, Any] | None:
+        return self.metrics
+
+
+def fit_with_progress(trainer: TorchTrainer, board, line: ProgressLine, poll_s: float = 1.0):
+    """trainer.fit() in a thread while the driver draws the posted metrics on `line`."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="ganray-labeler-fit", daemon=True)
+    thread.start()
+    last_step = None
+    while thread.is_alive():
+        thread.join(poll_s)
+        metrics = ray.get(board.read.remote())
+        if metrics and metrics["step"] != last_step:
+            last_step = metrics["step"]
+            line.update(int(last_step), extra=f"loss {metrics['loss']:.3f}  " + "  ".join(
+                f"{k.removeprefix('train_acc_')} {v:.2f}" for k, v in metrics.items() if k.startswith("train_acc_")))
+    if last_step is not None:
+        line.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def check_resumable(job: LabelerTrainJob, storage: str, manifest_hash: str) -> str | None:
@@ -101,10 +146,11 @@ def run_labeler_training(job: LabelerTrainJob) -> LabelerOutcome:
     print(f"[ganray labeler] run '{job.run.name}': {split.train.num_rows} training images, "
           f"{len(split.heldout['image'])} held out; {job.train.max_steps} steps on {job.train.num_workers} workers; "
           f"attributes {list(attributes)}", flush=True)
+    board = ProgressBoard.remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
-                           "manifest_hash": manifest_hash, "rows": split.train},
+                           "manifest_hash": manifest_hash, "rows": split.train, "progress": board},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
@@ -115,7 +161,8 @@ def run_labeler_training(job: LabelerTrainJob) -> LabelerOutcome:
             failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep)),
     )
-    result = trainer.fit()
+    line = ProgressLine(f"labeler {job.run.name}:", job.train.max_steps, "steps", show_rate=False)
+    result = fit_with_progress(trainer, board, line)
     if result.error:
         raise result.error
     latest = ckpt.latest_checkpoint(storage, job.run.name)
