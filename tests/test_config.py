@@ -67,6 +67,7 @@ def test_every_shipped_ganray_config_is_valid(path):
 
     tree = yaml.safe_load(path.read_text())
     job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob") if hasattr(C, n)]
+    job_types += [C.LabelerTrainJob, C.LabelerEvalJob]
     errors = []
     for job_type in job_types:
         try:
@@ -91,6 +92,7 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
 
 
 EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "eval", "serve"}
+EXPECTED_COMMANDS |= {"labeler"}
 
 
 def test_every_subcommand_registers_and_answers_help():
@@ -101,6 +103,7 @@ def test_every_subcommand_registers_and_answers_help():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == EXPECTED_COMMANDS
     nested = {"data": ["import"], "registry": ["push", "list", "show", "promote"]}
+    nested["labeler"] = ["train", "eval", "list", "show", "promote"]
     for name in sorted(EXPECTED_COMMANDS):
         for argv in [[name]] + [[name, action] for action in nested.get(name, [])]:
             proc = subprocess.run([sys.executable, "-m", "ganray.cli", *argv, "--help"],

@@ -49,8 +49,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from ganray.config import ConfigError, ImportConfig, LabelConfig
+from ganray.config import UTKFACE_AGE_BAND_STARTS, ConfigError, ImportConfig, LabelConfig
 from ganray.data import preprocess
+from ganray.data.bands import age_band_index, age_band_names
 from ganray.images import encode_png
 from ganray import storage
 from ganray.storage import sha256_hex, atomic_write, join, to_url, url_to_fs
@@ -67,12 +68,17 @@ FETCH_CHUNK = 32
 
 # UTKFace names are AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (one real file lacks the dot before "jpg").
 UTKFACE_PATTERN = re.compile(r"(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_[^_]+")
-UTKFACE_AGE_BINS = [(0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None)]
-UTKFACE_ATTRIBUTES = {
-    "age_group": [f"{lo}-{hi}" if hi is not None else f"{lo}+" for lo, hi in UTKFACE_AGE_BINS],
-    "gender": ["male", "female"],
-    "race": ["white", "black", "asian", "indian", "other"],
-}
+UTKFACE_GENDERS = ["male", "female"]
+UTKFACE_RACES = ["white", "black", "asian", "indian", "other"]
+
+
+def utkface_attributes(age_band_starts=UTKFACE_AGE_BAND_STARTS) -> dict[str, list[str]]:
+    """The UTKFace preset's label vocabulary, with age bands from `import.labels.age_band_starts`."""
+    return {"age_group": age_band_names(age_band_starts), "gender": list(UTKFACE_GENDERS),
+            "race": list(UTKFACE_RACES)}
+
+
+UTKFACE_ATTRIBUTES = utkface_attributes()  # with the default bands
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,17 +98,20 @@ def _basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def _utkface_labels(path: str) -> dict[str, str] | None:
-    m = UTKFACE_PATTERN.fullmatch(_basename(path))
-    if m is None:
-        return None
-    age = int(m["age"])
-    age_group = next(i for i, (lo, hi) in enumerate(UTKFACE_AGE_BINS) if hi is None or age <= hi)
-    return {
-        "age_group": UTKFACE_ATTRIBUTES["age_group"][age_group],
-        "gender": UTKFACE_ATTRIBUTES["gender"][int(m["gender"])],
-        "race": UTKFACE_ATTRIBUTES["race"][int(m["race"])],
-    }
+def _utkface_labeler(age_band_starts: list[int]) -> Labeler:
+    attributes = utkface_attributes(age_band_starts)
+
+    def lookup(path: str) -> dict[str, str] | None:
+        m = UTKFACE_PATTERN.fullmatch(_basename(path))
+        if m is None:
+            return None
+        return {
+            "age_group": attributes["age_group"][age_band_index(int(m["age"]), age_band_starts)],
+            "gender": attributes["gender"][int(m["gender"])],
+            "race": attributes["race"][int(m["race"])],
+        }
+
+    return Labeler(list(attributes), lookup, attributes)
 
 
 def _pattern_labeler(pattern: str) -> Labeler:
@@ -150,7 +159,7 @@ def _sidecar_labeler(url: str, key: str) -> Labeler:
 
 def make_labeler(cfg: LabelConfig) -> Labeler:
     if cfg.preset == "utkface":
-        return Labeler(list(UTKFACE_ATTRIBUTES), _utkface_labels, UTKFACE_ATTRIBUTES)
+        return _utkface_labeler(cfg.age_band_starts)
     if cfg.pattern is not None:
         return _pattern_labeler(cfg.pattern)
     if cfg.sidecar is not None:

@@ -12,7 +12,14 @@ be set beside published FIDs (and then only at equal sample counts and resize mo
   weights, so it runs anywhere (tests, the demo); a pixel-space distance, NOT comparable to
   published FID, and blind to much of what Inception features see.
 
-Resize modes (both extractors): "clean" resizes each channel as float32 with PIL's bicubic filter,
+- `classifier`: the encoder of ganray's own attribute classifier, a labeler version in the registry
+  (`extractor.labeler`, `ganray labeler train`): its feature vector (`encode(x)`). Trained by ganray
+  on the faces at hand, so it needs no outside weights; its numbers are NOT comparable to published
+  FID (another network, another feature space) nor across labeler versions: the identity carries
+  the version's content hash. Images are resized to the classifier's resolution as it was trained
+  (PIL Lanczos); `resize` does not apply.
+
+Resize modes (pixels and inception_v3): "clean" resizes each channel as float32 with PIL's bicubic filter,
 which antialiases when shrinking (as clean-fid); "legacy" uses torch's bilinear interpolation
 without antialiasing (as pytorch-fid and the TF-FID reference code).
 """
@@ -31,6 +38,8 @@ from ganray.config import ExtractorConfig
 from ganray.eval import inception
 
 COMPARABLE_NOTE = "not comparable to published FID: pixel-space features of ganray's offline extractor"
+CLASSIFIER_NOTE = ("not comparable to published FID: features of ganray's own attribute classifier (labeler {version}, "
+                   "content hash {hash}); compare only results with this same labeler version")
 
 
 class ExtractorError(ValueError):
@@ -126,7 +135,51 @@ class InceptionExtractor:
                 "logits": logits.cpu().numpy().astype(np.float32)}
 
 
-EXTRACTORS = {"pixels": PixelExtractor, "inception_v3": InceptionExtractor}
+def _classifier_version(cfg: ExtractorConfig):
+    from ganray.registry import LabelerRegistry, RegistryError
+
+    try:
+        registry = LabelerRegistry(cfg.labeler_registry)
+        return registry, registry.show(cfg.labeler)
+    except RegistryError as e:
+        raise ExtractorError(f"eval.extractor.labeler: {e}") from None
+
+
+def _classifier_identity(info: Any) -> dict[str, Any]:
+    return {"name": "classifier", "labeler_version": info.version, "weights_sha256": info.content_hash,
+            "resize": "lanczos", "resolution": info.resolution, "feature_dim": int(info.model["feature_dim"]),
+            "comparable_to_published": False,
+            "note": CLASSIFIER_NOTE.format(version=info.version, hash=info.content_hash[:12])}
+
+
+class ClassifierExtractor:
+    """The encoder of a labeler version (ganray.models.classifier.AttributeClassifier.encode)."""
+
+    has_logits = False
+
+    def __init__(self, cfg: ExtractorConfig):
+        from ganray.labels.evaluate import to_input
+        from ganray.registry import RegistryError
+
+        registry, info = _classifier_version(cfg)
+        try:
+            # By version id, not the alias: the features of one job come from one version.
+            self.classifier = registry.load_classifier(info.version, device=cfg.device).classifier
+        except RegistryError as e:
+            raise ExtractorError(f"eval.extractor.labeler: {e}") from None
+        self.to_input = to_input
+        self.device = torch.device(cfg.device)
+        self.identity = _classifier_identity(info)
+        self.feature_dim = self.identity["feature_dim"]
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        x = self.to_input(images, self.classifier.resolution).to(self.device)
+        with torch.inference_mode():
+            features = self.classifier.encode(x)
+        return {"features": features.float().cpu().numpy().astype(np.float32)}
+
+
+EXTRACTORS = {"pixels": PixelExtractor, "inception_v3": InceptionExtractor, "classifier": ClassifierExtractor}
 
 
 def build_extractor(cfg: ExtractorConfig) -> Any:
@@ -137,4 +190,6 @@ def extractor_identity(cfg: ExtractorConfig) -> dict[str, Any]:
     """The identity of the extractor `cfg` builds, without building it (no weights read)."""
     if cfg.name == "pixels":
         return PixelExtractor(cfg).identity
+    if cfg.name == "classifier":  # reads the version's version.json and config.json, not its weights
+        return _classifier_identity(_classifier_version(cfg)[1])
     return _inception_identity(cfg)

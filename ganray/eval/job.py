@@ -36,7 +36,7 @@ from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor, extractor_identity
 from ganray.images import decode_png
 from ganray.models.face import labels_for_conditions, render_faces
-from ganray.registry import Registry
+from ganray.registry import LabelerRegistry, Registry, RegistryError
 from ganray.runtime import init_ray
 
 CACHE_DIR = "eval_cache"
@@ -236,11 +236,27 @@ def compute_metrics(real: dict[str, np.ndarray], fake: dict[str, np.ndarray], jo
     return out
 
 
+def pin_classifier_extractor(job: EvalJob, registry: Registry) -> EvalJob:
+    """The `classifier` extractor's labeler, pinned: in the job's registry unless another is named, and
+    by version id (an alias that moves during the job cannot mix two feature spaces)."""
+    extractor = job.eval.extractor
+    if extractor.name != "classifier":
+        return job
+    labeler_registry = extractor.labeler_registry or registry.url
+    try:
+        version = LabelerRegistry(labeler_registry).resolve(extractor.labeler)
+    except RegistryError as e:
+        raise EvalError(f"eval.extractor.labeler: {e}") from None
+    pinned = extractor.model_copy(update={"labeler_registry": labeler_registry, "labeler": version})
+    return job.model_copy(update={"eval": job.eval.model_copy(update={"extractor": pinned})})
+
+
 def run_evaluation(job: EvalJob) -> dict[str, Any]:
     """Evaluate, write the results JSON, record it in the registry (eval.model); returns the results."""
-    cfg = job.eval
     started = time.monotonic()
     registry = Registry(job.registry.url)
+    job = pin_classifier_extractor(job, registry)
+    cfg = job.eval
     manifest = reference_manifest(cfg.reference)
     if cfg.model is not None:
         info = registry.show(cfg.model)  # an unknown ref fails here, before Ray starts
@@ -248,7 +264,7 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
             raise EvalError(f"{cfg.model} ({info.version}) renders {info.resolution}x{info.resolution} faces; the "
                             f"reference {cfg.reference} holds {manifest['resolution']}x{manifest['resolution']}")
     identity = extractor_identity(cfg.extractor)
-    if cfg.extractor.name == "inception_v3":
+    if cfg.extractor.name in ("inception_v3", "classifier"):
         build_extractor(cfg.extractor)  # a missing or mismatching weights file fails here, before Ray
     init_ray(job.ray_address)
     with _ordered_rows():
@@ -284,6 +300,7 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
         result["recorded_as"] = f"{source['model_version']}/{cfg.record_as}"
     log(f"FID {values['fid']:.4g}  KID {values['kid_mean']:.4g} ± {values['kid_std']:.2g}  "
         f"precision {values['precision']:.3f}  recall {values['recall']:.3f}"
-        + ("" if identity["comparable_to_published"] else "  (pixels extractor: not comparable to published FID)")
+        + ("" if identity["comparable_to_published"]
+           else f"  ({identity['name']} extractor: not comparable to published FID)")
         + f"; results {cfg.output}")
     return result

@@ -1,0 +1,156 @@
+"""The per-worker training loop of the attribute classifier (Ray Train, DDP on gloo / NCCL).
+
+Reproducible and resumable like the GAN's loop (ganray/train/loop.py): the data order and flips
+come from `EpochSampler` (a pure function of seed and position, saved in each checkpoint), every
+rank's RNG state is saved, kernels are deterministic; a run that is stopped and re-run, or whose
+worker is killed and restarted by Ray Train from the latest checkpoint, ends bit-identical to one
+that was never interrupted. Loss: the sum over attributes of each head's cross-entropy.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ganray.config import LabelerTrainJob
+from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
+from ganray.labels import checkpoint as ckpt
+from ganray.models.classifier import build_classifier
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _mean_over_workers(values: dict[str, float]) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / dist.get_world_size()).tolist()))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    job = LabelerTrainJob.model_validate(loop_config["job"])
+    attributes: dict[str, list[str]] = loop_config["attributes"]
+    rows: IndexedRows = loop_config["rows"]
+    cfg = job.train
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads_per_worker)
+    if cfg.deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    random.seed(cfg.seed)
+    model = build_classifier(job.model, job.data.resolution, attributes).to(device)
+    torch.manual_seed(cfg.seed * 1000 + rank + 1)  # each rank's own dropout stream from here on
+    sampler = EpochSampler(rows.num_rows, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size,
+                           hflip=job.data.hflip)
+    step, history, state = 0, [], None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            state = ckpt.load_state(directory, map_location=device)
+        model.load_state_dict(state["model"])
+        step, history = state["step"], list(state["history"])
+        sampler.load_state_dict(state["data_position"])
+        if len(state["rng"]) == world_size:
+            torch.set_rng_state(state["rng"][rank]["torch"])
+            random.setstate(_as_tuple(state["rng"][rank]["python"]))
+
+    model = ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        history.append({"event": "resume", "step": step})
+        if rank == 0:
+            print(f"[ganray labeler] resumed at step {step}", flush=True)
+        del state
+
+    names = list(attributes)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+    sums, count, started = {"loss": 0.0, **{f"train_acc_{n}": 0.0 for n in names}}, 0, time.perf_counter()
+    while step < cfg.max_steps:
+        indices, flip = sampler.next()
+        x, labels = to_training_batch(rows.read(indices), flip)
+        x, labels = x.to(device), labels.to(device)
+        model.train()
+        with autocast:
+            logits = model(x)
+        loss = sum(F.cross_entropy(logits[n].float(), labels[:, j]) for j, n in enumerate(names))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        sums["loss"] += loss.item()
+        for j, n in enumerate(names):
+            sums[f"train_acc_{n}"] += (logits[n].argmax(1) == labels[:, j]).float().mean().item()
+        count += 1
+
+        at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+        if step % cfg.log_every == 0 or at_checkpoint:
+            metrics = _mean_over_workers({k: v / count for k, v in sums.items()})
+            metrics.update(step=step, images_per_s=count * cfg.batch_size / max(time.perf_counter() - started, 1e-9))
+            history.append(dict(metrics))
+            rngs = _gather(_rng_state())  # a collective: every rank, every report
+            checkpoint = None
+            with tempfile.TemporaryDirectory() as tmp:
+                if at_checkpoint and rank == 0:
+                    training = {"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "rng": rngs,
+                                "data_position": sampler.state_dict(), "step": step}
+                    _write_checkpoint(tmp, job, attributes, loop_config["manifest_hash"], history, metrics, training)
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint,
+                                 checkpoint_dir_name=ckpt.checkpoint_dir_name(step) if at_checkpoint else None)
+            if rank == 0 and loop_config.get("progress") is not None:
+                loop_config["progress"].post.remote(metrics)  # the driver's console line; fire and forget
+            sums, count, started = {k: 0.0 for k in sums}, 0, time.perf_counter()
+
+
+def _write_checkpoint(directory: str, job: LabelerTrainJob, attributes: dict, manifest_hash: str,
+                      history: list, metrics: dict, training: dict[str, Any]) -> None:
+    config = job.model_dump(mode="json")
+    state = {**training, "history": history, "config": config, "manifest_hash": manifest_hash,
+             "attributes": attributes}
+    torch.save(state, os.path.join(directory, ckpt.STATE_FILE))
+    meta = {"step": training["step"], "config": config, "manifest_hash": manifest_hash, "attributes": attributes,
+            "metrics": metrics, "run_name": job.run.name, "created_at": datetime.now(timezone.utc).isoformat(),
+            "state_digest": ckpt.state_digest(state)}
+    with open(os.path.join(directory, ckpt.META_FILE), "w") as f:  # last: marks the checkpoint complete
+        json.dump(meta, f, indent=1)
