@@ -19,7 +19,8 @@ def _report(args: argparse.Namespace) -> int:
         if storage.exists(storage.join(url, JOB_FILE)):
             stored = storage.join(url, REPORT_FILE)
             # A finished job wrote its report (with its model's full list of strata); recompute for older outputs.
-            report = json.loads(storage.read_bytes(stored)) if storage.exists(stored) else generated_report(url)
+            report = ({**json.loads(storage.read_bytes(stored)), "source": url} if storage.exists(stored)
+                      else generated_report(url))
         elif (manifest := read_manifest(url)) is not None:
             report = import_report(url, manifest)
             if args.write:

@@ -93,6 +93,7 @@ def generated_report(url: str, condition_values: dict[str, list[str]] | None = N
     agree_by: dict[str, Counter] = {}
     short: set[str] = set()
     total_rejects: Counter = Counter()
+    rejects_of: dict[str, Counter] = {}
     for entry in manifest["shards"]:
         verdicts = entry.get("verdicts")
         if not verdicts:
@@ -105,7 +106,7 @@ def generated_report(url: str, condition_values: dict[str, list[str]] | None = N
         c["agree"] += verdicts.get("agree", 0)
         agree_by.setdefault(key, Counter()).update(verdicts.get("agree_by_attribute", {}))
         total_rejects.update(verdicts.get("rejects", {}))
-        per_stratum.setdefault(f"{key}:rejects", Counter()).update(verdicts.get("rejects", {}))
+        rejects_of.setdefault(key, Counter()).update(verdicts.get("rejects", {}))
         if verdicts.get("exhausted"):
             short.add(key)
 
@@ -130,15 +131,15 @@ def generated_report(url: str, condition_values: dict[str, list[str]] | None = N
             row["labeler_agreement"] = round(c["agree"] / c["labeled"], 4) if c["labeled"] else None
             row["agreement_by_attribute"] = {a: round(n / c["labeled"], 4) for a, n in
                                              sorted(agree_by.get(name, {}).items())} if c["labeled"] else {}
-            row["rejects"] = dict(sorted(per_stratum.get(f"{name}:rejects", Counter()).items()))
+            row["rejects"] = dict(sorted(rejects_of.get(name, Counter()).items()))
         if name in written_agree:
             ok, n = written_agree[name]
             row["labeler_agreement"] = round(ok / n, 4) if n else None
         if closed:
             row["short"] = name in short
         strata.append(row)
-    attempts = sum(c["attempts"] for k, c in per_stratum.items() if ":" not in k)
-    accepted = sum(c["accepted"] for k, c in per_stratum.items() if ":" not in k)
+    attempts = sum(c["attempts"] for c in per_stratum.values())
+    accepted = sum(c["accepted"] for c in per_stratum.values())
     return {
         "kind": "generated",
         "source": url,
@@ -163,6 +164,7 @@ def generated_report(url: str, condition_values: dict[str, list[str]] | None = N
 def write_balance_report(url: str, condition_values: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Write balance_report.json and balance_report.png beside the output's manifest; returns the report."""
     report = generated_report(url, condition_values)
-    storage.atomic_write(storage.join(url, REPORT_FILE), json_bytes(report))
+    # Without its location: a copy of the output (or the same job elsewhere) has the same bytes.
+    storage.atomic_write(storage.join(url, REPORT_FILE), json_bytes({k: v for k, v in report.items() if k != "source"}))
     storage.atomic_write(storage.join(url, CHART_FILE), draw_report(report))
     return report
