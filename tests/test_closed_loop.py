@@ -32,7 +32,7 @@ from ganray.registry import Registry
 REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTES = {"age_group": ["child", "adult", "senior"], "smile": ["no", "yes"]}  # as the built-in faces'
 # 31 faces over 3 strata: quotas 11, 10, 10; shards of 2 faces (16 shards), psi 1.
-CLOSED = {"count": 31, "shard_size": 2, "format": "parquet", "seed_offset": 7, "batch_size": 64,
+CLOSED = {"count": 31, "shard_size": 2, "format": "parquet", "psi": 1.0, "seed_offset": 7, "batch_size": 64,
           "closed_loop": {"strata": ["age_group"]}}
 
 

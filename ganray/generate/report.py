@@ -42,10 +42,12 @@ def _read_columns(url: str, parameters: dict[str, Any], names: list[str]) -> dic
     columns: dict[str, list] = {n: [] for n in names}
     for file_url in _row_files(url, parameters):
         fs, path = storage.url_to_fs(file_url)
-        table = pq.read_table(path, filesystem=fs)
-        for n in names:
-            if n in table.column_names:
-                columns[n] += table.column(n).to_pylist()
+        with fs.open(path, "rb") as f:
+            rows = pq.ParquetFile(f)
+            present = [n for n in names if n in rows.schema_arrow.names]
+            table = rows.read(columns=present)  # never the image column
+        for n in present:
+            columns[n] += table.column(n).to_pylist()
     return columns
 
 
