@@ -229,11 +229,18 @@ def test_bad_closed_loop_config_exits_2_and_writes_nothing(bad, message, model, 
     assert not output.exists()
 
 
-def test_report_of_generated_imported_and_foreign_folders(reference, tmp_path, capsys):
+def test_report_of_generated_imported_and_foreign_folders(reference, tmp_path, capsys, s3_bucket):
     assert cli(["report", reference]) == 0
     out = capsys.readouterr().out
     assert "mode closed_loop, strata over ['age_group'], labeler conditions; 31 faces, target 31" in out
     assert "  child " in out and "rejects: low_contrast" in out
+    from ganray import storage
+
+    fs, _ = storage.url_to_fs(f"s3://{s3_bucket}")
+    fs.put(reference + "/", f"{s3_bucket}/faces/", recursive=True)
+    assert cli(["report", "--json", f"s3://{s3_bucket}/faces"]) == 0
+    from_s3 = json.loads(capsys.readouterr().out)
+    assert from_s3["source"] == f"s3://{s3_bucket}/faces" and from_s3["total"]["count"] == 31
 
     imported = tmp_path / "imported"
     imported.mkdir()
@@ -247,6 +254,12 @@ def test_report_of_generated_imported_and_foreign_folders(reference, tmp_path, c
     assert "gender: max |count - target| 3.0" in out and "female 15, male 15" in out and "dropped: blank 2" in out
     assert json.loads((imported / "balance_report.json").read_text())["kind"] == "imported"
     assert (imported / "balance_report.png").exists()
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "job.json").write_bytes(Path(reference, "job.json").read_bytes())
+    assert cli(["report", str(unfinished)]) == 2
+    assert "is a ganray generate output that is not finished (no manifest.json)" in capsys.readouterr().err
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
