@@ -86,7 +86,7 @@ def reference(ray_session, model, tmp_path_factory) -> str:
 
 def test_quotas_are_exact_and_every_face_passed_its_verification(reference, model):
     table = pq.read_table(os.path.join(reference, "parquet")).sort_by("face_id")
-    assert exact_quotas(31, [1, 1, 1]) == [11, 10, 10]
+    assert exact_quotas(31, [1, 1, 1]) == [11, 10, 10] and exact_quotas(10, [1, 1, 1]) == [4, 3, 3]
     assert table.num_rows == 31 and table.column("face_id").to_pylist() == list(range(31))
     strata = table.column("stratum").to_pylist()
     assert strata == ["child"] * 11 + ["adult"] * 10 + ["senior"] * 10  # stratum after stratum
@@ -265,3 +265,15 @@ def test_report_of_generated_imported_and_foreign_folders(reference, tmp_path, c
     foreign.mkdir()
     assert cli(["report", str(foreign)]) == 2
     assert "is neither a ganray generate output" in capsys.readouterr().err
+
+
+def test_a_job_without_labels_keeps_the_identity_it_had_before_labels(model, ray_session, tmp_path):
+    from ganray.generate.job import plan_job, with_environment
+
+    job = load_config(GenerateJob, None, overrides(model, str(tmp_path / "faces"), {"count": 5, "balance": ["smile"]}))
+    plan = with_environment(plan_job(job))
+    assert plan.labeling is None and plan.closed is None
+    assert set(plan.identity["parameters"]) == {
+        "layout", "balance_order", "model_version", "model_content_hash", "resolution", "count", "shard_size",
+        "format", "psi", "seed_offset", "conditions", "balance", "precision", "device", "device_kind", "torch"}
+    assert plan.identity["parameters"]["layout"] == "ganray-generate/2"
