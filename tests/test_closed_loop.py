@@ -277,3 +277,23 @@ def test_a_job_without_labels_keeps_the_identity_it_had_before_labels(model, ray
         "layout", "balance_order", "model_version", "model_content_hash", "resolution", "count", "shard_size",
         "format", "psi", "seed_offset", "conditions", "balance", "precision", "device", "device_kind", "torch"}
     assert plan.identity["parameters"]["layout"] == "ganray-generate/2"
+
+
+def test_training_set_counts_of_an_imported_dataset_are_joint_counts_of_its_label_columns(tmp_path):
+    import pyarrow as pa
+
+    from ganray.labels.histograms import import_joint_counts, training_joint_counts
+
+    shard = tmp_path / "imports" / "20261123T000000Z-0123456789ab" / "shard-00000.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"image": [b""] * 5, "gender": [0, 1, 1, 0, 1], "race": [2, 0, 0, 2, 1]}), shard)
+    manifest = {"format": "ganray-shards/1", "attributes": {"gender": ["female", "male"],
+                                                             "race": ["a", "b", "c"]},
+                "label_histograms": {"gender": {"female": 2, "male": 3}},
+                "shards": [{"file": str(shard.relative_to(tmp_path)), "rows": 5}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert import_joint_counts(str(tmp_path), ["gender", "race"]) == {"female/c": 2, "male/a": 2, "male/b": 1}
+    provenance = {"train_config": {"data": {"source": "shards", "url": str(tmp_path)}}}
+    assert training_joint_counts(provenance, ["race"]) == {"c": 2, "a": 2, "b": 1}
+    with pytest.raises(ValueError, match=r"has no labels for \['age'\]"):
+        import_joint_counts(str(tmp_path), ["age"])
