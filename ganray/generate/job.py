@@ -10,6 +10,7 @@ the workers' memory flat. Re-running the same job resumes it; the result is the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,8 +32,17 @@ from ganray.generate.output import (
     remove_uncommitted,
     write_run_manifest,
 )
+from ganray.generate.closedloop import ClosedLoopPlan, target_shares
 from ganray.generate.lease import LeaseHeld, OutputLease
-from ganray.generate.plan import ConditionPlan, ShardRange, job_id, job_parameters, render_environment, shard_ranges
+from ganray.generate.plan import (
+    LABELS_LAYOUT,
+    ConditionPlan,
+    ShardRange,
+    job_id,
+    job_parameters,
+    render_environment,
+    shard_ranges,
+)
 from ganray.registry import Registry, RegistryError, VersionInfo
 from ganray.runtime import init_ray
 
@@ -49,6 +59,10 @@ class GeneratePlan:
     shards: list[ShardRange]
     identity: dict[str, Any] | None = None  # job.json: {"job_id", "parameters"}, once the environment is known
     environment: dict[str, str] | None = None  # render_environment() on a generator actor's resources
+    # Labels (None: the faces carry only their conditions, as before labelers existed):
+    # {"label_attributes", "quality", "closed_loop", "labeler" (its identity)}.
+    labeling: dict[str, Any] | None = None
+    closed: ClosedLoopPlan | None = None  # closed-loop quotas (then `shards` are its shards)
 
     @property
     def job_id(self) -> str:
@@ -70,14 +84,87 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
         conditions = ConditionPlan(model.conditions, cfg.conditions, cfg.balance)
     except ValueError as e:
         raise GenerateError(f"generate.conditions/balance: {e}") from None
+    labeling, closed = _plan_labels(cfg, model, registry.url)
     return GeneratePlan(
         job=job,
         registry_url=registry.url,
         model=model,
         conditions=conditions,
         layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format),
-        shards=shard_ranges(cfg.count, cfg.shard_size),
+        shards=list(closed.shards) if closed is not None else shard_ranges(cfg.count, cfg.shard_size),
+        labeling=labeling,
+        closed=closed,
     )
+
+
+class QuotaNotMet(RuntimeError):
+    """A closed-loop stratum ran out of attempts under on_budget_exhausted 'error' (CLI exit 1)."""
+
+
+def _plan_labels(cfg, model: VersionInfo, registry_url: str) -> tuple[dict[str, Any] | None, ClosedLoopPlan | None]:
+    """Build the labeler and gate once here (so a bad one fails before any work) and fix the strata."""
+    if cfg.labeler is None and cfg.quality is None and cfg.closed_loop is None:
+        return None, None
+    from ganray.labels import LabelerError, build_labeler
+    from ganray.labels.histograms import training_joint_counts
+    from ganray.labels.quality import QualityGate
+
+    labeler_cfg = cfg.labeler
+    if labeler_cfg is None and cfg.closed_loop is not None:
+        from ganray.config import LabelerConfig
+
+        labeler_cfg = LabelerConfig()  # the conditions labeler: the gate alone decides
+    identity: dict[str, Any] | None = None
+    values: dict[str, list[str]] = {}
+    if labeler_cfg is not None:
+        try:
+            labeler = build_labeler(labeler_cfg, registry_url)
+        except (LabelerError, ValueError) as e:
+            raise GenerateError(f"generate.labeler: {e}") from None
+        if labeler_cfg.name == "conditions":
+            values = dict(model.conditions)
+        else:
+            values = {name: list(getattr(labeler, "values", {}).get(name, [])) for name in labeler.attributes}
+        identity = {**labeler_cfg.model_dump(),
+                    **{k: getattr(labeler, k) for k in ("version", "content_hash") if hasattr(labeler, k)}}
+    if cfg.quality is not None:
+        try:
+            QualityGate(cfg.quality)
+        except ValueError as e:
+            raise GenerateError(f"generate.quality: {e}") from None
+    labeling = {"label_attributes": list(values), "quality": cfg.quality is not None,
+                "closed_loop": cfg.closed_loop is not None, "labeler": identity}
+    if cfg.closed_loop is None:
+        return labeling, None
+
+    loop = cfg.closed_loop
+    labeler_name = labeler_cfg.name
+    strata_values: dict[str, list[str]] = {}
+    for name in loop.strata:
+        if name not in values:
+            raise GenerateError(
+                f"generate.closed_loop.strata: the {labeler_name!r} labeler cannot label attribute {name!r}: it "
+                f"labels {list(values)}" + (" (the conditions labeler labels only what a conditional model is asked "
+                                           "for)" if labeler_name == "conditions" else ""))
+        strata_values[name] = list(model.conditions.get(name) or values[name])
+        cannot = [v for v in strata_values[name] if values[name] and v not in values[name]]
+        if cannot:
+            raise GenerateError(f"generate.closed_loop.strata: the {labeler_name!r} labeler never gives {name} "
+                                f"{cannot} (it gives {values[name]}): those strata could never be filled")
+    training = None
+    if loop.target == "training_set":
+        try:
+            training = training_joint_counts(model.provenance, loop.strata)
+        except (ValueError, OSError) as e:
+            raise GenerateError(f"generate.closed_loop.target 'training_set': {e}") from None
+    try:
+        from ganray.generate.closedloop import strata_of
+
+        shares = target_shares(loop, strata_of(strata_values, loop.strata), training)
+        closed = ClosedLoopPlan.build(loop, strata_values, shares, cfg.count, cfg.shard_size, cfg.seed_offset)
+    except ValueError as e:
+        raise GenerateError(f"generate.closed_loop: {e}") from None
+    return labeling, closed
 
 
 def with_environment(plan: GeneratePlan) -> GeneratePlan:
@@ -91,6 +178,11 @@ def with_environment(plan: GeneratePlan) -> GeneratePlan:
     actor_options, _ = _resources(plan)
     environment = ray.get(ray.remote(render_environment).options(**actor_options).remote(cfg.device))
     parameters = job_parameters(cfg, plan.model, environment)
+    if plan.labeling is not None:  # only then: the identity of a job without labels is unchanged
+        parameters["labels_layout"] = LABELS_LAYOUT
+        parameters["labeler"] = plan.labeling["labeler"]
+        parameters["quality"] = cfg.quality.model_dump() if cfg.quality is not None else None
+        parameters["closed_loop"] = plan.closed.identity() if plan.closed is not None else None
     return dataclasses.replace(plan, environment=environment,
                                identity={"job_id": job_id(parameters), "parameters": parameters})
 
@@ -108,24 +200,64 @@ def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
     cfg = plan.job.generate
     cpus = ray.cluster_resources().get("CPU", 1.0)
     task_cpus = 1.0 if cpus >= 2 else 0.5
-    actor_cpus = round(min(1.0, max(cpus - task_cpus, 0.5) / cfg.replicas), 3)
+    # A separate label stage (labels without closed loop) shares the actors' CPUs with the generator.
+    pools = 2 if plan.labeling is not None and plan.closed is None else 1
+    actor_cpus = round(min(1.0, max(cpus - task_cpus, 0.5) / (cfg.replicas * pools)), 3)
     actor = {"num_cpus": actor_cpus}
     if cfg.device == "cuda":
-        actor["num_gpus"] = 1
+        labeler_on_gpu = pools == 2 and cfg.labeler is not None and cfg.labeler.device == "cuda"
+        actor["num_gpus"] = 0.5 if labeler_on_gpu else 1
     return actor, task_cpus
+
+
+def _closed_loop_items(plan: GeneratePlan, missing: list[ShardRange]) -> list[dict[str, Any]]:
+    """One item per stratum with a missing shard: where its walk over candidates starts again.
+
+    The walk restarts at the stratum's first missing shard, from the attempt after the last one its
+    committed predecessor used (recorded in that shard's entry); the missing shards after it are
+    found again on the way (the committed ones in between are recomputed, not rewritten).
+    """
+    missing_ids = {s.index for s in missing}
+    items = []
+    for s in range(len(plan.closed.strata)):
+        parts = plan.closed.parts(s)
+        first = next((p for p, shard in enumerate(parts) if shard.index in missing_ids), None)
+        if first is None:
+            continue
+        start_attempt = 0
+        if first > 0:
+            entry = json.loads(storage.read_bytes(plan.layout.entry_url(parts[first - 1])))
+            start_attempt = int(entry["verdicts"]["attempts"][1])
+        items.append({"stratum": s, "start_part": first, "start_attempt": start_attempt,
+                      "missing": json.dumps(sorted(shard.index for shard in parts if shard.index in missing_ids))})
+    return items
 
 
 def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease):
     import ray
 
-    from ganray.generate.pipeline import FaceRenderer, encode_pngs, write_shard
+    from ganray.generate.pipeline import FaceLabeler, FaceRenderer, StratumSearcher, encode_pngs, write_shard
 
     cfg = plan.job.generate
     actor_options, task_cpus = _resources(plan)
-    items = [{"shard": s.index, "start": s.start, "stop": s.stop} for s in missing]
-    return (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        .map_batches(
+    verifier_args = dict(labeler=cfg.labeler if cfg.labeler is not None or plan.closed is None else
+                         _default_labeler(), quality=cfg.quality, registry_url=plan.registry_url,
+                         label_attributes=plan.labeling["label_attributes"]) if plan.labeling else {}
+    if plan.closed is not None:
+        items = _closed_loop_items(plan, missing)
+        faces = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+            StratumSearcher,
+            fn_constructor_kwargs=dict(
+                registry_url=plan.registry_url, version=plan.model.version, plan=plan.conditions, closed=plan.closed,
+                psi=cfg.psi, batch_size=cfg.batch_size, precision=cfg.precision, device=cfg.device,
+                environment=plan.environment, **{k: v for k, v in verifier_args.items() if k != "registry_url"}),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+            **actor_options,
+        )
+    else:
+        items = [{"shard": s.index, "start": s.start, "stop": s.stop} for s in missing]
+        faces = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             FaceRenderer,
             fn_constructor_kwargs=dict(
                 registry_url=plan.registry_url, version=plan.model.version, plan=plan.conditions,
@@ -136,15 +268,42 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease)
             compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
             **actor_options,
         )
+        if plan.labeling is not None:  # the label stage: its own actor pool
+            faces = faces.map_batches(
+                FaceLabeler,
+                fn_constructor_kwargs=dict(plan=plan.conditions, seed_offset=cfg.seed_offset, **verifier_args),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+                **_labeler_resources(plan),
+            )
+    return (
+        faces
         .map_batches(encode_pngs, batch_size=1, batch_format="pyarrow", num_cpus=task_cpus)
         .map_batches(
             write_shard,
             fn_kwargs=dict(layout=plan.layout, plan=plan.conditions, seed_offset=cfg.seed_offset, psi=cfg.psi,
                            model_version=plan.model.version, job_id=plan.job_id,
-                           superseded_url=lease.superseded_url),
+                           superseded_url=lease.superseded_url, labeling=plan.labeling),
             batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,
         )
     )
+
+
+def _default_labeler():
+    from ganray.config import LabelerConfig
+
+    return LabelerConfig()
+
+
+def _labeler_resources(plan: GeneratePlan) -> dict[str, Any]:
+    """The label stage's actors: as many as the generator's, with the CPU share the generator's actors
+    leave (fractional: two whole-CPU pools on 2 cores leave the encode/write tasks none, and hang);
+    a GPU share when the labeler runs on cuda."""
+    labeler = plan.job.generate.labeler
+    options: dict[str, Any] = {"num_cpus": _resources(plan)[0]["num_cpus"]}
+    if labeler is not None and labeler.device == "cuda":
+        options["num_gpus"] = 0.5
+    return options
 
 
 def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -183,8 +342,12 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
                             interval_s=cfg.progress_interval_s)
         line.update(len(done), extra="starting generator actors")
         committed_now: set[int] = set()
+        short: dict[int, dict[str, Any]] = {}
         for record in _pipeline(plan, missing, lease).iter_rows():
             lease.check()
+            if record["short"]:  # a stratum out of attempts under on_budget_exhausted 'error': not written
+                short[record["shard"]] = json.loads(record["short"])
+                continue
             if record["shard"] in committed_now:
                 continue
             committed_now.add(record["shard"])
@@ -193,6 +356,8 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
             rate = faces_written / (time.monotonic() - pipeline_started)
             line.update(len(done) + len(committed_now), extra=f"{faces_written} faces this run, {rate:.0f} faces/s")
         line.close()
+        if short:
+            raise QuotaNotMet(_quota_message(plan, short.values()))
         # The shards written now were hashed as they were written: only their commits are checked.
         done = {s.index for s in plan.shards if s.index in done or storage.exists(layout.entry_url(s))}
         remove_uncommitted(layout, done)  # temporary files of writer tasks that Ray Data retried
@@ -202,6 +367,9 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
 
     lease.check()
     manifest = write_run_manifest(layout, plan.identity, plan.shards)
+    from ganray.generate.report import write_balance_report
+
+    report = write_balance_report(layout.url, plan.model.conditions)
     wall_s = time.monotonic() - started
     summary = {
         "job_id": plan.job_id,
@@ -222,6 +390,8 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
         "replicas": cfg.replicas,
         "environment": plan.environment,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "balance": {"max_abs_deviation": report["total"]["max_abs_deviation"],
+                    "short_strata": report["total"].get("short_strata", [])},
     }
     storage.atomic_write(layout.path(SUMMARY_FILE), json_bytes(summary))
     log(f"generate: done: {summary['faces']} faces in {summary['shards']} shards, {summary['bytes'] / 1e6:.1f} MB; "
@@ -229,3 +399,14 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
         + (f" ({summary['faces_per_s']:.0f} faces/s)" if faces_written else "")
         + f"; manifest {layout.path('manifest.json')}")
     return summary
+
+
+def _quota_message(plan: GeneratePlan, shorts) -> str:
+    lines = []
+    for meta in sorted(shorts, key=lambda m: m["stratum"]):
+        s = [plan.closed.name(i) for i in range(len(plan.closed.strata))].index(meta["stratum"])
+        lines.append(f"stratum {meta['stratum']}: quota {plan.closed.quotas[s]}, the attempt budget of "
+                     f"{plan.closed.budgets[s]} candidates ran out")
+    return ("closed loop: " + "; ".join(lines) + ". No manifest was written. Raise "
+            "generate.closed_loop.max_attempts_per_face, use a labeler/gate the model's faces pass more often, or "
+            "set generate.closed_loop.on_budget_exhausted: partial (each with another output folder)")

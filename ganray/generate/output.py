@@ -29,7 +29,7 @@ from typing import Any
 
 from ganray import storage
 from ganray.generate.lease import LEASE_DIR
-from ganray.generate.plan import ShardRange, shard_ranges
+from ganray.generate.plan import ShardRange, planned_shards
 
 JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
@@ -270,7 +270,7 @@ def verify_output(url: str) -> dict[str, Any]:
         job = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))
         parameters = job["parameters"]
         layout = OutputLayout(url, parameters["format"])
-        shards = shard_ranges(int(parameters["count"]), int(parameters["shard_size"]))
+        shards = planned_shards(parameters)
     except FileNotFoundError:
         raise GenerateError(f"{url} holds no {JOB_FILE}: it is not a ganray generate output") from None
     except (ValueError, KeyError, TypeError) as e:

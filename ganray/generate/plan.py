@@ -20,6 +20,9 @@ LAYOUT_VERSION = "ganray-generate/2"  # bump when the bytes a job writes change 
 # How face ids map to balanced combinations (ConditionPlan.combination); part of the job identity,
 # so that an output balanced in another order is never resumed with this one.
 BALANCE_ORDER = "crt-block-shift/1"
+# Jobs with labels (generate.labeler / quality / closed_loop) add this and their settings to the identity;
+# jobs without them keep the identity (and bytes) they had before labels existed.
+LABELS_LAYOUT = "ganray-labels/1"
 # Columns of every row; each conditioned attribute adds a column of its own name.
 ROW_COLUMNS = ("face_id", "seed", "image", "width", "height", "model_version", "psi", "conditions", "job_id", "file")
 
@@ -40,6 +43,22 @@ class ShardRange:
 def shard_ranges(count: int, shard_size: int) -> list[ShardRange]:
     return [ShardRange(k, start, min(start + shard_size, count))
             for k, start in enumerate(range(0, count, shard_size))]
+
+
+def planned_shards(parameters: dict[str, Any]) -> list[ShardRange]:
+    """A job's shards from its job.json parameters: a closed-loop job's run stratum after stratum
+    (each stratum's quota in shards of shard_size, ganray/generate/closedloop.py), others by count."""
+    shard_size = int(parameters["shard_size"])
+    closed = parameters.get("closed_loop")
+    if not closed:
+        return shard_ranges(int(parameters["count"]), shard_size)
+    shards: list[ShardRange] = []
+    start = 0
+    for quota in closed["quotas"].values():
+        for lo in range(0, int(quota), shard_size):
+            shards.append(ShardRange(len(shards), start + lo, start + min(lo + shard_size, int(quota))))
+        start += int(quota)
+    return shards
 
 
 class ConditionPlan:

@@ -1,0 +1,172 @@
+"""The balance report of a generation output: written beside its manifest when the job finishes.
+
+    OUT/balance_report.json   counts per stratum against target, max deviation, and for labeled
+                              jobs acceptance rate, labeler agreement and rejects by reason
+    OUT/balance_report.png    the same as charts
+
+Strata: a closed-loop job's (`closed_loop.strata`, target = the exact quotas), a balanced job's
+(`balance`: every combination, target = count / combinations), else one stratum "all". Counts
+are read from the rows written; acceptance, agreement and rejects from the shards' commit entries
+(each entry holds the verdict counts of the candidates its shard went through), so the report
+adds up what was committed, whichever runs wrote it. Deterministic: no times in it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from ganray import storage
+from ganray.generate.output import (
+    JOB_FILE,
+    MANIFEST_FILE,
+    PARQUET_DIR,
+    PNG_DIR,
+    PNG_METADATA_FILE,
+    GenerateError,
+    json_bytes,
+)
+from ganray.labels.report import CHART_FILE, REPORT_FILE, draw_report
+
+
+def _row_files(url: str, parameters: dict[str, Any]) -> list[str]:
+    if parameters["format"] in ("parquet", "both"):
+        return sorted(u for u in storage.ls(storage.join(url, PARQUET_DIR)) if u.endswith(".parquet"))
+    return sorted(storage.join(u.rstrip("/"), PNG_METADATA_FILE) for u in storage.ls(storage.join(url, PNG_DIR)))
+
+
+def _read_columns(url: str, parameters: dict[str, Any], names: list[str]) -> dict[str, list]:
+    columns: dict[str, list] = {n: [] for n in names}
+    for file_url in _row_files(url, parameters):
+        fs, path = storage.url_to_fs(file_url)
+        with fs.open(path, "rb") as f:
+            rows = pq.ParquetFile(f)
+            present = [n for n in names if n in rows.schema_arrow.names]
+            table = rows.read(columns=present)  # never the image column
+        for n in present:
+            columns[n] += table.column(n).to_pylist()
+    return columns
+
+
+def generated_report(url: str, condition_values: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The balance report of the finished output at `url` (read-only).
+
+    `condition_values` (the model's attributes and values) lets a balanced job's report list
+    combinations that got no face; without it they are taken from the rows.
+    """
+    url = storage.normalize_url(url)
+    try:
+        job = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))
+        manifest = json.loads(storage.read_bytes(storage.join(url, MANIFEST_FILE)))
+    except FileNotFoundError:
+        raise GenerateError(f"{url} is a ganray generate output that is not finished (no {MANIFEST_FILE}): "
+                            "re-run its job to finish it") from None
+    parameters = job["parameters"]
+    closed = parameters.get("closed_loop")
+    labeler = (parameters.get("labeler") or {}).get("name") if parameters.get("labels_layout") else None
+    if closed:
+        attributes, mode = list(closed["strata"]), "closed_loop"
+    elif parameters.get("balance"):
+        attributes, mode = list(parameters["balance"]), "balanced"
+    else:
+        attributes, mode = [], "plain"
+
+    label_names = [f"label_{a}" for a in attributes] if labeler else []
+    columns = _read_columns(url, parameters, [*attributes, *label_names, "stratum"])
+    n_rows = manifest["faces"]
+    if closed:
+        keys = list(columns["stratum"])
+        targets = {name: int(q) for name, q in closed["quotas"].items()}
+    elif attributes:
+        keys = ["/".join(values) for values in zip(*(columns[a] for a in attributes))]
+        values = [(condition_values or {}).get(a) or sorted(set(columns[a])) for a in attributes]
+        combos = ["/".join(c) for c in itertools.product(*values)]
+        targets = {c: round(parameters["count"] / len(combos), 3) for c in combos}
+    else:
+        keys = ["all"] * n_rows
+        targets = {"all": parameters["count"]}
+    counts = Counter(keys)
+
+    # Verdict counts from the commit entries (labeled jobs).
+    per_stratum: dict[str, Counter] = {}
+    agree_by: dict[str, Counter] = {}
+    short: set[str] = set()
+    total_rejects: Counter = Counter()
+    rejects_of: dict[str, Counter] = {}
+    for entry in manifest["shards"]:
+        verdicts = entry.get("verdicts")
+        if not verdicts:
+            continue
+        key = verdicts.get("stratum", "all")
+        c = per_stratum.setdefault(key, Counter())
+        c["attempts"] += verdicts.get("examined", 0)
+        c["accepted"] += verdicts.get("accepted", verdicts.get("examined", 0) - sum(verdicts.get("rejects", {}).values()))
+        c["labeled"] += verdicts.get("labeled", 0)
+        c["agree"] += verdicts.get("agree", 0)
+        agree_by.setdefault(key, Counter()).update(verdicts.get("agree_by_attribute", {}))
+        total_rejects.update(verdicts.get("rejects", {}))
+        rejects_of.setdefault(key, Counter()).update(verdicts.get("rejects", {}))
+        if verdicts.get("exhausted"):
+            short.add(key)
+
+    # Labeled, not closed loop: agreement of the written faces' labels with their requested conditions.
+    written_agree: dict[str, list[int]] = {}
+    if labeler and not closed and attributes:
+        for i, key in enumerate(keys):
+            ok = all(columns[f"label_{a}"][i] == columns[a][i] for a in attributes)
+            written_agree.setdefault(key, [0, 0])
+            written_agree[key][0] += ok
+            written_agree[key][1] += 1
+
+    strata = []
+    for name, target in targets.items():
+        row: dict[str, Any] = {"stratum": name, "target": target, "count": counts.get(name, 0),
+                               "deviation": round(counts.get(name, 0) - target, 3)}
+        if name in per_stratum or (closed and labeler):
+            c = per_stratum.get(name, Counter())
+            row["attempts"] = c["attempts"]
+            row["accepted"] = c["accepted"]
+            row["acceptance_rate"] = round(c["accepted"] / c["attempts"], 4) if c["attempts"] else None
+            row["labeler_agreement"] = round(c["agree"] / c["labeled"], 4) if c["labeled"] else None
+            row["agreement_by_attribute"] = {a: round(n / c["labeled"], 4) for a, n in
+                                             sorted(agree_by.get(name, {}).items())} if c["labeled"] else {}
+            row["rejects"] = dict(sorted(rejects_of.get(name, Counter()).items()))
+        if name in written_agree:
+            ok, n = written_agree[name]
+            row["labeler_agreement"] = round(ok / n, 4) if n else None
+        if closed:
+            row["short"] = name in short
+        strata.append(row)
+    attempts = sum(c["attempts"] for c in per_stratum.values())
+    accepted = sum(c["accepted"] for c in per_stratum.values())
+    return {
+        "kind": "generated",
+        "source": url,
+        "job_id": job["job_id"],
+        "mode": mode,
+        "strata_attributes": attributes,
+        "labeler": labeler,
+        "quality_gate": parameters.get("quality"),
+        "strata": strata,
+        "total": {
+            "target": parameters["count"],
+            "count": n_rows,
+            "max_abs_deviation": max((abs(r["deviation"]) for r in strata), default=0),
+            "attempts": attempts,
+            "acceptance_rate": round(accepted / attempts, 4) if attempts else None,
+            "rejects": dict(sorted(total_rejects.items())),
+            **({"short_strata": sorted(short)} if closed else {}),
+        },
+    }
+
+
+def write_balance_report(url: str, condition_values: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Write balance_report.json and balance_report.png beside the output's manifest; returns the report."""
+    report = generated_report(url, condition_values)
+    # Without its location: a copy of the output (or the same job elsewhere) has the same bytes.
+    storage.atomic_write(storage.join(url, REPORT_FILE), json_bytes({k: v for k, v in report.items() if k != "source"}))
+    storage.atomic_write(storage.join(url, CHART_FILE), draw_report(report))
+    return report
