@@ -26,7 +26,7 @@ from ganray.generate.job import QuotaNotMet, run_generate
 from ganray.images import decode_png
 from ganray.labels.quality import contrast_scores, grey_levels
 from ganray.models import build_generator
-from ganray.models.face import labels_for_rows, render_faces
+from ganray.models.face import complete_conditions, labels_for_rows, render_faces
 from ganray.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +104,7 @@ def test_quotas_are_exact_and_every_face_passed_its_verification(reference, mode
         conditions = [json.loads(r["conditions"]) for r in rows]
         assert [r["seed"] for r in rows] == [seeds[r["attempt"]] for r in rows]
         asked = [{"age_group": stratum, "smile": c} for c in
-                 [__import__("ganray.models.face", fromlist=["x"]).complete_conditions(
-                     ATTRIBUTES, {"age_group": stratum}, s)["smile"] for s in seeds]]
+                 [complete_conditions(ATTRIBUTES, {"age_group": stratum}, s)["smile"] for s in seeds]]
         images = render_faces(g, seeds, 1.0, labels_for_rows(g, asked))
         passing = [k for k, c in enumerate(contrast_scores(grey_levels(images))) if c >= model["min_contrast"]]
         assert [r["attempt"] for r in rows] == passing  # the first quota-many, none skipped

@@ -10,17 +10,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 from ganray.cli import main as cli
-from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, ImportConfig, ImportJob, LabelConfig, \
-    LabelerConfig, LabelerTrainJob, load_config
+from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, GenerateJob, ImportConfig, ImportJob, \
+    LabelConfig, LabelerConfig, LabelerTrainJob, load_config
 from ganray.data.bands import age_band_index, age_band_names, age_band_starts_from_names
 from ganray.data.importer import UTKFACE_ATTRIBUTES, make_labeler, run_import
 from ganray.data.synthetic import ATTRIBUTES, render_face
 from ganray.eval import job as eval_job
+from ganray.generate.job import run_generate
+from ganray.images import decode_png
 from ganray.labels import LabelerError, build_labeler
 from ganray.labels import checkpoint as ckpt
 from ganray.labels.dataset import HELDOUT_RULE, heldout_mask
@@ -268,3 +271,42 @@ def test_age_bands_default_names_and_configurable_starts():
         with pytest.raises(ConfigError, match="age_band_starts must start at 0 and increase"):
             load_config(ImportJob, None, ["import.src=x", "import.dst=y", "import.labels.preset=utkface",
                                           f"import.labels.age_band_starts={bad}"])
+
+
+# -- the trained classifier verifying faces in the bulk job's closed loop ----------------------------
+
+
+def test_closed_loop_keeps_only_faces_the_classifier_labels_as_their_stratum(runs, tmp_path):
+    """Generator and labeler built apart: the job asks for age groups, the classifier checks them,
+    and every kept face carries the classifier's own label and confidence for it. (An untrained
+    generator's faces mostly read as one age group: the other strata run short, as reported.)"""
+    attributes = {"age_group": ATTRIBUTES["age_group"], "smile": ATTRIBUTES["smile"]}
+    model = DCGANConfig(z_dim=8, g_width=8, conditional=True, embed_dim=4).model_dump()
+    torch.manual_seed(1)
+    g = build_generator(DCGANConfig(**model), RES, attributes)
+    with torch.no_grad():  # spread the weights: DCGAN's init gives near-flat images at this width
+        for p in g.parameters():
+            p.normal_(0.0, 0.3)
+    # The job reads labelers from its registry's labelers/: the one the labeler tests trained.
+    version = Registry(runs["registry"]).push(g.state_dict(), model, RES, attributes, {"seed": 1})
+    output = tmp_path / "faces"
+    settings = [f"registry.url={runs['registry']}", f"generate.model={version}", f"generate.output={output}",
+                "generate.count=7", "generate.shard_size=3", "generate.psi=1.0",
+                "generate.labeler.name=classifier", "generate.labeler.model=tiny",
+                "generate.closed_loop.strata=[age_group]", "generate.closed_loop.min_confidence=0.0",
+                "generate.closed_loop.max_attempts_per_face=8", "generate.closed_loop.on_budget_exhausted=partial"]
+    run_generate(load_config(GenerateJob, None, settings))
+
+    table = pq.read_table(output / "parquet").sort_by("face_id").to_pylist()
+    assert table, "the classifier accepted no face at all"
+    labeler = build_labeler(LabelerConfig(name="classifier", model="tiny"), runs["registry"])
+    for row in table:
+        assert row["label_age_group"] == row["stratum"] == row["age_group"]  # asked for, and seen
+        again = labeler.label(decode_png(row["image"])[None], [{}])["age_group"]
+        assert again.values == (row["label_age_group"],)  # the stored label is the classifier's own
+        # Stored rounded to 6 places (docs/CONTRACTS.md), as float32.
+        assert np.float32(round(float(again.confidence[0]), 6)) == np.float32(row["label_age_group_confidence"])
+    report = json.loads((output / "balance_report.json").read_text())
+    kept = {stratum: sum(r["stratum"] == stratum for r in table) for stratum in ("child", "adult", "senior")}
+    assert {r["stratum"]: r["count"] for r in report["strata"]} == kept
+    assert all(kept[r["stratum"]] <= r["target"] for r in report["strata"])
