@@ -140,6 +140,7 @@ def serve(session: HumanEvalSession, host: str, port: int, token: str | None) ->
     except OSError as e:
         sock.close()
         raise OSError(f"human.host/human.port: cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)  # before the URL is printed: a client that reads it can connect at once
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"[ganray eval human] {session.cfg.mode}: {', '.join(session.describe()['items'])}; judgments -> "
