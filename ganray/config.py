@@ -346,6 +346,26 @@ class LabelConfig(Section):
         return self
 
 
+class ImportBalanceConfig(Section):
+    """Balance the imported rows over label attributes (ganray.data.balance); the manifest's `balance`
+    section shows the counts per stratum before and after."""
+
+    attributes: list[str] = Field(..., min_length=1, description="label columns whose value combinations "
+                                                                 "(strata) are balanced")
+    mode: Literal["resample_down", "resample_up", "weights"] = Field(
+        ..., description="resample_down: every stratum cut to the smallest one's size; resample_up: every "
+                         "stratum filled to the largest one's size by repeating rows; weights: rows kept once "
+                         "with a `weight` column that training samples by")
+    seed: int = Field(0, ge=0, description="which rows are left out or repeated (a seeded ranking of content hashes)")
+
+    @field_validator("attributes")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"lists an attribute twice: {names}")
+        return names
+
+
 class ImportConfig(Section):
     """`ganray data import SRC DST`: a folder or ZIP of images -> Parquet shards + manifest.json."""
 
@@ -370,6 +390,8 @@ class ImportConfig(Section):
     overwrite: bool = Field(
         False, description="write into a non-empty dst that is not a previous import (files of the same name are replaced)"
     )
+    balance: ImportBalanceConfig | None = Field(None, description="balance the rows over label attributes "
+                                                                  "(None: every kept row once)")
 
     @field_validator("resolution")
     @classmethod
