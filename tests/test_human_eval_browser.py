@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -168,6 +169,9 @@ def test_a_rater_clicks_and_types_through_a_model_session(registry, browser, tmp
     assert [r[5] for r in stored] == ["left", "right", "left", "right", "left", "right"]
     for pair_id, rater, kind, left, right, choice, winner, loser, left_face, _ in stored:
         assert rater == NAME and kind == "models" and {left, right} == {"model:v1", "model:v2"}
+        with sqlite3.connect(db) as con:  # human.same_seed: both faces from one seed
+            faces = con.execute("SELECT left_face, right_face FROM pairs WHERE pair_id = ?", (pair_id,)).fetchone()
+        assert json.loads(faces[0])["seed"] == json.loads(faces[1])["seed"]
         assert (winner, loser) == ((left, right) if choice == "left" else (right, left))
         assert json.loads(left_face)["version"] == left.split(":")[1] and 0 <= json.loads(left_face)["seed"] < 50
     with sqlite3.connect(db) as con:  # the pair on screen when the session ended is issued, unanswered
@@ -211,9 +215,16 @@ def test_real_vs_generated_with_a_token_and_the_fool_rate(registry, real_faces, 
         browser.find_element("id", "token").send_keys(TOKEN)
         browser.find_element("id", "start").click()
         wait_for_count(browser, 0)
-        body = browser.find_element("tag name", "body")
-        for n, key in enumerate([Keys.ARROW_LEFT, "2", Keys.ARROW_LEFT, "1"], start=1):
-            body.send_keys(key)
+        for n, key in enumerate([Keys.ARROW_LEFT, "2"], start=1):
+            browser.find_element("tag name", "body").send_keys(key)
+            wait_for_count(browser, n)
+        # A shared link carries the token in its fragment.
+        browser.get("about:blank")
+        browser.get(f"{server.url}#token={TOKEN}")
+        browser.find_element("id", "start").click()
+        wait_for_count(browser, 0)
+        for n, key in enumerate([Keys.ARROW_LEFT, "1"], start=1):
+            browser.find_element("tag name", "body").send_keys(key)
             wait_for_count(browser, n)
 
         api = httpx.Client(base_url=server.url.rstrip("/"), timeout=30)
@@ -258,6 +269,8 @@ def test_bad_requests_are_4xx_and_store_nothing(registry, tmp_path):
         assert api.get("/api/pairs/p-0123456789abcdef/left.png").status_code == 404
         face = api.get(pair["left"])
         assert face.status_code == 200 and face.headers["content-type"] == "image/png"
+        with sqlite3.connect(db) as con:  # the stored PNG is the one shown
+            assert con.execute("SELECT left_png FROM pairs").fetchone()[0] == face.content
         assert api.post("/api/choices", json={"pair_id": pair["pair_id"], "choice": "left"}).status_code == 200
         again = api.post("/api/choices", json={"pair_id": pair["pair_id"], "choice": "right"})
         assert again.status_code == 409 and "already answered" in again.json()["detail"]
@@ -299,3 +312,22 @@ def test_mismatched_resolutions_and_bad_results_db_exit_2(real_faces, tmp_path, 
     (tmp_path / "junk.db").write_bytes(b"junk" * 100)
     assert cli(["eval", "human", "results", str(tmp_path / "junk.db")]) == 2
     assert "not a ganray human-evaluation database" in capsys.readouterr().err
+
+
+def test_contestant_pairs_are_drawn_evenly_and_sides_vary(registry, tmp_path):
+    from ganray.config import HumanEvalJob
+    from ganray.eval.human.session import HumanEvalSession
+
+    torch.manual_seed(9)
+    third = Registry(str(tmp_path / "registry"))
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        third.push(build_generator(DCGANConfig(**MODEL), RES, {}).state_dict(), MODEL, RES, {}, {"seed": seed})
+    job = HumanEvalJob.model_validate({"registry": {"url": third.url}, "human": {
+        "db": str(tmp_path / "d.db"), "models": ["v1", "v2", "v3"], "same_seed": False, "pair_seed": 0}})
+    session = HumanEvalSession(job)
+    draws = [session._draw() for _ in range(30)]
+    pairs = Counter(frozenset((a.item, b.item)) for a, _, b, _, _ in draws)
+    assert sorted(pairs.values()) == [10, 10, 10]  # each pair of the three models equally often
+    assert 5 < sum(swap for *_, swap in draws) < 25  # sides by a coin flip
+    assert any(ia != ib for _, ia, _, ib, _ in draws)  # independent seeds when same_seed is false

@@ -83,6 +83,7 @@ def test_results_win_rates_bradley_terry_and_fool_rate(tmp_path):
     fool = out["fool_rate"]["overall"]
     assert (fool["successes"], fool["trials"]) == (3, 10)
     assert (fool["ci_low"], fool["ci_high"]) == pytest.approx(bradley_terry.wilson_interval(3, 10))
+    assert out["fool_rate"]["by_item"]["model:v1"]["successes"] == 3
     scores = out["bradley_terry"]["scores"]
     assert scores["real"]["score"] > scores["model:v1"]["score"] > scores["model:v2"]["score"]
     assert out["left_chosen"]["rate"] == 1.0
