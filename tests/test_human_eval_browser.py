@@ -117,7 +117,8 @@ def wait_for_count(driver, n: int) -> None:
         if d.find_element("id", "status").text:
             raise AssertionError(f"the page shows an error: {d.find_element('id', 'status').text}")
         return d.find_element("id", "count").text == str(n) and d.execute_script(
-            "return document.getElementById('face-left').complete && document.getElementById('face-right').complete"
+            "return document.getElementById('board').dataset.ready === 'true'"
+            " && document.getElementById('face-left').complete && document.getElementById('face-right').complete"
             " && document.getElementById('face-left').naturalWidth > 0")
     try:
         WebDriverWait(driver, 60).until(settled)
@@ -125,7 +126,7 @@ def wait_for_count(driver, n: int) -> None:
         state = driver.execute_script(
             "return [document.getElementById('count').textContent, document.getElementById('status').textContent,"
             " document.getElementById('faces').dataset.pairId, document.getElementById('face-left').complete,"
-            " document.getElementById('face-left').naturalWidth, document.getElementById('board').className]")
+            " document.getElementById('face-left').naturalWidth, document.getElementById('board').dataset.ready]")
         raise AssertionError(f"the page did not reach {n} judgments with both faces shown: {state}") from None
 
 

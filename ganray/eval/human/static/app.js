@@ -27,6 +27,12 @@ async function api(method, path, body) {
   return response;
 }
 
+function setBusy(busy) {
+  // data-ready tells a watcher (and the tests) that a new pair is on screen and answers are taken.
+  state.busy = busy;
+  $("board").dataset.ready = String(!busy && state.pair !== null);
+}
+
 async function faceURL(path) {
   // Fetched with the token header (an <img src> could not send it), shown from a blob URL.
   return URL.createObjectURL(await (await api("GET", path)).blob());
@@ -44,8 +50,8 @@ async function nextPair() {
 }
 
 async function choose(side) {
-  if (state.busy || !state.pair) return;
-  state.busy = true;
+  if (state.busy || !state.pair) return;  // one answer per pair: keys pressed while loading are ignored
+  setBusy(true);
   try {
     await api("POST", "/api/choices", { pair_id: state.pair, choice: side });
     state.count += 1;
@@ -56,12 +62,13 @@ async function choose(side) {
   } catch (e) {
     $("status").textContent = e.message;
   } finally {
-    state.busy = false;
+    setBusy(false);
   }
 }
 
 async function start(event) {
   event.preventDefault();
+  $("status").textContent = "";  // a new attempt: the last error no longer applies
   state.token = $("token").value || state.token;
   try {
     const session = await (await api("GET", "/api/session")).json();
@@ -70,6 +77,7 @@ async function start(event) {
     $("board").classList.remove("hidden");
     $("status").textContent = "";
     await nextPair();
+    setBusy(false);
   } catch (e) {
     $("status").textContent = e.message;
   }
