@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -332,3 +333,31 @@ def test_contestant_pairs_are_drawn_evenly_and_sides_vary(registry, tmp_path):
     assert sorted(pairs.values()) == [10, 10, 10]  # each pair of the three models equally often
     assert 5 < sum(swap for *_, swap in draws) < 25  # sides by a coin flip
     assert any(ia != ib for _, ia, _, ib, _ in draws)  # independent seeds when same_seed is false
+
+
+def test_a_generated_output_is_a_contestant_against_real_faces_and_models(registry, real_faces, tmp_path):
+    from ganray.config import GenerateJob, HumanEvalJob, load_config
+    from ganray.eval.human.session import HumanEvalSession
+    from ganray.generate.job import run_generate
+    from ganray.images import decode_png
+
+    out = tmp_path / "gen-v1"
+    run_generate(load_config(GenerateJob, None, [f"registry.url={registry.url}", f"generate.output={out}",
+                                                 "generate.model=v1", "generate.count=4", "generate.shard_size=4"]))
+    generated = [row for path in sorted(out.glob("parquet/*.parquet")) for row in
+                 pq.read_table(path)["image"].to_pylist()]
+    for mode, extra in (("real", {"real": real_faces, "models": []}), ("models", {"models": ["v2"]})):
+        job = HumanEvalJob.model_validate({"registry": {"url": registry.url}, "human": {
+            "db": str(tmp_path / f"{mode}.db"), "mode": mode, "generated": [str(out)], **extra}})
+        session = HumanEvalSession(job)
+        assert session.describe()["items"] == (["model:v2", "output:gen-v1"] if mode == "models"
+                                                else ["output:gen-v1", "real"])
+        pair_id = session.issue_pair("ann")
+        with sqlite3.connect(session.store.path) as con:
+            row = con.execute("SELECT left_item, right_item, left_face, right_face, left_png, right_png FROM pairs "
+                              "WHERE pair_id = ?", (pair_id,)).fetchone()
+        side = 0 if row[0] == "output:gen-v1" else 1
+        face = json.loads(row[2 + side])
+        assert face["source"] == "output" and face["model_version"] == "v1" and 0 <= face["row"] < 4
+        # The face shown is the output's own face, pixel for pixel.
+        assert np.array_equal(decode_png(row[4 + side]), decode_png(generated[face["row"]]))
