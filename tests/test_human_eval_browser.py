@@ -361,3 +361,13 @@ def test_a_generated_output_is_a_contestant_against_real_faces_and_models(regist
         assert face["source"] == "output" and face["model_version"] == "v1" and 0 <= face["row"] < 4
         # The face shown is the output's own face, pixel for pixel.
         assert np.array_equal(decode_png(row[4 + side]), decode_png(generated[face["row"]]))
+
+
+def test_the_readme_test_command_and_ci_install_the_browser_before_pytest():
+    command = "bash scripts/install_test_deps.sh && .venv/bin/python -m pytest -q"
+    readme_block = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(readme_block) == 2 and readme_block[1].endswith(command)  # still exactly two set-up commands
+    assert readme_block[1] in (REPO / ".ci" / "run").read_text()  # CI runs that same command
+    # Idempotent: with the browser installed it does nothing and succeeds.
+    done = subprocess.run(["bash", str(REPO / "scripts" / "install_test_deps.sh")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == ""
