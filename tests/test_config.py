@@ -66,7 +66,7 @@ def test_every_shipped_ganray_config_is_valid(path):
     from ganray import config as C
 
     tree = yaml.safe_load(path.read_text())
-    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob") if hasattr(C, n)]
+    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob", "HumanEvalJob") if hasattr(C, n)]
     job_types += [C.LabelerTrainJob, C.LabelerEvalJob]
     errors = []
     for job_type in job_types:

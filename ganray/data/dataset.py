@@ -15,6 +15,7 @@ import hashlib
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
@@ -22,7 +23,7 @@ import torch
 from ganray.config import ConfigError, DataConfig
 from ganray.data import preprocess
 from ganray.storage import pyarrow_filesystem, url_to_fs
-from ganray.data.importer import MANIFEST_NAME, read_manifest, shard_paths
+from ganray.data.importer import MANIFEST_NAME, WEIGHT_COLUMN, read_manifest, shard_paths
 from ganray.data.synthetic import ATTRIBUTES, RENDERER_VERSION, synthetic_dataset
 
 
@@ -123,6 +124,7 @@ class IndexedRows:
         self.block_refs = list(block_refs)
         self.block_starts = np.concatenate([[0], np.cumsum(block_rows, dtype=np.int64)])
         self.columns = list(columns)  # image first, then the labels in attribute order
+        self.weights: np.ndarray | None = None  # per-row sampling weights (a weights-balanced import)
 
     @classmethod
     def from_dataset(cls, dataset: ray.data.Dataset) -> "IndexedRows":
@@ -156,21 +158,47 @@ class IndexedRows:
         return out
 
 
+def row_weights(cfg: DataConfig) -> np.ndarray | None:
+    """The `weight` column of an import balanced with mode weights, in row order; None otherwise."""
+    if cfg.source != "shards":
+        return None
+    manifest = shards_manifest(cfg)
+    if (manifest.get("balance") or {}).get("mode") != "weights":
+        return None
+    fs, root = url_to_fs(cfg.url)
+    parts = []
+    for path in shard_paths(root, manifest):  # the shards in the order their rows are numbered
+        with fs.open(path, "rb") as f:
+            parts.append(pq.read_table(f, columns=[WEIGHT_COLUMN])[WEIGHT_COLUMN].to_numpy())
+    weights = np.concatenate(parts).astype(np.float64)
+    if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+        raise ConfigError(f"data.url: the import at {cfg.url} has a {WEIGHT_COLUMN} column that is not finite, "
+                          "non-negative weights")
+    return weights
+
+
 def build_indexed_rows(cfg: DataConfig) -> IndexedRows:
-    """The training dataset in a fixed row order (shard order, then row order; faces 0..N-1)."""
+    """The training dataset in a fixed row order (shard order, then row order; faces 0..N-1), with
+    the rows' sampling weights when the import was balanced by weights."""
     context = ray.data.DataContext.get_current()
     preserve_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # blocks come out in input order, not finish order
     try:
-        return IndexedRows.from_dataset(build_train_dataset(cfg))
+        rows = IndexedRows.from_dataset(build_train_dataset(cfg))
     finally:
         context.execution_options.preserve_order = preserve_order
+    rows.weights = row_weights(cfg)
+    if rows.weights is not None and len(rows.weights) != rows.num_rows:
+        raise ConfigError(f"data.url: {len(rows.weights)} weights for {rows.num_rows} rows in {cfg.url}")
+    return rows
 
 
 class EpochSampler:
     """Which rows each worker trains on, batch after batch: a pure function of the position.
 
-    Epoch e visits the rows in the order of a permutation drawn from (seed, e); global batch b of
+    Epoch e visits the rows in the order of a permutation drawn from (seed, e) (with `weights`, one
+    per row: num_rows draws with replacement, each row with probability weight / sum of weights, so
+    a weights-balanced import trains as if its strata were equal in size); global batch b of
     the epoch is its slice [b*B, (b+1)*B) (the last partial batch is dropped), and worker r of W
     takes the r-th of W equal parts of it. So the global batches do not depend on the number of
     workers, and two runs with the same seed see the same batches in the same order. Horizontal
@@ -183,7 +211,10 @@ class EpochSampler:
     _ORDER, _FLIP = 0, 1  # separate random streams for the order and the flips
 
     def __init__(self, num_rows: int, global_batch: int, seed: int, *, rank: int = 0, world_size: int = 1,
-                 hflip: bool = False):
+                 hflip: bool = False, weights: np.ndarray | None = None):
+        if weights is not None and len(weights) != num_rows:
+            raise ValueError(f"{len(weights)} weights for {num_rows} rows")
+        self.probabilities = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
         if num_rows < global_batch:
             raise ValueError(f"the dataset has {num_rows} rows, fewer than one batch of {global_batch}")
         if global_batch % world_size:
@@ -206,7 +237,10 @@ class EpochSampler:
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, self._ORDER, epoch]).permutation(self.num_rows))
+            rng = np.random.default_rng([self.seed, self._ORDER, epoch])
+            order = rng.permutation(self.num_rows) if self.probabilities is None else \
+                rng.choice(self.num_rows, size=self.num_rows, replace=True, p=self.probabilities)
+            self._order = (epoch, order)
         return self._order[1]
 
     def next(self) -> tuple[np.ndarray, np.ndarray | None]:

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 import ray
 
 from ganray.config import UTKFACE_AGE_BAND_STARTS, ConfigError, ImportConfig, LabelConfig
+from ganray.data import balance as balancing
 from ganray.data import preprocess
 from ganray.data.bands import age_band_index, age_band_names
 from ganray.images import encode_png
@@ -59,6 +60,7 @@ from ganray.storage import sha256_hex, atomic_write, join, to_url, url_to_fs
 MANIFEST_NAME = "manifest.json"
 FORMAT = "ganray-shards/1"
 SHARD_NAME = "shard-{:05d}.parquet"
+WEIGHT_COLUMN = "weight"  # import.balance.mode weights: a row's sampling weight
 IMPORTS_DIR = "imports"  # each import's shards live under IMPORTS_DIR/<import id>/
 # An import id: UTC start time (sorts by age for a reader of the folder) and a random part (unique).
 IMPORT_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
@@ -260,11 +262,23 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, src: str, label_names: lis
     return pa.table(columns, schema=_output_schema(label_names))
 
 
-def keep_rows(batch: pa.Table, *, duplicates: set[str]) -> pa.Table:
-    """The rows that passed every check and are not a later copy of an earlier file."""
+def keep_rows(batch: pa.Table, *, duplicates: set[str], copies: dict[str, int] | None = None,
+              weights: dict[str, float] | None = None) -> pa.Table:
+    """The rows that passed every check and are not a later copy of an earlier file.
+
+    Balancing (ganray.data.balance): `copies` says how often each kept path is written (0: left out;
+    copies follow their row), `weights` adds a float64 `weight` column.
+    """
     keep = [r == "" and p not in duplicates
             for r, p in zip(batch["drop_reason"].to_pylist(), batch["source_path"].to_pylist())]
-    return batch.filter(pa.array(keep, type=pa.bool_())).drop_columns(["drop_reason"])
+    kept = batch.filter(pa.array(keep, type=pa.bool_())).drop_columns(["drop_reason"])
+    paths = kept["source_path"].to_pylist()
+    if copies is not None:
+        kept = kept.take(pa.array([i for i, p in enumerate(paths) for _ in range(copies[p])], type=pa.int64()))
+        paths = kept["source_path"].to_pylist()
+    if weights is not None:
+        kept = kept.append_column(WEIGHT_COLUMN, pa.array([weights[p] for p in paths], type=pa.float64()))
+    return kept
 
 
 @ray.remote
@@ -358,6 +372,8 @@ def run_import(cfg: ImportConfig) -> dict:
     attributes = labeler.values or infer_values(labeler.names, [labels[p] for p in labeled])
     value_index = {n: {v: i for i, v in enumerate(vs)} for n, vs in attributes.items()}
     items = [{"path": p, **{n: value_index[n][labels[p][n]] for n in attributes}} for p in labeled]
+    if cfg.balance is not None:
+        balancing.check_attributes(cfg.balance, attributes)  # before any Ray work
     if not items:
         raise ValueError(f"import: no labeled images in {cfg.src} ({len(paths)} image files seen)")
 
@@ -388,6 +404,9 @@ def run_import(cfg: ImportConfig) -> dict:
         raise ValueError(f"import: every image in {cfg.src} was dropped: "
                          f"{ {r: len(p) for r, p in dropped.items() if p} }")
 
+    balanced = balancing.balance(kept_rows, attributes, cfg.balance) if cfg.balance is not None else None
+    copies = balanced.copies if balanced is not None else [1] * len(kept_rows)
+    weights = balanced.weights if balanced is not None else None
     manifest = {
         "format": FORMAT,
         "source": cfg.src,
@@ -398,18 +417,27 @@ def run_import(cfg: ImportConfig) -> dict:
         "counts": {"seen": len(paths), "kept": len(kept_rows), "dropped": sum(map(len, dropped.values()))},
         "dropped": {reason: len(ps) for reason, ps in dropped.items()},
         "dropped_examples": {reason: sorted(ps)[: cfg.examples_per_reason] for reason, ps in dropped.items() if ps},
-        "label_histograms": {
-            n: {v: c for v, c in zip(vs, np.bincount([r[n] for r in kept_rows], minlength=len(vs)).tolist())}
+        "label_histograms": {  # rows as written (after balancing; weights mode: each row once)
+            n: {v: c for v, c in zip(vs, np.bincount([r[n] for r in kept_rows], weights=copies,
+                                                     minlength=len(vs)).astype(int).tolist())}
             for n, vs in attributes.items()
         },
     }
-    rows_digest = hashlib.sha256(
-        "".join(f"{r['content_hash']} {[r[n] for n in label_names]}\n" for r in kept_rows).encode()
-    ).hexdigest()
+    if balanced is not None:  # only then: an unbalanced import keeps the settings (and hash) it always had
+        manifest["settings"]["balance"] = cfg.balance.model_dump()
+        manifest["counts"]["rows"] = sum(copies)
+        manifest["balance"] = balanced.section
+    rows_digest = hashlib.sha256("".join(
+        f"{r['content_hash']} {[r[n] for n in label_names]}{'' if weights is None else f' {weights[i]!r}'}\n" * copies[i]
+        for i, r in enumerate(kept_rows)).encode()).hexdigest()
 
     manifest["manifest_hash"] = manifest_hash(manifest, rows_digest)
-    kept = processed.map_batches(keep_rows, batch_format="pyarrow", fn_kwargs={"duplicates": set(dropped["duplicate"])})
-    _write_and_commit(cfg, kept, len(kept_rows), manifest, previous)
+    paths_kept = [r["source_path"] for r in kept_rows]
+    kept = processed.map_batches(keep_rows, batch_format="pyarrow", fn_kwargs={
+        "duplicates": set(dropped["duplicate"]),
+        "copies": dict(zip(paths_kept, copies)) if balanced is not None else None,
+        "weights": dict(zip(paths_kept, weights)) if weights is not None else None})
+    _write_and_commit(cfg, kept, sum(copies), manifest, previous)
     return manifest
 
 

@@ -147,7 +147,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed * 1000 + rank + 1)
     rows: IndexedRows = loop_config["rows"]
     sampler = EpochSampler(rows.num_rows, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size,
-                           hflip=job.data.hflip)
+                           hflip=job.data.hflip, weights=rows.weights)  # weights: a balance-weighted import
 
     # --- Restore the full state from the latest checkpoint (worker restart or re-run).
     state, progress = None, Progress()
