@@ -694,6 +694,19 @@ class ExtractorConfig(Section):
         return self
 
 
+class MemorizationConfig(Section):
+    """The memorization check (ganray.eval.memorization): generated faces' nearest training images."""
+
+    enabled: bool = True
+    threshold: float | None = Field(
+        None, ge=0, description="distance in feature units under which a face counts as a copy; None: "
+                                "threshold_ratio x the reference's median nearest-neighbour distance")
+    threshold_ratio: float = Field(0.5, gt=0, description="the default threshold, relative to the median "
+                                                          "distance between a reference image and its nearest other one")
+    pairs: int = Field(16, ge=0, description="closest (generated, training) pairs listed and drawn in the "
+                                             "grid PNG beside eval.output (0: no grid)")
+
+
 class EvalConfig(Section):
     """What to compare (`model` or `generated` against `reference`) and the metrics' settings."""
 
@@ -716,11 +729,23 @@ class EvalConfig(Section):
     record_as: str = Field("default", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
                            description="name of the evaluation in the model version's registry entry")
     extractor: ExtractorConfig = ExtractorConfig()
+    # Per-group metrics and the memorization check (issue 11, items 4 and 5).
+    groups: list[str] = Field(
+        [], description="attributes whose value combinations (strata) get their own FID, precision and recall: "
+                        "generated faces by their conditions, reference images by their labels")
+    group_min_samples: int = Field(
+        100, ge=2, description="a stratum with fewer samples than this on either side is reported as skipped")
+    memorization: MemorizationConfig = MemorizationConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> "EvalConfig":
         if (self.model is None) == (self.generated is None):
             raise ValueError("give exactly one of eval.model (a registry ref) and eval.generated (an output folder)")
+        if self.group_min_samples <= self.pr_k:
+            raise ValueError(f"eval.group_min_samples ({self.group_min_samples}) must exceed eval.pr_k ({self.pr_k}): "
+                             "k-NN radii need k + 1 samples")
+        if len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"eval.groups lists an attribute twice: {self.groups}")
         return self
 
 
