@@ -295,10 +295,15 @@ class TrainJob(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = DCGANConfig()
     train: TrainConfig = TrainConfig()
+    # Evaluation during training (off by default); its class is in the Evaluation block below.
+    eval: "TrainEvalConfig" = Field(default_factory=lambda: TrainEvalConfig())
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> "TrainJob":
         self.model.check_resolution(self.data.resolution)  # each architecture has its own range
+        if self.eval.every_images is not None and self.eval.reference is None and self.data.source != "shards":
+            raise ValueError("eval.every_images needs eval.reference (an imported dataset) when training on "
+                             "data.source synthetic: the built-in faces have no imported reference to compare with")
         if self.train.pl_weight > 0 and self.model.arch != "stylegan2":
             raise ValueError(f"train.pl_weight needs a generator with a mapping network (model.arch: stylegan2), "
                              f"not {self.model.arch}")
@@ -755,3 +760,22 @@ class EvalJob(Section):
     ray_address: str | None = RAY_ADDRESS_FIELD
     registry: RegistryConfig = RegistryConfig()
     eval: EvalConfig
+
+
+class TrainEvalConfig(Section):
+    """A train job's `eval:` section: FID and KID of G_ema during training (ganray.eval.training)."""
+
+    every_images: int | None = Field(
+        None, gt=0, description="evaluate whenever the real images shown to D pass a multiple of this (None: off)")
+    reference: str | None = Field(
+        None, description="imported dataset compared with; None: data.url (when data.source is shards)")
+    count: int = Field(256, ge=2, description="G_ema faces rendered each time, from seeds seed_offset.. (the same "
+                                              "seeds every time, so the curve follows the model, not the sample)")
+    reference_count: int = Field(256, ge=2, description="the reference's first N images (features cached)")
+    seed_offset: int = Field(0, ge=0)
+    kid_subset_size: int = Field(100, ge=2, description="KID subset size (capped at the smaller set)")
+    kid_subsets: int = Field(10, gt=0)
+    extractor: ExtractorConfig = ExtractorConfig()
+
+
+TrainJob.model_rebuild()  # its `eval` section's class is defined here, after it

@@ -86,9 +86,11 @@ def pixels(images: np.ndarray) -> np.ndarray:
 def test_per_group_metrics_of_a_conditional_model(registry, reference, tmp_path):
     out = tmp_path / "groups.json"
     assert run_eval(registry, reference, out, **{"eval.model": "v1", "eval.groups": "[glasses]",
-                                                "eval.group_min_samples": 11}) == 0
+                                                "eval.group_min_samples": 11,
+                                                "eval.memorization.enabled": "false"}) == 0
     result = json.loads(out.read_text())
     assert registry.evaluation("v1", "default") == result  # per-group numbers go to the registry too
+    assert result["memorization"] is None and not (tmp_path / f"groups{PAIRS_SUFFIX}").exists()
 
     # The same strata, built here: reference labels from file names, faces' conditions from their seeds.
     rows = reference_rows(reference)[:REFERENCE_COUNT]
@@ -218,7 +220,7 @@ def test_a_set_without_copies_is_not_flagged(registry, reference, outputs, tmp_p
     np.testing.assert_array_equal(grid[:RES, :RES], decode_png(generated[first["generated_index"]]))
 
 
-def test_memorization_threshold_and_disabling(registry, reference, outputs, tmp_path):
+def test_memorization_threshold():
     rng = np.random.default_rng(1)
     real = rng.normal(size=(50, 6))
     fake = np.concatenate([real[[7, 9]], rng.normal(size=(8, 6)) * 3])
@@ -231,10 +233,3 @@ def test_memorization_threshold_and_disabling(registry, reference, outputs, tmp_
     assert fixed["count_below_threshold"] == 0 and fixed["closest"] == []  # strictly below 0: nothing
     assert fixed["threshold_source"] == "eval.memorization.threshold"
     assert pairs_grid(np.zeros((2, 4, 4, 3), np.uint8), np.ones((2, 4, 4, 3), np.uint8)).shape == (10, 10, 3)
-
-    original, _ = outputs
-    out = tmp_path / "off.json"
-    assert run_eval(registry, reference, out, **{"eval.model": "null", "eval.generated": original,
-                                                "eval.memorization.enabled": "false"}) == 0
-    assert json.loads(out.read_text())["memorization"] is None
-    assert not (tmp_path / f"off{PAIRS_SUFFIX}").exists()

@@ -52,8 +52,9 @@ def per_group_metrics(real_features: np.ndarray, real_labels: dict[str, np.ndarr
     real_keys, fake_keys = strata(real_labels, by), strata(fake_labels, by)
     out = []
     for key in sorted(set(real_keys.tolist()) | set(fake_keys.tolist())):
-        real = real_features[real_keys == key] if len(real_keys) else real_features[:0]
-        fake = fake_features[fake_keys == key] if len(fake_keys) else fake_features[:0]
+        # Element by element: `==` against a tuple would broadcast the tuple, not compare with it.
+        real = real_features[np.array([k == key for k in real_keys], dtype=bool)]
+        fake = fake_features[np.array([k == key for k in fake_keys], dtype=bool)]
         entry: dict[str, Any] = {"values": dict(zip(by, key)), "reference_count": len(real),
                                  "generated_count": len(fake)}
         reason = _skip_reason(len(real), len(fake), min_samples)
