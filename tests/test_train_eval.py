@@ -25,7 +25,7 @@ from ganray.models.face import labels_for_conditions, render_faces
 from ganray.train import checkpoint as ckpt
 from ganray.train.loop import evaluation_due
 from ganray.train.report import save_loss_plot
-from ganray.train.trainer import run_training
+from ganray.train.trainer import check_resumable, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 32
@@ -107,6 +107,12 @@ def test_training_with_evaluation_reports_it_and_trains_identically(reference, t
     assert ckpt.state_digest(a) == ckpt.state_digest(b)
     assert ckpt.read_meta(str(run / ckpt.checkpoint_dir_name(8)))["state_digest"] == \
         ckpt.read_meta(plain.checkpoint)["state_digest"]
+
+    # Evaluation settings may change on a resume (they do not change training); the model may not.
+    resumed = job(with_eval, "eval.every_images=32", f"eval.reference={reference}", "eval.count=30")
+    assert check_resumable(resumed, a["manifest_hash"]) is not None
+    with pytest.raises(ConfigError, match="model.g_width"):
+        check_resumable(job(with_eval, "model.g_width=16"), a["manifest_hash"])
 
 
 def test_loss_plot_gets_an_evaluation_panel(tmp_path):
