@@ -706,8 +706,9 @@ class MemorizationConfig(Section):
     threshold: float | None = Field(
         None, ge=0, description="distance in feature units under which a face counts as a copy; None: "
                                 "threshold_ratio x the reference's median nearest-neighbour distance")
-    threshold_ratio: float = Field(0.5, gt=0, description="the default threshold, relative to the median "
-                                                          "distance between a reference image and its nearest other one")
+    threshold_ratio: float = Field(
+        0.5, gt=0, description="the default threshold, relative to the median distance between a reference image "
+                               "and its nearest other one")
     pairs: int = Field(16, ge=0, description="closest (generated, training) pairs listed and drawn in the "
                                              "grid PNG beside eval.output (0: no grid)")
 
