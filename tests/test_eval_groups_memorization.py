@@ -86,11 +86,9 @@ def pixels(images: np.ndarray) -> np.ndarray:
 def test_per_group_metrics_of_a_conditional_model(registry, reference, tmp_path):
     out = tmp_path / "groups.json"
     assert run_eval(registry, reference, out, **{"eval.model": "v1", "eval.groups": "[glasses]",
-                                                "eval.group_min_samples": 11,
-                                                "eval.memorization.enabled": "false"}) == 0
+                                                "eval.group_min_samples": 11}) == 0
     result = json.loads(out.read_text())
     assert registry.evaluation("v1", "default") == result  # per-group numbers go to the registry too
-    assert result["memorization"] is None and not (tmp_path / f"groups{PAIRS_SUFFIX}").exists()
 
     # The same strata, built here: reference labels from file names, faces' conditions from their seeds.
     rows = reference_rows(reference)[:REFERENCE_COUNT]
@@ -119,6 +117,19 @@ def test_per_group_metrics_of_a_conditional_model(registry, reference, tmp_path)
     assert strata["maybe"]["reference_count"] == 0 and "reference has 0" in strata["maybe"]["skipped"]
     # The overall metrics are those of an evaluation without groups (new keys only).
     assert result["metrics"]["fid"] == pytest.approx(metrics.fid(real, fake), rel=1e-6)
+
+    # Memorization: a model's own faces (no copies) are not flagged; the grid shows the closest pair,
+    # the face rendered again by seed on the left, its nearest training image on the right.
+    memo = result["memorization"]
+    assert memo["count_below_threshold"] == 0 and memo["share_below_threshold"] == 0
+    assert memo["nn_distance"]["min"] > memo["threshold"]
+    first = memo["closest"][0]
+    nearest = np.sqrt(((fake[:, None, :].astype(np.float64) - real[None]) ** 2).sum(-1))
+    assert first["distance"] == pytest.approx(nearest.min(), rel=1e-6)
+    grid = np.asarray(Image.open(memo["pairs_png"]))
+    g = first["generated_index"]
+    np.testing.assert_array_equal(grid[:RES, :RES], render_faces(generator, [g], 1.0, labels[g:g + 1], "bf16")[0])
+    np.testing.assert_array_equal(grid[:RES, RES + 2:], decode_png(rows[first["reference_index"]]))
 
 
 def test_per_group_math_and_thresholds():
@@ -205,19 +216,14 @@ def test_exact_copies_are_flagged_and_drawn(registry, reference, outputs, tmp_pa
             np.testing.assert_array_equal(grid[top:top + RES, :RES], grid[top:top + RES, RES + 2:])
 
 
-def test_a_set_without_copies_is_not_flagged(registry, reference, outputs, tmp_path):
+def test_memorization_can_be_turned_off(registry, reference, outputs, tmp_path):
     original, _ = outputs
-    out = tmp_path / "original.json"
-    assert run_eval(registry, reference, out, **{"eval.model": "null", "eval.generated": original}) == 0
-    memo = json.loads(out.read_text())["memorization"]
-    assert memo["count_below_threshold"] == 0 and memo["share_below_threshold"] == 0
-    assert memo["nn_distance"]["min"] > memo["threshold"]
-    # The closest pair's left half is the generated face itself, as `ganray generate` wrote it.
-    first = memo["closest"][0]
-    generated = [d for p in sorted(Path(original, "parquet").glob("*.parquet")) for d in pq.read_table(p)["image"]
-                 .to_pylist()]
-    grid = np.asarray(Image.open(memo["pairs_png"]))
-    np.testing.assert_array_equal(grid[:RES, :RES], decode_png(generated[first["generated_index"]]))
+    out = tmp_path / "off.json"
+    assert run_eval(registry, reference, out, **{"eval.model": "null", "eval.generated": original,
+                                                "eval.memorization.enabled": "false"}) == 0
+    result = json.loads(out.read_text())
+    assert result["memorization"] is None and result["metrics"]["fid"] > 0
+    assert not (tmp_path / f"off{PAIRS_SUFFIX}").exists()
 
 
 def test_memorization_threshold():
