@@ -295,10 +295,15 @@ class TrainJob(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = DCGANConfig()
     train: TrainConfig = TrainConfig()
+    # Evaluation during training (off by default); its class is in the Evaluation block below.
+    eval: "TrainEvalConfig" = Field(default_factory=lambda: TrainEvalConfig())
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> "TrainJob":
         self.model.check_resolution(self.data.resolution)  # each architecture has its own range
+        if self.eval.every_images is not None and self.eval.reference is None and self.data.source != "shards":
+            raise ValueError("eval.every_images needs eval.reference (an imported dataset) when training on "
+                             "data.source synthetic: the built-in faces have no imported reference to compare with")
         if self.train.pl_weight > 0 and self.model.arch != "stylegan2":
             raise ValueError(f"train.pl_weight needs a generator with a mapping network (model.arch: stylegan2), "
                              f"not {self.model.arch}")
@@ -810,6 +815,20 @@ class ExtractorConfig(Section):
         return self
 
 
+class MemorizationConfig(Section):
+    """The memorization check (ganray.eval.memorization): generated faces' nearest training images."""
+
+    enabled: bool = True
+    threshold: float | None = Field(
+        None, ge=0, description="distance in feature units under which a face counts as a copy; None: "
+                                "threshold_ratio x the reference's median nearest-neighbour distance")
+    threshold_ratio: float = Field(
+        0.5, gt=0, description="the default threshold, relative to the median distance between a reference image "
+                               "and its nearest other one")
+    pairs: int = Field(16, ge=0, description="closest (generated, training) pairs listed and drawn in the "
+                                             "grid PNG beside eval.output (0: no grid)")
+
+
 class EvalConfig(Section):
     """What to compare (`model` or `generated` against `reference`) and the metrics' settings."""
 
@@ -832,11 +851,23 @@ class EvalConfig(Section):
     record_as: str = Field("default", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
                            description="name of the evaluation in the model version's registry entry")
     extractor: ExtractorConfig = ExtractorConfig()
+    # Per-group metrics and the memorization check (issue 11, items 4 and 5).
+    groups: list[str] = Field(
+        [], description="attributes whose value combinations (strata) get their own FID, precision and recall: "
+                        "generated faces by their conditions, reference images by their labels")
+    group_min_samples: int = Field(
+        100, ge=2, description="a stratum with fewer samples than this on either side is reported as skipped")
+    memorization: MemorizationConfig = MemorizationConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> "EvalConfig":
         if (self.model is None) == (self.generated is None):
             raise ValueError("give exactly one of eval.model (a registry ref) and eval.generated (an output folder)")
+        if self.group_min_samples <= self.pr_k:
+            raise ValueError(f"eval.group_min_samples ({self.group_min_samples}) must exceed eval.pr_k ({self.pr_k}): "
+                             "k-NN radii need k + 1 samples")
+        if len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"eval.groups lists an attribute twice: {self.groups}")
         return self
 
 
@@ -1002,3 +1033,22 @@ class HumanEvalJob(Section):
 
     registry: RegistryConfig = RegistryConfig()
     human: HumanEvalConfig
+
+
+class TrainEvalConfig(Section):
+    """A train job's `eval:` section: FID and KID of G_ema during training (ganray.eval.training)."""
+
+    every_images: int | None = Field(
+        None, gt=0, description="evaluate whenever the real images shown to D pass a multiple of this (None: off)")
+    reference: str | None = Field(
+        None, description="imported dataset compared with; None: data.url (when data.source is shards)")
+    count: int = Field(256, ge=2, description="G_ema faces rendered each time, from seeds seed_offset.. (the same "
+                                              "seeds every time, so the curve follows the model, not the sample)")
+    reference_count: int = Field(256, ge=2, description="the reference's first N images (features cached)")
+    seed_offset: int = Field(0, ge=0)
+    kid_subset_size: int = Field(100, ge=2, description="KID subset size (capped at the smaller set)")
+    kid_subsets: int = Field(10, gt=0)
+    extractor: ExtractorConfig = ExtractorConfig()
+
+
+TrainJob.model_rebuild()  # its `eval` section's class is defined here, after it

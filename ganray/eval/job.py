@@ -14,6 +14,11 @@ load as well. Old files are left in place (delete the folder to reclaim the spac
 
 Face i of a model is rendered from seed seed_offset + i, with open conditions drawn from the seed,
 exactly as `ganray generate` renders it.
+
+Besides the overall metrics: per-group metrics (`eval.groups`, ganray/eval/groups.py), for which the
+reference's label columns and the generated faces' conditions travel beside the images through the
+extractor actors; and the memorization check (`eval.memorization`, ganray/eval/memorization.py),
+whose closest pairs are read back (a few rows, on the driver) and drawn into a PNG beside the JSON.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
@@ -34,15 +40,19 @@ from ganray.config import EvalJob, ExtractorConfig
 from ganray.data.importer import read_manifest, shard_paths
 from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor, extractor_identity
-from ganray.images import decode_png
+from ganray.eval.groups import per_group_metrics
+from ganray.eval.memorization import memorization_report, pairs_grid
+from ganray.images import decode_png, encode_png
 from ganray.models.face import labels_for_conditions, render_faces
 from ganray.registry import LabelerRegistry, Registry, RegistryError
 from ganray.runtime import init_ray
 
 CACHE_DIR = "eval_cache"
-CACHE_FORMAT = 1  # bump when the cached content changes meaning
+CACHE_FORMAT = 2  # bump when the cached content changes meaning (2: label columns cached too)
 GENERATED_MANIFEST = "manifest.json"  # a finished `ganray generate` output's manifest
 RENDER_ACTOR_CPUS = 0.5  # below 1: on a small machine the read tasks and the extractors keep a CPU
+LABEL_PREFIX = "label__"  # cached reference label columns: npz entry LABEL_PREFIX + attribute
+PAIRS_SUFFIX = "-closest-pairs.png"  # the memorization grid: eval.output without .json + this
 
 
 class EvalError(ValueError):
@@ -67,7 +77,11 @@ class RenderFaces:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         seeds = [self.seed_offset + int(i) for i in batch["id"]]
         labels = labels_for_conditions(self.generator, {}, len(seeds), seeds=seeds)
-        return {"pixels": render_faces(self.generator, seeds, self.psi, labels, self.precision)}
+        out = {"pixels": render_faces(self.generator, seeds, self.psi, labels, self.precision)}
+        # The conditions each face was drawn with, by value name (per-group metrics' strata).
+        for a, (name, values) in enumerate(getattr(self.generator, "condition_values", {}).items()):
+            out[name] = np.array([values[int(i)] for i in labels[:, a]], dtype=object)
+        return out
 
 
 class ExtractFeatures:
@@ -83,6 +97,8 @@ class ExtractFeatures:
         else:
             images = np.stack([decode_png(bytes(data)) for data in batch["image"]])
         out = self.extractor(images)
+        # Everything else in the batch (label and condition columns) travels through unchanged.
+        out.update({name: values for name, values in batch.items() if name not in ("pixels", "image")})
         out["height"] = np.full(len(images), images.shape[1], dtype=np.int64)
         out["width"] = np.full(len(images), images.shape[2], dtype=np.int64)
         return out
@@ -164,11 +180,13 @@ def reference_features(reference: str, manifest: dict[str, Any], count: int, cfg
     if available < count:
         raise EvalError(f"eval.reference_count: {count} images asked, but {reference} holds {available}")
     fs, root = storage.url_to_fs(reference)
+    attributes = list(manifest.get("attributes") or {})
     dataset = ray.data.read_parquet(shard_paths(root, manifest), filesystem=storage.pyarrow_filesystem(fs),
-                                    columns=["image"]).limit(count)
+                                    columns=["image", *attributes]).limit(count)
     log(f"reference features: extracting {count} images of {reference}")
-    arrays = extract(dataset, cfg)
-    arrays = {k: v for k, v in arrays.items() if k in ("features", "logits")}
+    extracted = extract(dataset, cfg)
+    arrays = {k: v for k, v in extracted.items() if k in ("features", "logits")}
+    arrays.update({LABEL_PREFIX + name: extracted[name].astype(np.int64) for name in attributes})
     try:
         write_cached(url, key_fields, arrays)
     except OSError as e:  # a read-only dataset location: evaluate anyway, without caching
@@ -192,9 +210,8 @@ def generated_from_model(job: EvalJob, registry: Registry) -> tuple[ray.data.Dat
                    "seed_offset": cfg.seed_offset, "psi": cfg.psi}
 
 
-def generated_from_output(job: EvalJob) -> tuple[ray.data.Dataset, dict[str, Any]]:
-    cfg = job.eval
-    url = storage.normalize_url(cfg.generated)
+def generated_shards(url: str) -> tuple[dict[str, Any], list[str]]:
+    """A finished generate output's manifest and its Parquet shards' paths, in face order."""
     try:
         manifest = json.loads(storage.read_bytes(storage.join(url, GENERATED_MANIFEST)))
     except (FileNotFoundError, ValueError):
@@ -204,11 +221,24 @@ def generated_from_output(job: EvalJob) -> tuple[ray.data.Dataset, dict[str, Any
                if rel.endswith(".parquet")]
     if not parquet:
         raise EvalError(f"eval.generated: {url} has no Parquet shards (generated with format png?)")
+    return manifest, [storage.url_to_fs(storage.child(url, rel))[1] for rel in sorted(parquet)]
+
+
+def generated_from_output(job: EvalJob) -> tuple[ray.data.Dataset, dict[str, Any]]:
+    cfg = job.eval
+    url = storage.normalize_url(cfg.generated)
+    manifest, paths = generated_shards(url)
     if int(manifest.get("faces", 0)) < cfg.count:
         raise EvalError(f"eval.count: {cfg.count} faces asked, but {url} holds {manifest.get('faces', 0)}")
     fs, _ = storage.url_to_fs(url)
-    paths = [storage.url_to_fs(storage.child(url, rel))[1] for rel in sorted(parquet)]
-    faces = ray.data.read_parquet(paths, filesystem=storage.pyarrow_filesystem(fs), columns=["image"]).limit(cfg.count)
+    if cfg.groups:
+        columns = set(pq.read_schema(paths[0], filesystem=storage.pyarrow_filesystem(fs)).names)
+        missing = [name for name in cfg.groups if name not in columns]
+        if missing:
+            raise EvalError(f"eval.groups: the generated output {url} has no condition column for {missing} "
+                            "(its model does not condition on them)")
+    faces = ray.data.read_parquet(paths, filesystem=storage.pyarrow_filesystem(fs),
+                                  columns=["image", *cfg.groups]).limit(cfg.count)
     parameters = manifest.get("parameters") or {}  # what the generate job rendered (ganray.generate.plan)
     return faces, {"generated": url, "model_version": parameters.get("model_version"),
                    "resolution": parameters.get("resolution"), "psi": parameters.get("psi"),
@@ -251,6 +281,68 @@ def pin_classifier_extractor(job: EvalJob, registry: Registry) -> EvalJob:
     return job.model_copy(update={"eval": job.eval.model_copy(update={"extractor": pinned})})
 
 
+def _check_groups(cfg, manifest: dict[str, Any], info) -> None:
+    """Every grouping attribute must be labeled in the reference and known for the generated faces."""
+    unlabeled = [name for name in cfg.groups if name not in (manifest.get("attributes") or {})]
+    if unlabeled:
+        raise EvalError(f"eval.groups: {unlabeled} are not label columns of the reference {cfg.reference} "
+                        f"(its labels: {sorted(manifest.get('attributes') or {})})")
+    if info is not None:
+        unconditioned = [name for name in cfg.groups if name not in info.conditions]
+        if unconditioned:
+            raise EvalError(f"eval.groups: {cfg.model} ({info.version}) does not condition on {unconditioned} "
+                            f"(its conditions: {sorted(info.conditions)}), so its faces have no such value")
+
+
+def reference_labels(real: dict[str, np.ndarray], manifest: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+    """The reference's numbered labels as value names (the manifest's `attributes` lists them in order)."""
+    out = {}
+    for name in names:
+        vocabulary = np.array(manifest["attributes"][name], dtype=object)
+        out[name] = vocabulary[real[LABEL_PREFIX + name]]
+    return out
+
+
+def _rows_from_parquet(fs, paths: list[str], indices: list[int]) -> dict[int, bytes]:
+    """The `image` bytes of the given global row indices of shards read in `paths` order."""
+    wanted, found, start = sorted(set(indices)), {}, 0
+    for path in paths:
+        if len(found) == len(wanted):
+            break
+        rows = pq.ParquetFile(path, filesystem=storage.pyarrow_filesystem(fs)).metadata.num_rows
+        here = [i for i in wanted if start <= i < start + rows]
+        if here:
+            column = pq.read_table(path, filesystem=storage.pyarrow_filesystem(fs), columns=["image"])["image"]
+            found.update({i: column[i - start].as_py() for i in here})
+        start += rows
+    return found
+
+
+def reference_images(reference: str, manifest: dict[str, Any], indices: list[int]) -> np.ndarray:
+    fs, root = storage.url_to_fs(reference)
+    rows = _rows_from_parquet(fs, shard_paths(root, manifest), indices)
+    return np.stack([decode_png(rows[i]) for i in indices])
+
+
+def generated_images(job: EvalJob, registry: Registry, source: dict[str, Any], indices: list[int]) -> np.ndarray:
+    """Generated faces by index: rendered again (face i: seed seed_offset + i) or read from the output."""
+    cfg = job.eval
+    if cfg.model is not None:
+        generator = registry.load_generator(source["model_version"]).generator
+        seeds = [cfg.seed_offset + i for i in indices]
+        labels = labels_for_conditions(generator, {}, len(seeds), seeds=seeds)
+        return render_faces(generator, seeds, cfg.psi, labels, cfg.precision)
+    url = storage.normalize_url(cfg.generated)
+    fs, _ = storage.url_to_fs(url)
+    rows = _rows_from_parquet(fs, generated_shards(url)[1], indices)
+    return np.stack([decode_png(rows[i]) for i in indices])
+
+
+def pairs_png_url(output: str) -> str:
+    base = output[:-len(".json")] if output.endswith(".json") else output
+    return base + PAIRS_SUFFIX
+
+
 def run_evaluation(job: EvalJob) -> dict[str, Any]:
     """Evaluate, write the results JSON, record it in the registry (eval.model); returns the results."""
     started = time.monotonic()
@@ -258,11 +350,13 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
     job = pin_classifier_extractor(job, registry)
     cfg = job.eval
     manifest = reference_manifest(cfg.reference)
+    info = None
     if cfg.model is not None:
         info = registry.show(cfg.model)  # an unknown ref fails here, before Ray starts
         if info.resolution != manifest["resolution"]:
             raise EvalError(f"{cfg.model} ({info.version}) renders {info.resolution}x{info.resolution} faces; the "
                             f"reference {cfg.reference} holds {manifest['resolution']}x{manifest['resolution']}")
+    _check_groups(cfg, manifest, info)
     identity = extractor_identity(cfg.extractor)
     if cfg.extractor.name in ("inception_v3", "classifier"):
         build_extractor(cfg.extractor)  # a missing or mismatching weights file fails here, before Ray
@@ -278,6 +372,24 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
     values = compute_metrics(real, fake, job)
     small = cfg.small_count if cfg.small_count is not None else cfg.count // 4
     bias = metrics.fid_bias_report(real["features"], fake["features"], small) if 2 <= small < cfg.count else None
+    per_group = None
+    if cfg.groups:
+        per_group = per_group_metrics(real["features"], reference_labels(real, manifest, cfg.groups),
+                                      fake["features"], {name: fake[name] for name in cfg.groups},
+                                      cfg.groups, cfg.group_min_samples, cfg.pr_k)
+    memorization = None
+    pairs_image = None
+    if cfg.memorization.enabled:
+        memo = cfg.memorization
+        memorization = memorization_report(real["features"], fake["features"], threshold=memo.threshold,
+                                           threshold_ratio=memo.threshold_ratio, pairs=memo.pairs)
+        if memorization["closest"]:
+            closest = memorization["closest"]
+            pairs_image = encode_png(pairs_grid(
+                generated_images(job, registry, source, [p["generated_index"] for p in closest]),
+                reference_images(storage.normalize_url(cfg.reference), manifest,
+                                 [p["reference_index"] for p in closest])))
+            memorization["pairs_png"] = pairs_png_url(cfg.output)
     comparable = {"extractor": {k: v for k, v in identity.items() if k != "note"},
                   "reference_manifest_hash": manifest["manifest_hash"], "count": cfg.count,
                   "reference_count": cfg.reference_count, "psi": source.get("psi"),
@@ -288,12 +400,16 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
         "note": identity["note"],
         "fid_sample_size_bias": bias,
         "comparable": comparable,
+        "per_group": per_group,
+        "memorization": memorization,
         **source,
         "reference": storage.normalize_url(cfg.reference),
         "reference_cache": cache,
         "wall_s": round(time.monotonic() - started, 2),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if pairs_image is not None:  # first: the JSON that names it appears only once it is there
+        storage.atomic_write(memorization["pairs_png"], pairs_image)
     storage.atomic_write(cfg.output, (json.dumps(result, indent=2) + "\n").encode())
     if cfg.model is not None:
         registry.record(source["model_version"], cfg.record_as, result)
@@ -303,4 +419,14 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
         + ("" if identity["comparable_to_published"]
            else f"  ({identity['name']} extractor: not comparable to published FID)")
         + f"; results {cfg.output}")
+    if memorization is not None:
+        log(f"memorization: {memorization['share_below_threshold']:.1%} of generated faces within "
+            f"{memorization['threshold']:.4g} of a training image (nearest distance median "
+            f"{memorization['nn_distance']['median']:.4g}; reference's own {memorization['reference_nn_median']:.4g})")
+    for stratum in (per_group or {}).get("strata", []):
+        name = ", ".join(f"{k}={v}" for k, v in stratum["values"].items())
+        log(f"  {name}: " + (f"skipped: {stratum['skipped']}" if "skipped" in stratum else
+                             f"FID {stratum['fid']:.4g}  precision {stratum['precision']:.3f}  "
+                             f"recall {stratum['recall']:.3f}  ({stratum['generated_count']} vs "
+                             f"{stratum['reference_count']})"))
     return result

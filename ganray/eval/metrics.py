@@ -179,3 +179,24 @@ def fid_bias_report(real, generated, smaller: int, seed: int = 0) -> dict[str, f
     subset = g[np.random.default_rng(seed).choice(g.shape[0], smaller, replace=False)]
     return {"fid_full": fid(r, g), "fid_full_count": g.shape[0], "fid_small": fid(r, subset),
             "fid_small_count": smaller}
+
+
+def nearest_neighbours(points, reference, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of `points`: (Euclidean distance to its nearest row of `reference`, that row's index).
+
+    `exclude_self`: `points` is `reference` itself and a row's own entry does not count (the
+    nearest *other* sample; needs at least 2 rows). Distances in float64, ROW_CHUNK rows at a time.
+    """
+    p = _features(points, "generated")
+    r = _features(reference, "real", 2 if exclude_self else 1)
+    _same_dims(r, p)
+    distances, indices = np.empty(p.shape[0]), np.empty(p.shape[0], dtype=np.int64)
+    for start in range(0, p.shape[0], ROW_CHUNK):
+        block = _pairwise_distances(p[start:start + ROW_CHUNK], r)
+        if exclude_self:
+            rows = np.arange(block.shape[0])
+            block[rows, start + rows] = np.inf
+        nearest = block.argmin(axis=1)
+        indices[start:start + ROW_CHUNK] = nearest
+        distances[start:start + ROW_CHUNK] = block[np.arange(block.shape[0]), nearest]
+    return distances, indices

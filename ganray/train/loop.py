@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import ray.train
 import ray.train.torch
@@ -38,6 +38,35 @@ from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.report import save_loss_plot, save_sample_grid
 from ganray.train.steps import DStepResult, GANSteps, unwrap
+
+
+class GeneratorEvaluator(Protocol):
+    """What the loop calls to evaluate G_ema (rank 0 only): generator -> {metric: value}.
+
+    Handed in through the loop config by whoever starts training (`ganray train` gives
+    ganray.eval.training.TrainingEvaluator; train does not import eval). It must draw nothing from
+    the global RNGs and leave the generator as it was: training continues bit-identically.
+    """
+
+    def prepare(self) -> None:
+        """On the driver, once Ray is up, before the workers start (e.g. reference features)."""
+
+    def __call__(self, generator: torch.nn.Module) -> dict[str, float]: ...
+
+
+def evaluation_due(images_before: int, images_seen: int, every: int | None) -> bool:
+    """Whether this step's images passed a multiple of `every` (None: never)."""
+    return every is not None and images_seen // every > images_before // every
+
+
+def evaluate_on_rank_zero(evaluator: GeneratorEvaluator, generator: torch.nn.Module, rank: int) -> dict[str, float]:
+    """Rank 0 evaluates while the others wait; every rank gets its numbers (one collective)."""
+    result = None
+    if rank == 0:
+        started = time.perf_counter()
+        result = dict(evaluator(generator))
+        result["eval_s"] = time.perf_counter() - started
+    return gather_from_all(result)[0]
 
 
 @dataclass
@@ -124,6 +153,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     attributes: dict[str, list[str]] = loop_config["attributes"]
     manifest_hash: str = loop_config["manifest_hash"]
     progress_board = loop_config.get("progress_board")  # the driver's console line (train/progress.py)
+    evaluator: GeneratorEvaluator | None = loop_config.get("evaluator")  # job.eval.every_images
     cfg, resolution = job.train, job.data.resolution
 
     context = ray.train.get_context()
@@ -187,6 +217,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window = MetricsWindow()
 
     while progress.step < cfg.max_steps:
+        images_before = progress.images_seen
         # --- Discriminator: d_steps_per_g_step updates, each on a fresh real batch.
         for k in range(cfg.d_steps_per_g_step):
             indices, flip = sampler.next()
@@ -204,11 +235,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         # --- Metrics and checkpoints. ray.train.report is a barrier: every rank calls it together.
         at_checkpoint = progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps
-        if progress.step % cfg.log_every == 0 or at_checkpoint:
+        # Evaluation reports at its own step, whatever log_every says (the same decision on every rank).
+        eval_due = evaluator is not None and evaluation_due(images_before, progress.images_seen,
+                                                            job.eval.every_images)
+        if progress.step % cfg.log_every == 0 or at_checkpoint or eval_due:
             metrics = mean_over_workers(window.means(), device)
             metrics.update(step=progress.step, images_seen=progress.images_seen, images_per_s=window.rate())
             if steps.augment.enabled:  # the same on every rank
                 metrics.update(ada_p=steps.augment.p, ada_rt=steps.augment.rt)
+            if eval_due:
+                metrics.update(evaluate_on_rank_zero(evaluator, steps.G_ema, rank))
             progress.history.append(dict(metrics))
             per_rank = gather_per_rank_state(steps)  # a collective: all ranks, every report
             checkpoint = None

@@ -46,29 +46,46 @@ def save_sample_grid(G_ema: torch.nn.Module, job: TrainJob, attributes: dict, pa
     image_grid(images).save(path)
 
 
-def save_loss_plot(history: list[dict[str, Any]], path: str) -> None:
+def save_loss_plot(history: list[dict[str, Any]], path: str) -> list[str]:
+    """Loss curves and D's outputs; with training-time evaluation (rows with `fid`), a third panel of
+    FID and KID over steps. Returns the panels' titles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in history if "loss_D" in r]
-    fig, (ax_loss, ax_d) = plt.subplots(1, 2, figsize=(10, 3.6))
+    evaluated = [r for r in history if "fid" in r]
+    fig, axes = plt.subplots(1, 3 if evaluated else 2, figsize=(15 if evaluated else 10, 3.6))
+    ax_loss, ax_d = axes[0], axes[1]
     if rows:
         steps = [r["step"] for r in rows]
         ax_loss.plot(steps, [r["loss_D"] for r in rows], label="D loss")
         ax_loss.plot(steps, [r["loss_G"] for r in rows], label="G loss")
         ax_d.plot(steps, [r["D_real"] for r in rows], label="D(x)")
         ax_d.plot(steps, [r["D_fake"] for r in rows], label="D(G(z))")
-    for ax, title in ((ax_loss, "losses"), (ax_d, "discriminator outputs")):
+    panels = [(ax_loss, "losses"), (ax_d, "discriminator outputs")]
+    if evaluated:
+        ax_fid = axes[2]
+        steps = [r["step"] for r in evaluated]
+        ax_fid.plot(steps, [r["fid"] for r in evaluated], marker="o", label="FID")
+        ax_fid.set_ylabel("FID")
+        ax_kid = ax_fid.twinx()  # KID is orders of magnitude smaller: its own axis
+        ax_kid.errorbar(steps, [r["kid_mean"] for r in evaluated], yerr=[r["kid_std"] for r in evaluated],
+                        color="tab:orange", marker="s", capsize=2, label="KID")
+        ax_kid.set_ylabel("KID")
+        ax_kid.legend(loc="upper right")
+        panels.append((ax_fid, "evaluation (G_ema, eval.extractor)"))
+    for ax, title in panels:
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        ax.legend(loc="upper left" if evaluated and ax is panels[-1][0] else "best")
     for r in history:
         if r.get("event") == "resume":
-            for ax in (ax_loss, ax_d):
+            for ax, _ in panels:
                 ax.axvline(r["step"], color="grey", linestyle=":", linewidth=1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return [title for _, title in panels]

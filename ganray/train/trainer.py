@@ -16,7 +16,7 @@ from ganray.data.dataset import build_indexed_rows, dataset_attributes, dataset_
 from ganray.runtime import init_ray
 from ganray.storage import normalize_url, url_to_fs
 from ganray.train import checkpoint as ckpt
-from ganray.train.loop import train_loop_per_worker
+from ganray.train.loop import GeneratorEvaluator, train_loop_per_worker
 from ganray.train.progress import ProgressBoard, run_with_progress
 
 # Settings a resumed run may change; anything else must match the run's checkpoints.
@@ -69,7 +69,7 @@ def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
     now = _flatten(job.model_dump(mode="json"))
     changed = sorted(k for k in set(before) | set(now)
                      if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
-                     and not k.startswith("run."))
+                     and not k.startswith(("run.", "eval.")))  # evaluation settings never change training
     if meta["manifest_hash"] != manifest_hash:
         changed.append("dataset (manifest hash)")
     if changed:
@@ -81,7 +81,12 @@ def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
     return latest
 
 
-def run_training(job: TrainJob) -> TrainOutcome:
+def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None) -> TrainOutcome:
+    """Train (or resume) `job`'s run. With `job.eval.every_images`, `evaluator` evaluates G_ema then
+    (`ganray train` passes ganray.eval.training.TrainingEvaluator; its `prepare()` runs here once Ray is up)."""
+    if (job.eval.every_images is None) != (evaluator is None):
+        raise ConfigError("eval.every_images and an evaluator go together: `ganray train` builds the evaluator "
+                          "(ganray.eval.training.TrainingEvaluator) when eval.every_images is set")
     attributes = dataset_attributes(job.data)
     if job.model.conditional and not attributes:
         raise ConfigError("model.conditional is true but the dataset has no label columns")
@@ -92,6 +97,8 @@ def run_training(job: TrainJob) -> TrainOutcome:
     print(f"[ganray] training run '{job.run.name}': {job.train.max_steps} steps, {job.train.num_workers} workers, "
           f"checkpoints in {ckpt.run_url(storage_root(job), job.run.name)}", flush=True)
     init_ray(job.ray_address)  # only once the run is known to be valid
+    if evaluator is not None:
+        evaluator.prepare()  # reference features, on the driver (Ray Data; cached beside the dataset)
 
     # Progress bars of the one-off read are noise in a training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -107,7 +114,8 @@ def run_training(job: TrainJob) -> TrainOutcome:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
-                           "manifest_hash": manifest_hash, "rows": rows, "progress_board": board},
+                           "manifest_hash": manifest_hash, "rows": rows, "progress_board": board,
+                           "evaluator": evaluator},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
