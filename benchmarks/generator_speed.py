@@ -1,0 +1,231 @@
+"""How much of the CPU does a generator's forward pass use? Faces/s and achieved FLOP/s per variant.
+
+    .venv/bin/python benchmarks/generator_speed.py [--repeats 3] [--seconds 2] [--compile] [--quick]
+
+Everything is measured in one run, on random weights (a forward pass costs the same whatever the
+weights are):
+
+- the machine's bf16 peak: the best of `--repeats` timings of a 4096^3 bf16 matmul on all torch
+  threads (AMX on Sapphire Rapids), and the same on one thread;
+- for each architecture (dcgan, stylegan2 with ganray's default widths) at 64 and 256 px, each
+  variant below: faces/s (best of `--repeats` timed windows of `--seconds`), achieved FLOP/s
+  (faces/s x the generator's FLOPs per face) and that ÷ the bf16 peak on the same threads;
+- for each variant, whether a face's bytes are independent of its batch: faces rendered in a batch
+  of 64, of 7 and alone must be the same uint8 pixels, for 3 random models (`batch-independent`).
+
+FLOPs per face are counted with torch.utils.flop_counter.FlopCounterMode on one forward pass of a
+batch of 8 (it counts matmuls and convolutions, grouped ones by their real size, as 2 x MACs;
+elementwise work is not counted), divided by 8.
+
+The variants (`render` = ganray.models.face.render_faces, what the bulk job and Serve call):
+  render fp32 / render bf16        the product path: fp32 or bf16 autocast, as render_faces runs it
+  bf16 N threads                   autocast bf16, the bare forward pass on all torch threads
+  bf16 1 thread                    the same on one thread
+  bf16 channels_last (1 thread)    the model and input in channels_last memory format
+  bf16 weights (1 thread)          the model cast to bfloat16 (no autocast casts per layer)
+  bf16 compile (1 thread)          torch.compile (inductor, CPU C++/oneDNN codegen); --compile only:
+                                   it takes minutes to build on 2 cores
+  batch 16 / 256                   the render path at other batch sizes
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ganray.config import DCGANConfig, StyleGAN2Config
+from ganray.models import build_generator
+from ganray.models.face import (
+    is_style_based,
+    latents_for_seeds,
+    noise_for_seeds,
+    render_faces,
+)
+
+
+def matmul_peak(threads: int, repeats: int, n: int = 4096) -> float:
+    """FLOP/s of the best of `repeats` n^3 bf16 matmuls on `threads` threads."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    with threads_set(threads):
+        a @ b  # warm-up
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def threads_set(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_generator(arch: str, resolution: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = DCGANConfig() if arch == "dcgan" else StyleGAN2Config()
+    return build_generator(cfg, resolution).eval()
+
+
+def inputs(generator: torch.nn.Module, seeds: list[int]):
+    """What the bare forward pass takes for `seeds` (ws and noise for a style-based G)."""
+    if is_style_based(generator):
+        with torch.no_grad():  # not inference_mode: FlopCounterMode's module hooks need normal tensors
+            ws = torch.cat([generator.map(latents_for_seeds([s], generator.z_dim)) for s in seeds])
+        return ws, noise_for_seeds(generator, seeds)
+    return (latents_for_seeds(seeds, generator.z_dim),)
+
+
+def forward_fn(generator: torch.nn.Module) -> Callable:
+    return generator.synthesis if is_style_based(generator) else generator
+
+
+def flops_per_face(generator: torch.nn.Module, batch: int = 8) -> float:
+    args = inputs(generator, list(range(batch)))
+    counter = FlopCounterMode(display=False)
+    with counter:  # with autograd on: its module tracker fails on no_grad/inference tensors
+        forward_fn(generator)(*args)
+    return counter.get_total_flops() / batch
+
+
+def to_pixels(x: torch.Tensor) -> np.ndarray:
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class Variant:
+    """A way to run the forward pass: `prepare(G) -> render(seeds) -> uint8 (B, 3, R, R)`."""
+
+    def __init__(self, name: str, prepare: Callable[[torch.nn.Module], Callable[[list[int]], np.ndarray]],
+                 threads: int):
+        self.name, self.prepare, self.threads = name, prepare, threads
+
+
+def bare(threads: int, autocast: bool = True, channels_last: bool = False, bf16_weights: bool = False,
+         compile_: bool = False) -> Callable:
+    def prepare(generator: torch.nn.Module) -> Callable[[list[int]], np.ndarray]:
+        import copy
+
+        g = copy.deepcopy(generator)
+        if bf16_weights:
+            g = g.to(torch.bfloat16)
+        if channels_last:
+            g = g.to(memory_format=torch.channels_last)
+        fn = forward_fn(g)
+        if compile_:
+            fn = torch.compile(fn)
+
+        def run(seeds: list[int]) -> np.ndarray:
+            args = inputs(g, seeds)
+            if bf16_weights:
+                args = tuple(a.to(torch.bfloat16) if isinstance(a, torch.Tensor) else
+                             [n.to(torch.bfloat16) for n in a] for a in args)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                return to_pixels(fn(*args))
+        return run
+    return prepare
+
+
+def product(precision: str) -> Callable:
+    def prepare(generator: torch.nn.Module) -> Callable[[list[int]], np.ndarray]:
+        return lambda seeds: render_faces(generator, seeds, precision=precision)
+    return prepare
+
+
+def variants(threads: int, with_compile: bool) -> list[Variant]:
+    out = [
+        Variant("render bf16 (product path)", product("bf16"), threads),
+        Variant("render fp32 (product path)", product("fp32"), threads),
+        Variant(f"bf16 {threads} threads", bare(threads), threads),
+        Variant("bf16 1 thread", bare(1), 1),
+        Variant(f"bf16 channels_last {threads} threads", bare(threads, channels_last=True), threads),
+        Variant("bf16 channels_last 1 thread", bare(1, channels_last=True), 1),
+        Variant("bf16 weights 1 thread", bare(1, autocast=False, bf16_weights=True), 1),
+        Variant("fp32 1 thread", bare(1, autocast=False), 1),
+    ]
+    if with_compile:
+        out.append(Variant("bf16 compile 1 thread", bare(1, compile_=True), 1))
+    return out
+
+
+def faces_per_s(run: Callable[[list[int]], np.ndarray], batch: int, seconds: float, repeats: int) -> float:
+    seeds = list(range(batch))
+    run(seeds)  # warm-up: oneDNN builds its kernels on first use
+    best = 0.0
+    for _ in range(repeats):
+        faces, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            run(seeds)
+            faces += batch
+        best = max(best, faces / (time.perf_counter() - start))
+    return best
+
+
+def batch_independent(variant: Variant, arch: str, resolution: int, models: int = 3) -> bool:
+    """Faces 0..6 rendered in a batch of 64, in a batch of 7 and one at a time: the same bytes?"""
+    with threads_set(variant.threads):
+        for m in range(models):
+            run = variant.prepare(make_generator(arch, resolution, seed=100 + m))
+            big = run(list(range(64)))[:7]
+            small = run(list(range(7)))
+            alone = np.concatenate([run([s]) for s in range(7)])
+            if not (np.array_equal(big, small) and np.array_equal(big, alone)):
+                return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
+    parser.add_argument("--quick", action="store_true", help="64 px only, no determinism checks")
+    args = parser.parse_args()
+
+    threads = torch.get_num_threads()
+    peak = {threads: matmul_peak(threads, args.repeats), 1: matmul_peak(1, args.repeats)}
+    print(f"torch {torch.__version__}, {threads} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
+    print(f"bf16 matmul peak (4096^3): {peak[threads] / 1e9:.0f} GFLOP/s on {threads} threads, "
+          f"{peak[1] / 1e9:.0f} GFLOP/s on 1 thread")
+    print("FLOPs counted with torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions, 2 x MACs)")
+    print()
+    print("| arch | px | variant | batch | GFLOP/face | faces/s | GFLOP/s | ÷ peak (same threads) | "
+          "batch-independent |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arch in ("dcgan", "stylegan2"):
+        for resolution in ((64,) if args.quick else (64, 256)):
+            generator = make_generator(arch, resolution)
+            flops = flops_per_face(generator)
+            batch = args.batch if resolution == 64 else max(args.batch // 8, 1)
+            runs = [(v, batch) for v in variants(threads, args.compile)]
+            if resolution == 64 and arch == "dcgan":
+                runs += [(variants(threads, False)[0], 16), (variants(threads, False)[0], 256)]
+            for variant, b in runs:
+                run = variant.prepare(generator)
+                # The product path chooses its own threads (one on CPU); the bare variants run on theirs.
+                with threads_set(variant.threads):
+                    rate = faces_per_s(run, b, args.seconds, args.repeats)
+                used_threads = 1 if variant.name.startswith("render") else variant.threads
+                achieved = rate * flops
+                independent = "-" if args.quick else ("yes" if batch_independent(variant, arch, resolution)
+                                                      else "NO")
+                print(f"| {arch} | {resolution} | {variant.name} | {b} | {flops / 1e9:.3f} | {rate:,.0f} | "
+                      f"{achieved / 1e9:,.0f} | {achieved / peak[used_threads]:.2f} ({used_threads} thr) | "
+                      f"{independent} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
