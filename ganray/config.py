@@ -633,6 +633,13 @@ class GenerateConfig(Section):
     )
     precision: Precision = Field("bf16", description="autocast dtype (fp16 needs cuda)")
     device: Literal["cpu", "cuda"] = "cpu"
+    # Style mixing (style-based models only): both or neither.
+    mix_seed_offset: int | None = Field(
+        None, ge=0, description="style mixing: face i's styles from `crossover` on come from seed "
+                                "mix_seed_offset + i (None = no mixing)")
+    crossover: int | None = Field(
+        None, ge=0, description="style mixing: the first w index taken from the mix seed (0 = the mix seed's "
+                                "face, num_ws = the seed's own; num_ws = 2 log2(resolution) - 2)")
     # Execution only: the same faces whatever these are.
     batch_size: int = Field(64, gt=0, description="faces per generator forward pass")
     replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
@@ -650,6 +657,8 @@ class GenerateConfig(Section):
             raise ValueError(f"balance lists an attribute twice: {self.balance}")
         if self.precision == "fp16" and self.device != "cuda":
             raise ValueError("precision 'fp16' needs device 'cuda' (use bf16 on CPU)")
+        if (self.mix_seed_offset is None) != (self.crossover is None):
+            raise ValueError("style mixing needs both generate.mix_seed_offset and generate.crossover")
         return self
 
 

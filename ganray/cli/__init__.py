@@ -14,12 +14,14 @@ import sys
 from ganray import console
 from ganray.cli import data, demo, generate, registry, serve, train
 from ganray.cli import eval as eval_command  # not `eval`: that name is a builtin
+from ganray.cli import samples
 from ganray.cli.common import UsageError
 from ganray.config import ConfigError
 from ganray.storage import LocationError
 
 # In the order `ganray --help` lists them.
 COMMAND_MODULES = (demo, train, data, registry, generate, eval_command, serve)
+COMMAND_MODULES += (samples,)
 
 
 def build_parser() -> argparse.ArgumentParser:

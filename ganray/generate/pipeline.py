@@ -27,7 +27,7 @@ from ganray.generate.output import (
     json_bytes,
 )
 from ganray.generate.lease import check_not_superseded
-from ganray.generate.plan import ConditionPlan, ShardRange, render_environment
+from ganray.generate.plan import ConditionPlan, ShardRange, StyleMix, render_environment
 
 
 def _shard(row: dict[str, Any]) -> ShardRange:
@@ -44,7 +44,8 @@ class FaceRenderer:
     """
 
     def __init__(self, registry_url: str, version: str, plan: ConditionPlan, seed_offset: int, psi: float,
-                 batch_size: int, precision: str, device: str, environment: dict[str, str]):
+                 batch_size: int, precision: str, device: str, environment: dict[str, str],
+                 mix: StyleMix | None = None):
         import torch
 
         from ganray.registry import Registry
@@ -57,7 +58,7 @@ class FaceRenderer:
 
         # The fastest layout that keeps every face's bytes (the same one Serve renders with).
         self.generator = prepare_for_render(Registry(registry_url).load_generator(version, device=device).generator)
-        self.plan, self.seed_offset, self.psi = plan, seed_offset, psi
+        self.plan, self.seed_offset, self.psi, self.mix = plan, seed_offset, psi, mix
         self.batch_size, self.precision = batch_size, precision
 
     def _render(self, face_ids: range) -> np.ndarray:
@@ -65,7 +66,10 @@ class FaceRenderer:
 
         seeds = [self.seed_offset + i for i in face_ids]
         labels = labels_for_rows(self.generator, [self.plan.for_face(i, s) for i, s in zip(face_ids, seeds)])
-        return render_faces(self.generator, seeds, self.psi, labels, self.precision)
+        if self.mix is None:
+            return render_faces(self.generator, seeds, self.psi, labels, self.precision)
+        return render_faces(self.generator, seeds, self.psi, labels, self.precision,
+                            mix_seeds=self.mix.seeds(face_ids), crossover=self.mix.crossover)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels, heights, widths = [], [], []
@@ -92,9 +96,11 @@ def encode_pngs(batch: pa.Table) -> pa.Table:
     return batch.drop_columns(["pixels"]).append_column("pngs", pa.array(pngs, pa.list_(pa.binary())))
 
 
-def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: float, width: int,
-              height: int, model_version: str, job_id: str, images: list[bytes] | None = None) -> dict[str, list]:
-    """The columns of a shard's rows, in column order; the `image` column only when `images` are given."""
+def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: float, mix: StyleMix | None = None,
+              width: int, height: int, model_version: str, job_id: str,
+              images: list[bytes] | None = None) -> dict[str, list]:
+    """The columns of a shard's rows, in column order; the `image` column only when `images` are given,
+    `mix_seed` and `crossover` only in a style-mixing job."""
     face_ids = list(range(shard.start, shard.stop))
     seeds = [seed_offset + i for i in face_ids]
     conditions = [plan.for_face(i, s) for i, s in zip(face_ids, seeds)]
@@ -107,6 +113,7 @@ def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: 
         "height": [height] * n,
         "model_version": [model_version] * n,
         "psi": [psi] * n,
+        **({"mix_seed": mix.seeds(face_ids), "crossover": [mix.crossover] * n} if mix is not None else {}),
         "conditions": [json.dumps(c) for c in conditions],
         **{name: [c[name] for c in conditions] for name in plan.condition_values},
         "job_id": [job_id] * n,
@@ -115,7 +122,8 @@ def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: 
 
 _COLUMN_TYPES = {"face_id": pa.int64(), "seed": pa.int64(), "image": pa.binary(), "width": pa.int32(),
                  "height": pa.int32(), "model_version": pa.string(), "psi": pa.float64(),
-                 "conditions": pa.string(), "job_id": pa.string(), "file": pa.string()}
+                 "conditions": pa.string(), "job_id": pa.string(), "file": pa.string(),
+                 "mix_seed": pa.int64(), "crossover": pa.int32()}
 
 
 def _parquet_bytes(columns: dict[str, list]) -> bytes:
@@ -128,7 +136,7 @@ def _parquet_bytes(columns: dict[str, list]) -> bytes:
 
 
 def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, seed_offset: int, psi: float,
-                model_version: str, job_id: str, superseded_url: str) -> pa.Table:
+                mix: StyleMix | None = None, model_version: str, job_id: str, superseded_url: str) -> pa.Table:
     """Write each shard's files into place, then its manifest entry (the commit); return commit records.
 
     `superseded_url` is the lease key that exists once another driver has taken the output over:
@@ -137,7 +145,7 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
     records = []
     for row in batch.to_pylist():
         shard, pngs = _shard(row), row["pngs"]
-        row_args = dict(seed_offset=seed_offset, psi=psi, width=row["width"], height=row["height"],
+        row_args = dict(seed_offset=seed_offset, psi=psi, mix=mix, width=row["width"], height=row["height"],
                         model_version=model_version, job_id=job_id)
         files: dict[str, dict[str, Any]] = {}
         if layout.writes_parquet:

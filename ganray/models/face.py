@@ -206,8 +206,10 @@ def _styles_for_seeds(generator: nn.Module, seeds: Sequence[int], psi: float, la
                       for i in range(len(seeds))])
 
 
-def _check_mixing(generator: nn.Module, seeds: Sequence[int], mix_seeds: Sequence[int] | None,
-                  crossover: int | None) -> None:
+def check_mixing(generator: nn.Module, seeds: Sequence[int], mix_seeds: Sequence[int] | None,
+                 crossover: int | None) -> None:
+    """ValueError, naming the problem, unless (mix_seeds, crossover) is a valid mix for `generator` (or
+    both are None). Callers that render many requests in one batch check each request with it first."""
     if mix_seeds is None and crossover is None:
         return
     if not is_style_based(generator):
@@ -234,7 +236,7 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if generator.training:
         raise ValueError("the generator is in training mode: call .eval() (BatchNorm must use running statistics)")
-    _check_mixing(generator, seeds, mix_seeds, crossover)
+    check_mixing(generator, seeds, mix_seeds, crossover)
     device = _device(generator)
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision 'fp16' needs a GPU: use 'bf16' or 'fp32' on CPU")
