@@ -110,6 +110,19 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def check_request(model: LoadedGenerator, request: RenderRequest) -> list[dict[str, str]] | RenderResult:
+    """The request's resolved conditions, one per seed, or a RenderResult naming what the model refuses
+    (a style mix it cannot do, or a bad condition)."""
+    try:
+        check_mixing(model.generator, request.seeds, request.mix_seeds, request.crossover)
+    except ValueError as e:
+        return RenderResult(model_version=model.version, error=str(e), error_field="crossover")
+    try:
+        return [resolve_conditions(model.generator, request.conditions, seed) for seed in request.seeds]
+    except ValueError as e:
+        return RenderResult(model_version=model.version, error=str(e))
+
+
 @serve.deployment
 class FaceGenerator:
     """Renders faces with the model behind a registry alias, and follows the alias when it moves."""
@@ -215,7 +228,7 @@ class FaceGenerator:
         results: list[RenderResult | None] = [None] * len(requests)
         by_call: dict[tuple[float, int | None], list[tuple[int, list[dict[str, str]]]]] = {}
         for i, request in enumerate(requests):
-            checked = FaceGenerator._check(model, request)
+            checked = check_request(model, request)
             if isinstance(checked, RenderResult):
                 results[i] = checked
                 continue
@@ -236,23 +249,10 @@ class FaceGenerator:
                 start = end
         return results
 
-    @staticmethod
-    def _check(model: LoadedGenerator, request: RenderRequest) -> list[dict[str, str]] | RenderResult:
-        """The request's resolved conditions, one per seed, or a RenderResult naming what the model refuses
-        (a style mix it cannot do, or a bad condition)."""
-        try:
-            check_mixing(model.generator, request.seeds, request.mix_seeds, request.crossover)
-        except ValueError as e:
-            return RenderResult(model_version=model.version, error=str(e), error_field="crossover")
-        try:
-            return [resolve_conditions(model.generator, request.conditions, seed) for seed in request.seeds]
-        except ValueError as e:
-            return RenderResult(model_version=model.version, error=str(e))
-
     async def describe(self, request: RenderRequest) -> RenderResult:
         """The faces' resolved conditions and model version, without rendering them."""
         model = self._model
-        checked = self._check(model, request)
+        checked = check_request(model, request)
         if isinstance(checked, RenderResult):
             return checked
         return RenderResult(model_version=model.version, conditions=checked)
