@@ -91,6 +91,7 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
 
 
 EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "eval", "serve"}
+EXPECTED_COMMANDS |= {"samples"}  # ganray samples (style mixing / psi sweep grids)
 
 
 def test_every_subcommand_registers_and_answers_help():
