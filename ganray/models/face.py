@@ -166,9 +166,9 @@ def prepare_for_render(generator: nn.Module) -> nn.Module:
     reorders were ~20 % of a DCGAN-64 forward pass), and BatchNorm runs its NHWC kernel: about 2x
     the faces/s on one thread (benchmarks/generator_speed.py). The pixels are the same bytes as
     with the default layout (tests/test_render.py checks it, batch by batch), so faces from a
-    prepared and an unprepared generator are interchangeable. StyleGAN2 is left as it is: its
-    modulated convolutions build their weights per face at run time, so the stored layout does not
-    reach them. Not for a model that is still trained or saved (safetensors wants contiguous weights).
+    prepared and an unprepared generator are interchangeable. StyleGAN2 is left as it is:
+    channels_last did not make it faster, and its bytes in that layout are not tested. Not for a
+    model that is still trained or saved (safetensors wants contiguous weights).
     """
     if _device(generator).type == "cpu" and not is_style_based(generator):
         generator.to(memory_format=torch.channels_last)
