@@ -734,6 +734,13 @@ class GenerateConfig(Section):
     )
     precision: Precision = Field("bf16", description="autocast dtype (fp16 needs cuda)")
     device: Literal["cpu", "cuda"] = "cpu"
+    # Style mixing (style-based models only): both or neither.
+    mix_seed_offset: int | None = Field(
+        None, ge=0, description="style mixing: face i's styles from `crossover` on come from seed "
+                                "mix_seed_offset + i (None = no mixing)")
+    crossover: int | None = Field(
+        None, ge=0, description="style mixing: the first w index taken from the mix seed (0 = the mix seed's "
+                                "face, num_ws = the seed's own; num_ws = 2 log2(resolution) - 2)")
     # Execution only: the same faces whatever these are.
     batch_size: int = Field(64, gt=0, description="faces per generator forward pass")
     replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
@@ -763,6 +770,14 @@ class GenerateConfig(Section):
             fixed = sorted(set(self.conditions) & set(self.closed_loop.strata))
             if fixed:
                 raise ValueError(f"attributes {fixed} are both fixed (conditions) and strata (closed_loop.strata)")
+        if (self.mix_seed_offset is None) != (self.crossover is None):
+            raise ValueError("style mixing needs both generate.mix_seed_offset and generate.crossover")
+        labeled = [k for k in ("labeler", "quality", "closed_loop") if getattr(self, k) is not None]
+        if self.crossover is not None and labeled:
+            # The label stage and the closed loop write rows of their own (no mix columns) and the
+            # closed loop draws its own seeds: a mixed, labeled set is not built yet.
+            raise ValueError(f"style mixing (generate.mix_seed_offset/crossover) cannot be combined with "
+                             f"generate.{'/'.join(labeled)} yet")
         return self
 
 

@@ -91,7 +91,7 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
     assert not storage.exists()  # nothing written
 
 
-EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "report", "eval", "labeler", "serve"}
+EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "samples", "report", "eval", "labeler", "serve"}
 
 
 def test_every_subcommand_registers_and_answers_help():

@@ -1,6 +1,7 @@
 """Seed -> face rendering: independent of batching, truncation, conditions, deterministic PNG bytes."""
 from __future__ import annotations
 
+import copy
 import struct
 import zlib
 
@@ -13,6 +14,7 @@ from ganray.images import decode_png, encode_png
 from ganray.models.face import (
     labels_for_conditions,
     latents_for_seeds,
+    prepare_for_render,
     render_faces,
     resolve_conditions,
 )
@@ -155,3 +157,20 @@ def test_faces_are_identical_across_batch_sizes_when_the_caller_uses_more_thread
             assert whole.std() > 50
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_prepared_fast_layout_renders_the_same_bytes_whatever_the_batch(precision):
+    """prepare_for_render (channels_last, what the bulk job and Serve render with) gives each face the
+    bytes of the default layout, and they still do not depend on the batch the face is in."""
+    seeds = list(range(700, 716))
+    for model_seed in range(4):
+        plain = _trained_looking_dcgan64(model_seed)
+        fast = prepare_for_render(copy.deepcopy(plain))
+        assert fast.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert plain.net[0].weight.is_contiguous()  # a copy was prepared, not the original
+        whole = render_faces(fast, seeds, precision=precision)
+        np.testing.assert_array_equal(whole, render_faces(plain, seeds, precision=precision))
+        np.testing.assert_array_equal(whole[5:12], render_faces(fast, seeds[5:12], precision=precision))
+        np.testing.assert_array_equal(whole[3:4], render_faces(fast, seeds[3:4], precision=precision))
+        assert whole.std() > 50

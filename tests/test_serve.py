@@ -145,8 +145,31 @@ def stylegan2_bulk(ray_session, registry, tmp_path_factory):
     return version, sorted(pq.read_table(output / PARQUET_DIR).to_pylist(), key=lambda row: row["seed"])
 
 
+MIX = {"mix_seed_offset": 90, "crossover": 3}  # the style-mixing bulk job's (num_ws is 8 at 32 px)
+
+
 @pytest.fixture(scope="module")
-def service(ray_session, registry, bulk_faces, stylegan2_bulk):
+def stylegan2_mixed_bulk(ray_session, registry, stylegan2_bulk, tmp_path_factory):
+    """A style-mixing bulk job of the tiny StyleGAN2 (batches of 3), in PNG folders (the metadata rows)."""
+    import pyarrow.parquet as pq
+
+    from ganray.config import GenerateJob
+    from ganray.generate.job import run_generate
+
+    _, url, _ = registry
+    version, _ = stylegan2_bulk
+    output = tmp_path_factory.mktemp("stylegan2-mixed") / "faces"
+    job = GenerateJob.model_validate({"registry": {"url": url}, "generate": {
+        "model": version, "output": str(output), "count": 4, "shard_size": 4, "format": "both",
+        "psi": 0.7, "conditions": {"age": "old"}, "seed_offset": 60, "batch_size": 3, **MIX}})
+    run_generate(job, log=lambda line: None)
+    rows = sorted(pq.read_table(output / "parquet").to_pylist(), key=lambda row: row["seed"])
+    png_folder = next(output.glob("png/*"))
+    return rows, pq.read_table(next(png_folder.glob("*.parquet"))).to_pylist(), png_folder
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, registry, bulk_faces, stylegan2_bulk, stylegan2_mixed_bulk):
     """The three applications; yields their base URLs. Deletes only them at the end."""
     from ray import serve
 
@@ -581,6 +604,91 @@ def test_hot_reload_from_dcgan_to_stylegan2_serves_the_bulk_jobs_bytes(service, 
             r = client.get(f"/v1/faces/{row['seed']}.png", params={"psi": row["psi"], **json.loads(row["conditions"])})
             assert r.status_code == 200 and r.headers["x-model-version"] == version
             assert r.content == row["image"]
+
+
+def test_style_mixing_bulk_rows_record_the_mix_and_are_render_faces_bytes(stylegan2_mixed_bulk, stylegan2_bulk,
+                                                                          registry):
+    reg, _, _ = registry
+    version, unmixed = stylegan2_bulk
+    rows, png_rows, png_folder = stylegan2_mixed_bulk
+    assert [r["seed"] for r in rows] == list(range(60, 64))
+    assert [r["mix_seed"] for r in rows] == list(range(90, 94)) and {r["crossover"] for r in rows} == {3}
+    assert [(r["mix_seed"], r["crossover"]) for r in png_rows] == [(r["mix_seed"], r["crossover"]) for r in rows]
+    assert [(png_folder.parent.parent / r["file"]).read_bytes() for r in png_rows] == [r["image"] for r in rows]
+    assert "mix_seed" not in unmixed[0] and "crossover" not in unmixed[0]  # rows without mixing are unchanged
+    generator = reg.load_generator(version).generator
+    labels = labels_for_rows(generator, [json.loads(r["conditions"]) for r in rows])
+    seeds, mix_seeds = [r["seed"] for r in rows], [r["mix_seed"] for r in rows]
+    mixed = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "bf16",
+                                                         mix_seeds=mix_seeds, crossover=3)]
+    assert [r["image"] for r in rows] == mixed
+    assert mixed != [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "bf16")]
+
+
+def test_a_mixing_job_refuses_a_crossover_beyond_the_models_styles(stylegan2_bulk, registry, tmp_path):
+    from ganray.config import GenerateJob
+    from ganray.generate.job import plan_job
+    from ganray.generate.output import GenerateError
+
+    _, url, _ = registry
+    version, _ = stylegan2_bulk
+
+    def job(crossover: int) -> GenerateJob:
+        return GenerateJob.model_validate({"registry": {"url": url}, "generate": {
+            "model": version, "output": str(tmp_path / "faces"), "mix_seed_offset": 1, "crossover": crossover}})
+
+    assert plan_job(job(8)).model.version == version  # num_ws = 8 at 32 px: crossover 8 is the last one
+    with pytest.raises(GenerateError, match="generate.crossover must be a w index from 0 to 8 .* got 9"):
+        plan_job(job(9))
+    assert not (tmp_path / "faces").exists()
+
+
+def test_style_mixing_over_http_is_the_bulk_jobs_bytes(service, registry, stylegan2_bulk, stylegan2_mixed_bulk,
+                                                       main):
+    reg, _, _ = registry
+    version, _ = stylegan2_bulk
+    rows, _, _ = stylegan2_mixed_bulk
+    reg.promote(version, "arch")  # (the hot-reload test has done so already when the whole module runs)
+    with httpx.Client(base_url=service["arch"], headers={"X-API-Key": ENV_KEY}, timeout=30) as client:
+        wait_for(lambda: client.get("/v1/model").json()["version"] == version, what="the StyleGAN2 version")
+        assert client.get("/v1/model").json()["num_ws"] == 8
+        for row in rows:
+            r = client.get(f"/v1/faces/{row['seed']}.png",
+                           params={"psi": 0.7, "age": "old", "mix_seed": row["mix_seed"], "crossover": 3})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-mix-seed"] == str(row["mix_seed"]) and r.headers["x-crossover"] == "3"
+            assert dict(parse_qsl(r.headers["x-conditions"])) == json.loads(row["conditions"])
+            assert r.content == row["image"]
+        body = {"seeds": [r["seed"] for r in rows], "mix_seeds": [r["mix_seed"] for r in rows], "crossover": 3,
+                "psi": 0.7, "conditions": {"age": "old"}}
+        faces = client.post("/v1/faces", json=body).json()["faces"]
+        assert [base64.b64decode(f["image_base64"]) for f in faces] == [r["image"] for r in rows]
+        assert [(f["mix_seed"], f["crossover"]) for f in faces] == [(r["mix_seed"], 3) for r in rows]
+        urls = client.post("/v1/faces", json={**body, "format": "png"}).json()["faces"]
+        assert [client.get(f["url"]).content for f in urls] == [r["image"] for r in rows]
+        # Crossover 0 is the mix seed's own face; crossover num_ws the seed's.
+        first = {"psi": 0.7, **json.loads(rows[0]["conditions"])}
+        alone = client.get(f"/v1/faces/{rows[0]['mix_seed']}.png", params=first)
+        at_zero = client.get(f"/v1/faces/{rows[0]['seed']}.png",
+                             params={**first, "mix_seed": rows[0]["mix_seed"], "crossover": 0})
+        assert at_zero.content == alone.content
+
+        # Bad mixes: a 422 naming the field, and the message says why.
+        beyond = client.get("/v1/faces/1.png", params={"mix_seed": 2, "crossover": 9})
+        assert_422_names(beyond, "crossover")
+        assert "from 0 to 8" in beyond.text
+        assert_422_names(client.get("/v1/faces/1.png", params={"mix_seed": 2}), "crossover")
+        assert_422_names(client.get("/v1/faces/1.png", params={"crossover": 2}), "mix_seed")
+        assert_422_names(client.post("/v1/faces", json={"seeds": [1, 2], "mix_seeds": [3], "crossover": 1}),
+                         "mix_seeds")
+        assert_422_names(client.post("/v1/faces", json={"count": 1, "mix_seeds": [3], "crossover": 1}), "mix_seeds")
+        assert_422_names(client.post("/v1/faces", json={"seeds": [1], "mix_seeds": [3], "crossover": 9,
+                                                        "format": "png"}), "crossover")
+    # A DCGAN has one latent: nothing to mix.
+    dcgan = main.get("/v1/faces/1.png", params={"mix_seed": 2, "crossover": 1})
+    assert_422_names(dcgan, "crossover")
+    assert "style mixing needs a style-based generator" in dcgan.text
+    assert main.get("/v1/model").json()["num_ws"] is None
 
 
 # ---------------------------------------------------------------------------------------------

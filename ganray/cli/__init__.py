@@ -15,12 +15,13 @@ from ganray import console
 from ganray.cli import data, demo, generate, labeler, registry, serve, train
 from ganray.cli import eval as eval_command  # not `eval`: that name is a builtin
 from ganray.cli import report as report_command  # not shadowing the module-level name `report`
+from ganray.cli import samples
 from ganray.cli.common import UsageError
 from ganray.config import ConfigError
 from ganray.storage import LocationError
 
 # In the order `ganray --help` lists them.
-COMMAND_MODULES = (demo, train, data, registry, generate, report_command, eval_command, labeler, serve)
+COMMAND_MODULES = (demo, train, data, registry, generate, samples, report_command, eval_command, labeler, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

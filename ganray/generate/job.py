@@ -42,7 +42,9 @@ from ganray.generate.plan import (
     job_parameters,
     render_environment,
     shard_ranges,
+    style_mix,
 )
+from ganray.models import style_count
 from ganray.registry import Registry, RegistryError, VersionInfo
 from ganray.runtime import init_ray
 
@@ -85,6 +87,8 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
     except ValueError as e:
         raise GenerateError(f"generate.conditions/balance: {e}") from None
     labeling, closed = _plan_labels(cfg, model, registry.url)
+    if cfg.crossover is not None:
+        _check_style_mix(cfg.crossover, model)
     return GeneratePlan(
         job=job,
         registry_url=registry.url,
@@ -165,6 +169,18 @@ def _plan_labels(cfg, model: VersionInfo, registry_url: str) -> tuple[dict[str, 
     except ValueError as e:
         raise GenerateError(f"generate.closed_loop: {e}") from None
     return labeling, closed
+
+
+def _check_style_mix(crossover: int, model: VersionInfo) -> None:
+    """A mixing job needs a style-based model and a crossover within its styles (known from its config)."""
+    num_ws = style_count(model.model, model.resolution)
+    if num_ws is None:
+        raise GenerateError(f"generate.mix_seed_offset/crossover: style mixing needs a style-based model "
+                            f"(model.arch stylegan2); {model.version} is a {model.model.get('arch')} "
+                            "with a single latent input")
+    if crossover > num_ws:
+        raise GenerateError(f"generate.crossover must be a w index from 0 to {num_ws} (the number of styles of "
+                            f"{model.version}, {model.resolution} px), got {crossover}")
 
 
 def with_environment(plan: GeneratePlan) -> GeneratePlan:
@@ -261,7 +277,7 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease)
             FaceRenderer,
             fn_constructor_kwargs=dict(
                 registry_url=plan.registry_url, version=plan.model.version, plan=plan.conditions,
-                seed_offset=cfg.seed_offset, psi=cfg.psi, batch_size=cfg.batch_size,
+                seed_offset=cfg.seed_offset, psi=cfg.psi, mix=style_mix(cfg), batch_size=cfg.batch_size,
                 precision=cfg.precision, device=cfg.device,
                 environment=plan.environment),
             batch_size=1,
@@ -282,6 +298,7 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease)
         .map_batches(
             write_shard,
             fn_kwargs=dict(layout=plan.layout, plan=plan.conditions, seed_offset=cfg.seed_offset, psi=cfg.psi,
+                           mix=style_mix(cfg),
                            model_version=plan.model.version, job_id=plan.job_id,
                            superseded_url=lease.superseded_url, labeling=plan.labeling),
             batch_size=1, batch_format="pyarrow", num_cpus=task_cpus,

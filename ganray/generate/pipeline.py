@@ -27,7 +27,7 @@ from ganray.generate.output import (
     json_bytes,
 )
 from ganray.generate.lease import check_not_superseded
-from ganray.generate.plan import ConditionPlan, ShardRange, render_environment
+from ganray.generate.plan import ConditionPlan, ShardRange, StyleMix, render_environment
 
 
 def _shard(row: dict[str, Any]) -> ShardRange:
@@ -44,7 +44,8 @@ class FaceRenderer:
     """
 
     def __init__(self, registry_url: str, version: str, plan: ConditionPlan, seed_offset: int, psi: float,
-                 batch_size: int, precision: str, device: str, environment: dict[str, str]):
+                 batch_size: int, precision: str, device: str, environment: dict[str, str],
+                 mix: StyleMix | None = None):
         import torch
 
         from ganray.registry import Registry
@@ -53,8 +54,11 @@ class FaceRenderer:
         if mine != environment:
             raise RuntimeError(f"this generator actor runs on {mine}, but the job renders on {environment}: "
                                "the bytes could differ, so it refuses to render. Run the job on nodes of one kind.")
-        self.generator = Registry(registry_url).load_generator(version, device=device).generator
-        self.plan, self.seed_offset, self.psi = plan, seed_offset, psi
+        from ganray.models.face import prepare_for_render
+
+        # The fastest layout that keeps every face's bytes (the same one Serve renders with).
+        self.generator = prepare_for_render(Registry(registry_url).load_generator(version, device=device).generator)
+        self.plan, self.seed_offset, self.psi, self.mix = plan, seed_offset, psi, mix
         self.batch_size, self.precision = batch_size, precision
 
     def _render(self, face_ids: range) -> np.ndarray:
@@ -62,7 +66,10 @@ class FaceRenderer:
 
         seeds = [self.seed_offset + i for i in face_ids]
         labels = labels_for_rows(self.generator, [self.plan.for_face(i, s) for i, s in zip(face_ids, seeds)])
-        return render_faces(self.generator, seeds, self.psi, labels, self.precision)
+        if self.mix is None:
+            return render_faces(self.generator, seeds, self.psi, labels, self.precision)
+        return render_faces(self.generator, seeds, self.psi, labels, self.precision,
+                            mix_seeds=self.mix.seeds(face_ids), crossover=self.mix.crossover)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels, heights, widths = [], [], []
@@ -89,9 +96,11 @@ def encode_pngs(batch: pa.Table) -> pa.Table:
     return batch.drop_columns(["pixels"]).append_column("pngs", pa.array(pngs, pa.list_(pa.binary())))
 
 
-def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: float, width: int,
-              height: int, model_version: str, job_id: str, images: list[bytes] | None = None) -> dict[str, list]:
-    """The columns of a shard's rows, in column order; the `image` column only when `images` are given."""
+def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: float, mix: StyleMix | None = None,
+              width: int, height: int, model_version: str, job_id: str,
+              images: list[bytes] | None = None) -> dict[str, list]:
+    """The columns of a shard's rows, in column order; the `image` column only when `images` are given,
+    `mix_seed` and `crossover` only in a style-mixing job."""
     face_ids = list(range(shard.start, shard.stop))
     seeds = [seed_offset + i for i in face_ids]
     conditions = [plan.for_face(i, s) for i, s in zip(face_ids, seeds)]
@@ -104,6 +113,7 @@ def face_rows(shard: ShardRange, plan: ConditionPlan, *, seed_offset: int, psi: 
         "height": [height] * n,
         "model_version": [model_version] * n,
         "psi": [psi] * n,
+        **({"mix_seed": mix.seeds(face_ids), "crossover": [mix.crossover] * n} if mix is not None else {}),
         "conditions": [json.dumps(c) for c in conditions],
         **{name: [c[name] for c in conditions] for name in plan.condition_values},
         "job_id": [job_id] * n,
@@ -143,7 +153,8 @@ def labeled_rows(meta: dict[str, Any], plan: ConditionPlan, *, label_attributes:
 _COLUMN_TYPES = {"face_id": pa.int64(), "seed": pa.int64(), "image": pa.binary(), "width": pa.int32(),
                  "height": pa.int32(), "model_version": pa.string(), "psi": pa.float64(),
                  "conditions": pa.string(), "job_id": pa.string(), "file": pa.string(), "attempt": pa.int64(),
-                 "quality_contrast": pa.float32(), "quality_sharpness": pa.float32()}
+                 "quality_contrast": pa.float32(), "quality_sharpness": pa.float32(),
+                 "mix_seed": pa.int64(), "crossover": pa.int32()}
 
 
 def _column_type(name: str) -> pa.DataType:
@@ -162,7 +173,7 @@ def _parquet_bytes(columns: dict[str, list]) -> bytes:
 
 
 def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, seed_offset: int, psi: float,
-                model_version: str, job_id: str, superseded_url: str,
+                mix: StyleMix | None = None, model_version: str, job_id: str, superseded_url: str,
                 labeling: dict[str, Any] | None = None) -> pa.Table:
     """Write each shard's files into place, then its manifest entry (the commit); return commit records.
 
@@ -181,7 +192,7 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
             records.append({"shard": shard.index, "rows": 0, "bytes": 0, "short": row["meta"]})
             continue
         if meta is None:
-            row_args = dict(seed_offset=seed_offset, psi=psi, width=row["width"], height=row["height"],
+            row_args = dict(seed_offset=seed_offset, psi=psi, mix=mix, width=row["width"], height=row["height"],
                             model_version=model_version, job_id=job_id)
 
             def rows_of(images=None):

@@ -25,6 +25,20 @@ BALANCE_ORDER = "crt-block-shift/1"
 LABELS_LAYOUT = "ganray-labels/1"
 # Columns of every row; each conditioned attribute adds a column of its own name.
 ROW_COLUMNS = ("face_id", "seed", "image", "width", "height", "model_version", "psi", "conditions", "job_id", "file")
+# Columns of a style-mixing job's rows (after `psi`); a job without mixing writes the rows it always did.
+MIXING_COLUMNS = ("mix_seed", "crossover")
+
+
+@dataclass(frozen=True)
+class StyleMix:
+    """Style mixing in a job: face i takes its styles from w index `crossover` on from seed
+    `seed_offset + i` (a second seed per face, as deterministic as the first)."""
+
+    seed_offset: int
+    crossover: int
+
+    def seeds(self, face_ids: range | list[int]) -> list[int]:
+        return [self.seed_offset + i for i in face_ids]
 
 
 @dataclass(frozen=True)
@@ -97,9 +111,10 @@ class ConditionPlan:
         if not condition_values and (fixed or balance):
             raise ValueError(f"this model is unconditional: it takes no conditions "
                              f"(got {sorted([*fixed, *balance])})")
-        clashing = sorted(set(condition_values) & set(ROW_COLUMNS))
+        clashing = sorted(set(condition_values) & {*ROW_COLUMNS, *MIXING_COLUMNS})
         if clashing:
-            raise ValueError(f"attributes {clashing} have the names of row columns {list(ROW_COLUMNS)}")
+            raise ValueError(f"attributes {clashing} have the names of row columns "
+                             f"{[*ROW_COLUMNS, *MIXING_COLUMNS]}")
         complete_conditions(condition_values, fixed, seed=0)  # ValueError names a bad attribute or value
         for name in balance:
             if name not in condition_values:
@@ -166,7 +181,14 @@ def job_parameters(cfg: GenerateConfig, info: VersionInfo, environment: dict[str
         "device": cfg.device,
         "device_kind": environment["device_kind"],
         "torch": environment["torch"],
+        # Only when mixing: a job without it keeps the identity (and job id) it always had.
+        **({"mix_seed_offset": cfg.mix_seed_offset, "crossover": cfg.crossover}
+           if cfg.mix_seed_offset is not None else {}),
     }
+
+
+def style_mix(cfg: GenerateConfig) -> StyleMix | None:
+    return None if cfg.mix_seed_offset is None else StyleMix(cfg.mix_seed_offset, cfg.crossover)
 
 
 def job_id(parameters: dict[str, Any]) -> str:

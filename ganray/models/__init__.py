@@ -47,11 +47,19 @@ def build_models(cfg: BaseModelConfig | dict, resolution: int,
     return build_generator(cfg, resolution, attributes), build_discriminator(cfg, resolution, attributes)
 
 
+def style_count(cfg: BaseModelConfig | dict, resolution: int) -> int | None:
+    """num_ws of a style-based architecture's generator (a style-mixing crossover takes 0..num_ws),
+    from its config alone; None for an architecture with a single latent input (no mixing)."""
+    _, module = architecture(cfg)
+    num_styles = getattr(module, "num_styles", None)
+    return None if num_styles is None else num_styles(resolution)
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 __all__ = [
-    "ARCHITECTURES", "build_generator", "build_discriminator", "build_models", "count_params",
+    "ARCHITECTURES", "build_generator", "build_discriminator", "build_models", "count_params", "style_count",
     "LOSSES", "GANLoss", "get_loss", "gradient_penalty", "r1_penalty",
 ]

@@ -294,6 +294,12 @@ class ToRGB(nn.Module):
         return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
 
+def num_styles(resolution: int) -> int:
+    """num_ws of a generator for `resolution` (2 log2(R) - 2), known without building it: the bulk
+    job checks a style-mixing crossover against it before loading any weights."""
+    return 2 * int(math.log2(resolution)) - 2
+
+
 class SynthesisNetwork(nn.Module):
     """ws (B, num_ws, w_dim) [+ noise, one (B, 1, r, r) per layer] -> images (B, 3, R, R), float32."""
 

@@ -57,7 +57,10 @@ from ganray.config import (
 )
 from ganray.images import encode_png
 from ganray.models.face import (
+    check_mixing,
+    is_style_based,
     labels_for_rows,
+    prepare_for_render,
     render_faces,
     resolve_conditions,
 )
@@ -105,6 +108,19 @@ def count_faces(requests: list[RenderRequest]) -> int:
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_request(model: LoadedGenerator, request: RenderRequest) -> list[dict[str, str]] | RenderResult:
+    """The request's resolved conditions, one per seed, or a RenderResult naming what the model refuses
+    (a style mix it cannot do, or a bad condition)."""
+    try:
+        check_mixing(model.generator, request.seeds, request.mix_seeds, request.crossover)
+    except ValueError as e:
+        return RenderResult(model_version=model.version, error=str(e), error_field="crossover")
+    try:
+        return [resolve_conditions(model.generator, request.conditions, seed) for seed in request.seeds]
+    except ValueError as e:
+        return RenderResult(model_version=model.version, error=str(e))
 
 
 @serve.deployment
@@ -172,6 +188,7 @@ class FaceGenerator:
 
     def _load(self, version: str, precision: str) -> LoadedGenerator:
         loaded = self._registry.load_generator(version, device=self._device)
+        prepare_for_render(loaded.generator)  # the bulk job's layout: the fastest that keeps the bytes
         # A test render before the swap: a model that cannot render never serves, and the first
         # request after the swap does not pay for warm-up.
         self._render_sync(loaded, precision, [RenderRequest(seeds=(0,), psi=1.0)])
@@ -209,20 +226,21 @@ class FaceGenerator:
                      requests: list[RenderRequest]) -> list[RenderResult]:
         generator = model.generator
         results: list[RenderResult | None] = [None] * len(requests)
-        by_psi: dict[float, list[tuple[int, list[dict[str, str]]]]] = {}
+        by_call: dict[tuple[float, int | None], list[tuple[int, list[dict[str, str]]]]] = {}
         for i, request in enumerate(requests):
-            try:
-                rows = [resolve_conditions(generator, request.conditions, seed) for seed in request.seeds]
-            except ValueError as e:
-                results[i] = RenderResult(model_version=model.version, error=str(e))
+            checked = check_request(model, request)
+            if isinstance(checked, RenderResult):
+                results[i] = checked
                 continue
-            by_psi.setdefault(request.psi, []).append((i, rows))
-        # render_faces takes one psi per call; a face does not depend on its batch, so grouping is free.
-        for psi, group in by_psi.items():
+            by_call.setdefault((request.psi, request.crossover), []).append((i, checked))
+        # render_faces takes one psi (and one crossover) per call; a face does not depend on its batch,
+        # so grouping is free.
+        for (psi, crossover), group in by_call.items():
             seeds = [seed for i, _ in group for seed in requests[i].seeds]
             rows = [row for _, request_rows in group for row in request_rows]
+            mix_seeds = None if crossover is None else [s for i, _ in group for s in requests[i].mix_seeds]
             images = render_faces(generator, seeds, psi=psi, labels=labels_for_rows(generator, rows),
-                                  precision=precision)
+                                  precision=precision, mix_seeds=mix_seeds, crossover=crossover)
             pngs = [encode_png(image) for image in images]
             start = 0
             for i, request_rows in group:
@@ -234,11 +252,10 @@ class FaceGenerator:
     async def describe(self, request: RenderRequest) -> RenderResult:
         """The faces' resolved conditions and model version, without rendering them."""
         model = self._model
-        try:
-            rows = [resolve_conditions(model.generator, request.conditions, seed) for seed in request.seeds]
-        except ValueError as e:
-            return RenderResult(model_version=model.version, error=str(e))
-        return RenderResult(model_version=model.version, conditions=rows)
+        checked = check_request(model, request)
+        if isinstance(checked, RenderResult):
+            return checked
+        return RenderResult(model_version=model.version, conditions=checked)
 
     async def model_info(self) -> ServedModelInfo:
         model, source = self._model, self._settings.model
@@ -246,6 +263,7 @@ class FaceGenerator:
             version=model.version, alias=source.alias, registry=source.registry,
             resolution=model.generator.resolution, z_dim=model.generator.z_dim, precision=source.precision,
             conditions=dict(model.generator.condition_values), load_error=self._load_error,
+            num_ws=model.generator.num_ws if is_style_based(model.generator) else None,
             rendered=Rendered(batches=self._batches, faces=self._faces),
         )
 
@@ -378,9 +396,11 @@ class FaceAPI:
     @api.get(
         "/v1/faces/{seed}.png",
         summary="one face as a PNG",
-        description="Any query parameter other than `psi` is a condition, e.g. `?psi=0.7&age=young`. "
-                    "Attributes left out are drawn from the seed. Headers: X-Model-Version, X-Seed, X-Psi, "
-                    "X-Conditions (the face's full conditions, URL-encoded).",
+        description="Any query parameter other than `psi`, `mix_seed` and `crossover` is a condition, e.g. "
+                    "`?psi=0.7&age=young`. Attributes left out are drawn from the seed. Style-based models mix "
+                    "two seeds with `mix_seed` and `crossover` (both). Headers: X-Model-Version, X-Seed, X-Psi, "
+                    "X-Conditions (the face's full conditions, URL-encoded), and X-Mix-Seed, X-Crossover "
+                    "when mixed.",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
         dependencies=[API_KEY_DOCS],
@@ -390,15 +410,27 @@ class FaceAPI:
         request: Request,
         seed: int = Path(ge=0, le=SEED_MAX, description="the face's seed"),
         psi: float | None = Query(None, ge=0, le=2, description="truncation psi (default: the service's)"),
+        mix_seed: int | None = Query(None, ge=0, le=SEED_MAX, description="style mixing: the second seed"),
+        crossover: int | None = Query(None, ge=0, description="style mixing: the first w index from mix_seed "
+                                                               "(0 .. num_ws of GET /v1/model)"),
     ) -> Response:
         self._check_seed(seed, ("path", "seed"))
+        self._check_mix_pair(mix_seed, crossover, "query", "mix_seed")
+        if mix_seed is not None:
+            self._check_seed(mix_seed, ("query", "mix_seed"))
         conditions = self._conditions_from_query(request)
         psi = self._limits.default_psi if psi is None else psi
-        result: RenderResult = await self._generator.render.remote(RenderRequest((seed,), psi, conditions))
+        mix_seeds = None if mix_seed is None else (mix_seed,)
+        result: RenderResult = await self._generator.render.remote(
+            RenderRequest((seed,), psi, conditions, mix_seeds, crossover))
         if result.error:
-            raise invalid(("query",), result.error, conditions)
+            loc, value = (("query", "crossover"), crossover) if result.error_field == "crossover" else \
+                (("query",), conditions)
+            raise invalid(loc, result.error, value)
         headers = {"X-Model-Version": result.model_version, "X-Seed": str(seed), "X-Psi": repr(psi),
                    "X-Conditions": urlencode(result.conditions[0])}
+        if mix_seed is not None:
+            headers.update({"X-Mix-Seed": str(mix_seed), "X-Crossover": str(crossover)})
         return Response(result.pngs[0], media_type="image/png", headers=headers)
 
     @api.post(
@@ -408,22 +440,28 @@ class FaceAPI:
     )
     async def faces(self, body: FacesRequest, request: Request, response: Response) -> FacesResponse:
         seeds = self._seeds_for(body)
+        mix_seeds = self._mix_seeds_for(body, seeds)
         psi = self._limits.default_psi if body.psi is None else body.psi
-        render_request = RenderRequest(tuple(seeds), psi, body.conditions)
+        render_request = RenderRequest(tuple(seeds), psi, body.conditions,
+                                       None if mix_seeds is None else tuple(mix_seeds), body.crossover)
         # format=png renders nothing here: each face's URL renders it, with the same bytes.
         method = self._generator.render if body.format == "base64" else self._generator.describe
         result: RenderResult = await method.remote(render_request)
         if result.error:
+            if result.error_field == "crossover":
+                raise invalid(("body", "crossover"), result.error, body.crossover)
             raise invalid(("body", "conditions"), result.error, body.conditions)
         response.headers["X-Model-Version"] = result.model_version
         faces = []
         for i, (seed, conditions) in enumerate(zip(seeds, result.conditions)):
+            mix = {} if mix_seeds is None else {"mix_seed": mix_seeds[i], "crossover": body.crossover}
             if body.format == "base64":
                 where = {"image_base64": base64.b64encode(result.pngs[i]).decode("ascii")}
             else:
-                url = request.url_for("face_png", seed=str(seed)).include_query_params(psi=psi, **conditions)
+                url = request.url_for("face_png", seed=str(seed)).include_query_params(psi=psi, **mix, **conditions)
                 where = {"url": str(url)}
-            faces.append(Face(seed=seed, psi=psi, conditions=conditions, model_version=result.model_version, **where))
+            faces.append(Face(seed=seed, psi=psi, conditions=conditions, model_version=result.model_version,
+                              **mix, **where))
         return FacesResponse(model_version=result.model_version, format=body.format, faces=faces)
 
     def _check_seed(self, seed: int, loc: tuple[str | int, ...]) -> None:
@@ -431,10 +469,31 @@ class FaceAPI:
             raise invalid(loc, f"seed must be at most {self._limits.max_seed}", seed)
 
     @staticmethod
+    def _check_mix_pair(mix_seed: Any, crossover: int | None, where: str, mix_name: str) -> None:
+        """Style mixing takes a mix seed and a crossover together: a 422 naming the one left out."""
+        if mix_seed is not None and crossover is None:
+            raise invalid((where, "crossover"), f"style mixing needs a crossover with {mix_name}", None)
+        if crossover is not None and mix_seed is None:
+            raise invalid((where, mix_name), f"style mixing needs {mix_name} with crossover", None)
+
+    def _mix_seeds_for(self, body: FacesRequest, seeds: list[int]) -> list[int] | None:
+        self._check_mix_pair(body.mix_seeds, body.crossover, "body", "mix_seeds")
+        if body.mix_seeds is None:
+            return None
+        if body.seeds is None:
+            raise invalid(("body", "mix_seeds"), "mix_seeds needs seeds: one mix seed per seed", None)
+        if len(body.mix_seeds) != len(seeds):
+            raise invalid(("body", "mix_seeds"), f"got {len(body.mix_seeds)} mix_seeds for {len(seeds)} seeds: "
+                                                 "one mix seed per seed", len(body.mix_seeds))
+        for i, seed in enumerate(body.mix_seeds):
+            self._check_seed(seed, ("body", "mix_seeds", i))
+        return body.mix_seeds
+
+    @staticmethod
     def _conditions_from_query(request: Request) -> dict[str, str]:
         conditions: dict[str, str] = {}
         for name, value in request.query_params.multi_items():
-            if name == "psi":
+            if name in ("psi", "mix_seed", "crossover"):
                 continue
             if name in conditions:
                 raise invalid(("query", name), f"condition {name!r} is given more than once", value)

@@ -31,6 +31,9 @@ class RenderRequest:
     seeds: tuple[int, ...]
     psi: float
     conditions: dict[str, str] = field(default_factory=dict)
+    # Style mixing (style-based models): one second seed per face, and the first w index taken from it.
+    mix_seeds: tuple[int, ...] | None = None
+    crossover: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class RenderResult:
     conditions: list[dict[str, str]] = field(default_factory=list)  # resolved, one per seed
     pngs: list[bytes] | None = None
     error: str | None = None
+    error_field: str = "conditions"  # what `error` is about: "conditions" or "crossover" (style mixing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +79,14 @@ class FacesRequest(BaseModel):
         "base64", description="base64: each face's PNG inline in `image_base64`; png: no image data, "
         "each face's `url` is the GET endpoint that renders exactly that face"
     )
+    mix_seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] | None = Field(
+        None, min_length=1, description="style mixing (style-based models): one second seed per seed in "
+        "`seeds` (needs `seeds` and `crossover`); the styles from w index `crossover` on come from it"
+    )
+    crossover: int | None = Field(
+        None, ge=0, description="style mixing: the first w index taken from the mix seed, 0 .. the model's "
+        "num_ws (GET /v1/model); 0 renders the mix seed's face, num_ws the seed's own"
+    )
 
 
 class Face(BaseModel):
@@ -82,6 +94,8 @@ class Face(BaseModel):
     psi: float
     conditions: dict[str, str] = Field(description="every attribute the model conditions on, as rendered")
     model_version: str
+    mix_seed: int | None = Field(None, description="style mixing: the second seed (None: not mixed)")
+    crossover: int | None = Field(None, description="style mixing: the first w index from the mix seed")
     image_base64: str | None = Field(None, description="the PNG, base64 (format=base64)")
     url: str | None = Field(None, description="GET URL of this face's PNG (format=png)")
 
@@ -123,6 +137,8 @@ class ServedModelInfo(BaseModel):
     z_dim: int
     precision: str
     conditions: dict[str, list[str]] = Field(description="attribute -> accepted values ({} = unconditional)")
+    num_ws: int | None = Field(None, description="style-based models: the number of styles (w indices); "
+                                                 "a style-mixing crossover takes 0 .. num_ws. None: no mixing")
     load_error: ModelLoadError | None = Field(
         None, description="the alias points at a version that failed to load; the version above keeps serving"
     )
