@@ -61,12 +61,49 @@ def s3_endpoint() -> str | None:
     return None
 
 
+# How long an S3 request may take before it fails, so that an endpoint that went away (or never
+# answers) ends a job with an error instead of hanging it. Each request is tried S3_MAX_ATTEMPTS
+# times by botocore's standard retry mode (backoff with jitter); s3fs's own retry loop is turned off,
+# because it would multiply those attempts (5 x 5 by default, each waiting up to a 60 s read
+# timeout: half an hour on an endpoint that accepts connections and never answers). The standard
+# AWS_MAX_ATTEMPTS wins over the default here; the timeouts are ganray's own variables.
+S3_MAX_ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
+S3_CONNECT_TIMEOUT_ENV = "GANRAY_S3_CONNECT_TIMEOUT_S"
+S3_READ_TIMEOUT_ENV = "GANRAY_S3_READ_TIMEOUT_S"
+S3_DEFAULT_MAX_ATTEMPTS = 3
+S3_DEFAULT_CONNECT_TIMEOUT_S = 10.0
+S3_DEFAULT_READ_TIMEOUT_S = 30.0  # between two socket reads, not for a whole transfer
+
+
+def _env_number(name: str, default: float, kind: type = float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise LocationError(f"${name} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise LocationError(f"${name} must be positive, got {value!r}")
+    return number
+
+
+def s3_client_settings() -> dict[str, Any]:
+    """botocore Config settings for every S3 client ganray makes (timeouts and retries above)."""
+    return {
+        "connect_timeout": _env_number(S3_CONNECT_TIMEOUT_ENV, S3_DEFAULT_CONNECT_TIMEOUT_S),
+        "read_timeout": _env_number(S3_READ_TIMEOUT_ENV, S3_DEFAULT_READ_TIMEOUT_S),
+        "retries": {"mode": "standard",
+                    "max_attempts": int(_env_number(S3_MAX_ATTEMPTS_ENV, S3_DEFAULT_MAX_ATTEMPTS, int))},
+    }
+
+
 def _storage_options(url: str) -> dict[str, Any]:
     if not url.startswith(("s3://", "s3a://")):
         return {}
     # No listing cache: jobs list folders that other processes are writing to.
     # No keys: s3fs (botocore) finds credentials through the standard AWS chain.
-    options: dict[str, Any] = {"use_listings_cache": False}
+    options: dict[str, Any] = {"use_listings_cache": False, "config_kwargs": s3_client_settings()}
     endpoint = s3_endpoint()
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
@@ -139,7 +176,10 @@ def absolute_location(url: str) -> str:
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path within it) for a local path or any fsspec URL (the path policy applies)."""
     url = absolute_location(url)
-    return fsspec.core.url_to_fs(url, **_storage_options(url))
+    fs, path = fsspec.core.url_to_fs(url, **_storage_options(url))
+    if getattr(fs, "protocol", None) and "s3" in fs.protocol:
+        fs.retries = 1  # s3fs's own retry loop off: botocore retries (see S3_MAX_ATTEMPTS_ENV)
+    return fs, path
 
 
 def is_local(url: str) -> bool:
