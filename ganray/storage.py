@@ -345,3 +345,107 @@ def create_exclusive(url: str, data: bytes) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 failures as messages: which location, which endpoint, what went wrong; never a credential.
+
+
+class StorageAccessError(LocationError):
+    """An s3:// location that cannot be used at all: wrong or missing credentials, a missing
+    bucket, access denied, an endpoint that does not answer. Found before a job writes anything."""
+
+
+class StorageFailure(OSError):
+    """A storage request that failed while a job ran (the endpoint went away mid-write, ...)."""
+
+
+def endpoint_words() -> str:
+    """The S3 endpoint in use, for messages ("endpoint http://host:port" or "AWS S3"), without any
+    user:password part an endpoint URL might carry."""
+    endpoint = s3_endpoint()
+    if not endpoint:
+        return "AWS S3"
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return f"endpoint {parts._replace(netloc=host).geturl()}"
+
+
+def _s3_error_code(exc: BaseException) -> tuple[str | None, str]:
+    """(error code, message) of a botocore ClientError found in `exc`'s chain, else (None, str(exc))."""
+    for cause in exception_chain(exc):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            error = response["Error"]
+            return error.get("Code"), error.get("Message") or str(cause)
+    return None, str(exc)
+
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId"}
+_CREDENTIAL_HINT = ("check the credentials ganray finds through the standard AWS chain (AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, an instance role)")
+
+
+def check_reachable(url: str, what: str) -> None:
+    """Refuse (StorageAccessError, naming `what`, the URL and the endpoint) an s3:// location this
+    process cannot list: wrong or missing credentials, no such bucket, access denied, no answer.
+
+    One small request (ListObjectsV2, at most one key under the location's prefix): the same
+    permission every job needs anyway. Local paths and other schemes pass unchecked.
+    """
+    if not url.startswith(("s3://", "s3a://")):
+        return
+    fs, path = url_to_fs(url)
+    bucket, _, prefix = path.partition("/")
+    try:
+        fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as e:  # noqa: BLE001 - every failure here means the location cannot be used
+        code, _ = _s3_error_code(e)
+        reason = f"bucket {bucket!r} does not exist" if code == "NoSuchBucket" else describe_failure(e)
+        raise StorageAccessError(f"{what}: cannot use {url} ({endpoint_words()}): {reason}") from None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong in a storage request, in words (botocore's and pyarrow's messages name the
+    endpoint, bucket and key, never a credential)."""
+    code, message = _s3_error_code(exc)
+    if code in _CREDENTIAL_CODES:
+        return f"the credentials were refused ({code}: {message}); {_CREDENTIAL_HINT}"
+    if code == "NoSuchBucket":
+        return f"the bucket does not exist ({message})"
+    if code in ("AccessDenied", "403", "Forbidden"):
+        return f"access denied ({code}: {message}); {_CREDENTIAL_HINT}"
+    if code is not None:
+        return f"{code}: {message}"
+    found = storage_error_in(exc)
+    return f"{type(found or exc).__name__}: {found or exc}"
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it: __cause__, __context__ and Ray's wrapped `cause` (a failed task's
+    own exception), each once."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        todo += [e for e in getattr(current, "exceptions", None) or [] if isinstance(e, BaseException)]
+        failures = getattr(current, "worker_failures", None)  # Ray Train: {rank: exception}
+        if isinstance(failures, dict):
+            todo += [e for e in failures.values() if isinstance(e, BaseException)]
+    return [e for e in seen if isinstance(e, BaseException)]
+
+
+def storage_error_in(exc: BaseException) -> BaseException | None:
+    """The S3 error (botocore, s3fs, pyarrow) behind `exc`, if a storage request is what failed."""
+    for cause in exception_chain(exc):
+        module = type(cause).__module__
+        if module.startswith(("botocore", "aiobotocore", "s3fs")) or isinstance(cause, StorageFailure):
+            return cause
+        if isinstance(cause, OSError) and "AWS Error" in str(cause):  # pyarrow's S3 filesystem
+            return cause
+    return None

@@ -14,7 +14,7 @@ from ganray.config import ConfigError, TrainJob
 from ganray.console import ProgressLine
 from ganray.data.dataset import build_indexed_rows, dataset_attributes, dataset_manifest_hash
 from ganray.runtime import init_ray
-from ganray.storage import normalize_url, url_to_fs
+from ganray.storage import check_reachable, normalize_url, url_to_fs
 from ganray.train import checkpoint as ckpt
 from ganray.train.loop import train_loop_per_worker
 from ganray.train.progress import ProgressBoard, run_with_progress
@@ -82,6 +82,10 @@ def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
 
 
 def run_training(job: TrainJob) -> TrainOutcome:
+    # Credentials, buckets and the endpoint checked before anything (StorageAccessError, exit 2).
+    check_reachable(storage_root(job), "run.storage_path")
+    if job.data.url:
+        check_reachable(normalize_url(job.data.url), "data.url")
     attributes = dataset_attributes(job.data)
     if job.model.conditional and not attributes:
         raise ConfigError("model.conditional is true but the dataset has no label columns")
