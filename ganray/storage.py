@@ -423,8 +423,8 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and what caused it: __cause__, __context__ and Ray's wrapped `cause` (a failed task's
-    own exception), each once."""
+    """`exc` and what caused it: __cause__, __context__, and what Ray wraps: a failed task's own
+    exception (`cause`), Ray Train's `worker_failures` and `controller_failure`; each once."""
     seen: list[BaseException] = []
     todo = [exc]
     while todo:
@@ -432,7 +432,8 @@ def exception_chain(exc: BaseException) -> list[BaseException]:
         if current is None or any(current is s for s in seen):
             continue
         seen.append(current)
-        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        todo += [getattr(current, "cause", None), getattr(current, "controller_failure", None),  # Ray's wrappers
+                 current.__cause__, current.__context__]
         todo += [e for e in getattr(current, "exceptions", None) or [] if isinstance(e, BaseException)]
         failures = getattr(current, "worker_failures", None)  # Ray Train: {rank: exception}
         if isinstance(failures, dict):

@@ -60,7 +60,9 @@ def ray_session(s3_server):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A real S3-protocol server (moto_server) on 127.0.0.1; yields its endpoint URL.
+    """A real S3-protocol server (moto_server) on 127.0.0.1; yields the endpoint URL every client
+    uses: a loopback proxy in front of it that passes bytes through untouched unless a test cuts it
+    (the `s3_proxy` fixture, tests/s3_fault_proxy.py).
 
     Credentials and endpoint go into the environment so that s3fs, pyarrow and Ray workers
     started afterwards all talk to it.

@@ -165,7 +165,7 @@ def test_checkpoint_cut_mid_upload_is_never_listed_and_a_rerun_equals_the_uninte
     assert_clear_failure(capsys, "storage request failed", s3_proxy.endpoint.split("//")[1])
     s3_proxy.up()
     listed = ckpt.list_checkpoints(f"{base}/runs", "cut")
-    assert [c.rsplit("/", 1)[1] for c in listed] == [ckpt.checkpoint_dir_name(4)]
+    assert [c.rsplit("/", 1)[1] for c in listed] == [ckpt.checkpoint_dir_name(4)], s3_proxy.cuts
 
     assert cli(train_args(base, "cut")) == 0
     cut, reference = (ckpt.list_checkpoints(f"{base}/runs", run) for run in ("cut", "reference"))
