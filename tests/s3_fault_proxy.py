@@ -11,7 +11,10 @@ through untouched until a test arms a fault:
   middle of a write. The S3 server itself never sees a complete request, so nothing of that write
   is stored.
 - `down()`: the same, at once.
-- `up()`: listening again on the same port; the S3 server still holds every object written before.
+- `stall()`: the endpoint accepts connections and takes requests but never answers (what a
+  network partition looks like to a client); `stalled_requests` counts the requests it swallowed.
+- `up()`: listening again on the same port, passing everything through; the S3 server still holds
+  every object written before.
 
 The fault is real at the socket level: clients see a reset connection, then "connection refused",
 and their own retry logic decides what happens; nothing inside ganray, s3fs or botocore is patched.
@@ -39,6 +42,8 @@ class FaultProxy:
         self._partial_bytes = 0
         self.cuts: list[bytes] = []  # the request lines at which the endpoint went away
         self._listener: socket.socket | None = None
+        self._stalled = False
+        self.stalled_requests = 0
         self.up()
 
     @property
@@ -49,6 +54,7 @@ class FaultProxy:
 
     def up(self) -> None:
         with self._lock:
+            self._stalled = False
             if self._listener is not None:
                 return
             listener = socket.socket()
@@ -67,6 +73,11 @@ class FaultProxy:
             listener.close()
         for conn in connections:
             _reset(conn)
+
+    def stall(self) -> None:
+        with self._lock:
+            self._stalled = True
+            self.stalled_requests = 0
 
     def cut_at(self, pattern: bytes, partial_bytes: int = 1024) -> None:
         with self._lock:
@@ -107,6 +118,9 @@ class FaultProxy:
                 if not data:
                     dst.shutdown(socket.SHUT_WR)
                     return
+                if from_client and self._stalled:
+                    self.stalled_requests += len(re.findall(rb"(?m)^[A-Z]+ /\S* HTTP/1\.1\r$", data))
+                    continue  # swallowed: the server never sees it, the client never gets an answer
                 if from_client and self._pattern is not None:
                     match = self._pattern.search(data)
                     if match is not None:

@@ -213,3 +213,26 @@ def test_registry_push_cut_mid_upload_is_invisible_and_a_rerun_pushes_once(base,
     cut, reference = Registry(registry), Registry(f"{base}/registry")
     assert cut.versions() == ["v2"]  # v1's claim stays taken: a version id is never reused
     assert cut.show("latest").content_hash == reference.show("v1").content_hash
+
+
+def test_an_endpoint_that_never_answers_gives_up_after_the_attempts_it_is_given(base, s3_proxy, monkeypatch):
+    """No hanging: a request that gets no answer ends after the read timeout, tried AWS_MAX_ATTEMPTS
+    times in all (s3fs's own retries do not multiply botocore's)."""
+    monkeypatch.setenv("GANRAY_S3_READ_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    s3_proxy.stall()
+    with pytest.raises(Exception) as failure:
+        storage.read_bytes(f"{base}/faces/manifest.json")
+    s3_proxy.up()
+    assert s3_proxy.stalled_requests == 2
+    found = storage.storage_error_in(failure.value)
+    assert found is not None and "timeout" in type(found).__name__.lower() + str(found).lower(), failure.value
+    assert f"{base.removeprefix('s3://')}/faces/manifest.json" in storage.describe_failure(failure.value)
+
+
+@pytest.mark.parametrize("name, value", [("GANRAY_S3_READ_TIMEOUT_S", "soon"), ("GANRAY_S3_CONNECT_TIMEOUT_S", "0"),
+                                         ("AWS_MAX_ATTEMPTS", "-1")])
+def test_a_bad_s3_setting_is_a_usage_error_naming_it(base, monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    assert cli(["registry", "list", "--registry", f"{base}/registry"]) == 2
+    assert f"${name} must be" in capsys.readouterr().err
