@@ -356,10 +356,6 @@ class StorageAccessError(LocationError):
     bucket, access denied, an endpoint that does not answer. Found before a job writes anything."""
 
 
-class StorageFailure(OSError):
-    """A storage request that failed while a job ran (the endpoint went away mid-write, ...)."""
-
-
 def endpoint_words() -> str:
     """The S3 endpoint in use, for messages ("endpoint http://host:port" or "AWS S3"), without any
     user:password part an endpoint URL might carry."""
@@ -445,7 +441,7 @@ def storage_error_in(exc: BaseException) -> BaseException | None:
     """The S3 error (botocore, s3fs, pyarrow) behind `exc`, if a storage request is what failed."""
     for cause in exception_chain(exc):
         module = type(cause).__module__
-        if module.startswith(("botocore", "aiobotocore", "s3fs")) or isinstance(cause, StorageFailure):
+        if module.startswith(("botocore", "aiobotocore", "s3fs")):
             return cause
         if isinstance(cause, OSError) and "AWS Error" in str(cause):  # pyarrow's S3 filesystem
             return cause

@@ -12,7 +12,7 @@ through untouched until a test arms a fault:
   is stored.
 - `down()`: the same, at once.
 - `stall()`: the endpoint accepts connections and takes requests but never answers (what a
-  network partition looks like to a client); `stalled_requests` counts the requests it swallowed.
+  network partition looks like to a client); `stalled_requests` lists the request lines it swallowed.
 - `up()`: listening again on the same port, passing everything through; the S3 server still holds
   every object written before.
 
@@ -43,7 +43,7 @@ class FaultProxy:
         self.cuts: list[bytes] = []  # the request lines at which the endpoint went away
         self._listener: socket.socket | None = None
         self._stalled = False
-        self.stalled_requests = 0
+        self.stalled_requests: list[bytes] = []
         self.up()
 
     @property
@@ -77,7 +77,7 @@ class FaultProxy:
     def stall(self) -> None:
         with self._lock:
             self._stalled = True
-            self.stalled_requests = 0
+            self.stalled_requests = []
 
     def cut_at(self, pattern: bytes, partial_bytes: int = 1024) -> None:
         with self._lock:
@@ -119,7 +119,7 @@ class FaultProxy:
                     dst.shutdown(socket.SHUT_WR)
                     return
                 if from_client and self._stalled:
-                    self.stalled_requests += len(re.findall(rb"(?m)^[A-Z]+ /\S* HTTP/1\.1\r$", data))
+                    self.stalled_requests += re.findall(rb"(?m)^[A-Z]+ /\S* HTTP/1\.1(?=\r$)", data)
                     continue  # swallowed: the server never sees it, the client never gets an answer
                 if from_client and self._pattern is not None:
                     match = self._pattern.search(data)
