@@ -224,7 +224,7 @@ def test_registry_push_cut_mid_upload_is_invisible_and_a_rerun_pushes_once(base,
 def test_an_endpoint_that_never_answers_gives_up_after_the_attempts_it_is_given(base, s3_proxy, monkeypatch):
     """No hanging: a read that gets no answer ends after the read timeout, each call tried
     AWS_MAX_ATTEMPTS times (s3fs's own 5 retries would multiply botocore's). (A PUT to such an
-    endpoint was seen to hang regardless of the read timeout: not yet solved, see the README.)"""
+    endpoint hangs regardless of the read timeout: aiohttp waits for "100 Continue" without one.)"""
     monkeypatch.setenv("GANRAY_S3_READ_TIMEOUT_S", "0.5")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     s3_proxy.stall()
