@@ -61,12 +61,49 @@ def s3_endpoint() -> str | None:
     return None
 
 
+# How long an S3 request may take before it fails, so that an endpoint that went away (or never
+# answers) ends a job with an error instead of hanging it. Each request is tried S3_MAX_ATTEMPTS
+# times by botocore's standard retry mode (backoff with jitter); s3fs's own retry loop is turned off,
+# because it would multiply those attempts (5 x 5 by default, each waiting up to a 60 s read
+# timeout: half an hour on an endpoint that accepts connections and never answers). The standard
+# AWS_MAX_ATTEMPTS wins over the default here; the timeouts are ganray's own variables.
+S3_MAX_ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
+S3_CONNECT_TIMEOUT_ENV = "GANRAY_S3_CONNECT_TIMEOUT_S"
+S3_READ_TIMEOUT_ENV = "GANRAY_S3_READ_TIMEOUT_S"
+S3_DEFAULT_MAX_ATTEMPTS = 3
+S3_DEFAULT_CONNECT_TIMEOUT_S = 10.0
+S3_DEFAULT_READ_TIMEOUT_S = 30.0  # between two socket reads, not for a whole transfer
+
+
+def _env_number(name: str, default: float, kind: type = float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise LocationError(f"${name} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise LocationError(f"${name} must be positive, got {value!r}")
+    return number
+
+
+def s3_client_settings() -> dict[str, Any]:
+    """botocore Config settings for every S3 client ganray makes (timeouts and retries above)."""
+    return {
+        "connect_timeout": _env_number(S3_CONNECT_TIMEOUT_ENV, S3_DEFAULT_CONNECT_TIMEOUT_S),
+        "read_timeout": _env_number(S3_READ_TIMEOUT_ENV, S3_DEFAULT_READ_TIMEOUT_S),
+        "retries": {"mode": "standard",
+                    "max_attempts": int(_env_number(S3_MAX_ATTEMPTS_ENV, S3_DEFAULT_MAX_ATTEMPTS, int))},
+    }
+
+
 def _storage_options(url: str) -> dict[str, Any]:
     if not url.startswith(("s3://", "s3a://")):
         return {}
     # No listing cache: jobs list folders that other processes are writing to.
     # No keys: s3fs (botocore) finds credentials through the standard AWS chain.
-    options: dict[str, Any] = {"use_listings_cache": False}
+    options: dict[str, Any] = {"use_listings_cache": False, "config_kwargs": s3_client_settings()}
     endpoint = s3_endpoint()
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
@@ -139,7 +176,10 @@ def absolute_location(url: str) -> str:
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path within it) for a local path or any fsspec URL (the path policy applies)."""
     url = absolute_location(url)
-    return fsspec.core.url_to_fs(url, **_storage_options(url))
+    fs, path = fsspec.core.url_to_fs(url, **_storage_options(url))
+    if getattr(fs, "protocol", None) and "s3" in fs.protocol:
+        fs.retries = 1  # s3fs's own retry loop off: botocore retries (see S3_MAX_ATTEMPTS_ENV)
+    return fs, path
 
 
 def is_local(url: str) -> bool:
@@ -305,3 +345,104 @@ def create_exclusive(url: str, data: bytes) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 failures as messages: which location, which endpoint, what went wrong; never a credential.
+
+
+class StorageAccessError(LocationError):
+    """An s3:// location that cannot be used at all: wrong or missing credentials, a missing
+    bucket, access denied, an endpoint that does not answer. Found before a job writes anything."""
+
+
+def endpoint_words() -> str:
+    """The S3 endpoint in use, for messages ("endpoint http://host:port" or "AWS S3"), without any
+    user:password part an endpoint URL might carry."""
+    endpoint = s3_endpoint()
+    if not endpoint:
+        return "AWS S3"
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return f"endpoint {parts._replace(netloc=host).geturl()}"
+
+
+def _s3_error_code(exc: BaseException) -> tuple[str | None, str]:
+    """(error code, message) of a botocore ClientError found in `exc`'s chain, else (None, str(exc))."""
+    for cause in exception_chain(exc):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            error = response["Error"]
+            return error.get("Code"), error.get("Message") or str(cause)
+    return None, str(exc)
+
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "TokenRefreshRequired", "InvalidClientTokenId"}
+_CREDENTIAL_HINT = ("check the credentials ganray finds through the standard AWS chain (AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, an instance role)")
+
+
+def check_reachable(url: str, what: str) -> None:
+    """Refuse (StorageAccessError, naming `what`, the URL and the endpoint) an s3:// location this
+    process cannot list: wrong or missing credentials, no such bucket, access denied, no answer.
+
+    One small request (ListObjectsV2, at most one key under the location's prefix): the same
+    permission every job needs anyway. Local paths and other schemes pass unchecked.
+    """
+    if not url.startswith(("s3://", "s3a://")):
+        return
+    fs, path = url_to_fs(url)
+    bucket, _, prefix = path.partition("/")
+    try:
+        fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as e:  # noqa: BLE001 - every failure here means the location cannot be used
+        code, _ = _s3_error_code(e)
+        reason = f"bucket {bucket!r} does not exist" if code == "NoSuchBucket" else describe_failure(e)
+        raise StorageAccessError(f"{what}: cannot use {url} ({endpoint_words()}): {reason}") from None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong in a storage request, in words (botocore's and pyarrow's messages name the
+    endpoint, bucket and key, never a credential)."""
+    code, message = _s3_error_code(exc)
+    if code in _CREDENTIAL_CODES:
+        return f"the credentials were refused ({code}: {message}); {_CREDENTIAL_HINT}"
+    if code == "NoSuchBucket":
+        return f"the bucket does not exist ({message})"
+    if code in ("AccessDenied", "403", "Forbidden"):
+        return f"access denied ({code}: {message}); {_CREDENTIAL_HINT}"
+    if code is not None:
+        return f"{code}: {message}"
+    found = storage_error_in(exc)
+    return f"{type(found or exc).__name__}: {found or exc}"
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it: __cause__, __context__, and what Ray wraps: a failed task's own
+    exception (`cause`), Ray Train's `worker_failures` and `controller_failure`; each once."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [getattr(current, "cause", None), getattr(current, "controller_failure", None),  # Ray's wrappers
+                 current.__cause__, current.__context__]
+        todo += [e for e in getattr(current, "exceptions", None) or [] if isinstance(e, BaseException)]
+        failures = getattr(current, "worker_failures", None)  # Ray Train: {rank: exception}
+        if isinstance(failures, dict):
+            todo += [e for e in failures.values() if isinstance(e, BaseException)]
+    return [e for e in seen if isinstance(e, BaseException)]
+
+
+def storage_error_in(exc: BaseException) -> BaseException | None:
+    """The S3 error (botocore, s3fs, pyarrow) behind `exc`, if a storage request is what failed."""
+    for cause in exception_chain(exc):
+        module = type(cause).__module__
+        if module.startswith(("botocore", "aiobotocore", "s3fs")):
+            return cause
+        if isinstance(cause, OSError) and "AWS Error" in str(cause):  # pyarrow's S3 filesystem
+            return cause
+    return None

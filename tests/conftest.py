@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from s3_fault_proxy import FaultProxy
+
 # Quieter, faster Ray in tests (see ../shared/notes/ray-on-this-machine.md).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 UTKFACE_ZIP = REPO.parent / "shared" / "datasets" / "utkface" / "utkface-200px.zip"
 
 
+S3_PROXY: FaultProxy | None = None  # set by the s3_server fixture
 S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 
 
@@ -57,7 +60,9 @@ def ray_session(s3_server):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A real S3-protocol server (moto_server) on 127.0.0.1; yields its endpoint URL.
+    """A real S3-protocol server (moto_server) on 127.0.0.1; yields the endpoint URL every client
+    uses: a loopback proxy in front of it that passes bytes through untouched unless a test cuts it
+    (the `s3_proxy` fixture, tests/s3_fault_proxy.py).
 
     Credentials and endpoint go into the environment so that s3fs, pyarrow and Ray workers
     started afterwards all talk to it.
@@ -79,6 +84,10 @@ def s3_server():
     else:
         proc.kill()
         raise RuntimeError("moto_server did not start")
+    # Every client reaches the server through a proxy that tests can cut (tests/s3_fault_proxy.py).
+    global S3_PROXY
+    S3_PROXY = FaultProxy(port)
+    endpoint = S3_PROXY.endpoint
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -93,11 +102,20 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    S3_PROXY.down()
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture
+def s3_proxy(s3_server) -> FaultProxy:
+    """The proxy between every S3 client and the server: up at the start and the end of each test."""
+    S3_PROXY.up()
+    yield S3_PROXY
+    S3_PROXY.up()
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def test_output_of_another_job_is_refused_and_left_alone(reference, registry_url
     ({"mix_seed_offset": 5}, "style mixing needs both generate.mix_seed_offset and generate.crossover"),
     ({"crossover": -1}, "generate.crossover: Input should be greater than or equal to 0"),
     ({"mix_seed_offset": 5, "crossover": 1}, "style mixing needs a style-based model (model.arch stylegan2)"),
-    ({"mix_seed_offset": 5, "crossover": 1, "closed_loop": {"strata": ["age"]}},
+    ({"mix_seed_offset": 5, "crossover": 1, "balance": [], "closed_loop": {"strata": ["age"]}},
      "style mixing (generate.mix_seed_offset/crossover) cannot be combined with generate.closed_loop yet"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(bad, message, registry_url, tmp_path, capsys):

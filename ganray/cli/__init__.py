@@ -18,7 +18,10 @@ from ganray.cli import report as report_command  # not shadowing the module-leve
 from ganray.cli import samples
 from ganray.cli.common import UsageError
 from ganray.config import ConfigError
-from ganray.storage import LocationError
+from ganray.storage import LocationError, describe_failure, endpoint_words, storage_error_in
+
+# Exit status of a job stopped by a storage request that failed while it ran (2 stays "bad input").
+EXIT_STORAGE_FAILED = 1
 
 # In the order `ganray --help` lists them.
 COMMAND_MODULES = (demo, train, data, registry, generate, samples, report_command, eval_command, labeler, serve)
@@ -47,3 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only storage failures are handled here; the rest re-raise
+        if storage_error_in(e) is None:
+            raise
+        # The endpoint went away mid-job (or similar): what the job committed stays valid, nothing
+        # half-written is listed as done, and the same command finishes the job.
+        print(f"ganray {args.command}: error: a storage request failed ({endpoint_words()}): {describe_failure(e)}\n"
+              "Nothing unfinished is listed as done; run the same command again to finish the job.", file=sys.stderr)
+        return EXIT_STORAGE_FAILED

@@ -13,13 +13,19 @@ EXIT_REFUSED = 1
 
 def _registry(args: argparse.Namespace):
     from ganray.registry import Registry
+    from ganray.storage import check_reachable
 
-    return Registry(args.registry)
+    registry = Registry(args.registry)
+    check_reachable(registry.url, "--registry")  # credentials, bucket, endpoint: exit 2 before anything
+    return registry
 
 
 def _push(args: argparse.Namespace) -> int:
+    from ganray.storage import check_reachable, normalize_url
+
     storage_path, run_name = args.from_run
     registry = _registry(args)
+    check_reachable(normalize_url(storage_path), "--from-run STORAGE")
     from ganray.train.publish import push_run
 
     version = push_run(registry, storage_path, run_name, args.step)

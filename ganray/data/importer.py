@@ -332,6 +332,8 @@ def _previous_import(cfg: ImportConfig) -> dict | None:
     if not fs.ls(root, detail=False):
         return None
     previous = read_manifest(cfg.dst)
+    if previous is None and _holds_only_crash_leftovers(fs, root):
+        return None  # a first import that failed part way (e.g. the endpoint went away): finish it
     if previous is None and not cfg.overwrite:
         raise ConfigError(
             f"import.dst: {cfg.dst} is not empty and is not a previous import (no {MANIFEST_NAME}); "
@@ -344,6 +346,20 @@ def _previous_import(cfg: ImportConfig) -> dict | None:
             raise ConfigError(f"import.dst: refusing to replace the import at {cfg.dst}: {e}. Nothing was "
                               f"written or deleted; remove that {MANIFEST_NAME} by hand if the folder is yours") from None
     return previous
+
+
+def _holds_only_crash_leftovers(fs, root: str) -> bool:
+    """Whether everything under `root` is what a failed import leaves behind when it could not
+    clean up (its shards under imports/<import id>/, a temporary manifest): the next import may
+    write there, and removes them once its manifest is in place."""
+    for path in fs.find(root):
+        parts = path[len(root.rstrip("/")) + 1:].split("/")
+        if len(parts) >= 2 and parts[0] == IMPORTS_DIR and IMPORT_ID.fullmatch(parts[1]):
+            continue
+        if len(parts) == 1 and parts[0].startswith(MANIFEST_NAME + storage.TEMP_MARKER):
+            continue
+        return False
+    return True
 
 
 def manifest_hash(manifest: dict, rows_digest: str) -> str:
@@ -362,6 +378,9 @@ def manifest_hash(manifest: dict, rows_digest: str) -> str:
 
 def run_import(cfg: ImportConfig) -> dict:
     """Import cfg.src into cfg.dst (see the module docstring); returns the manifest written."""
+    # Credentials, buckets and the endpoint checked before anything (StorageAccessError, exit 2).
+    storage.check_reachable(storage.normalize_url(cfg.src), "import.src")
+    storage.check_reachable(storage.normalize_url(cfg.dst), "import.dst")
     previous = _previous_import(cfg)
     paths = list_images(cfg.src)
     labeler = make_labeler(cfg.labels)

@@ -78,6 +78,9 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
     """
     cfg = job.generate
     registry = Registry(job.registry.url)
+    # Credentials, buckets and the endpoint checked before anything (StorageAccessError, exit 2).
+    storage.check_reachable(registry.url, "registry.url")
+    storage.check_reachable(storage.normalize_url(cfg.output), "generate.output")
     try:
         model = registry.show(cfg.model)
     except RegistryError as e:

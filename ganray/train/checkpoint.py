@@ -31,6 +31,7 @@ SAMPLES_FILE = "samples.png"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss_curves.png"
 CHECKPOINT_PREFIX = "checkpoint_"
+FILES_KEY = "files"  # in meta.json: {file name: size in bytes} of every other file of the checkpoint
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -49,10 +50,26 @@ def list_checkpoints(storage_path: str, run_name: str) -> list[str]:
     found = []
     for entry in fs.ls(root, detail=False):
         name = posixpath.basename(entry.rstrip("/"))
-        # A directory without meta.json is a checkpoint whose upload did not finish.
-        if name.startswith(CHECKPOINT_PREFIX) and fs.exists(posixpath.join(entry, META_FILE)):
+        if name.startswith(CHECKPOINT_PREFIX) and is_complete(fs, entry):
             found.append(name)
     return [posixpath.join(run_url(storage_path, run_name), n) for n in sorted(found)]
+
+
+def is_complete(fs, path: str) -> bool:
+    """Whether the checkpoint directory `path` was stored whole: its meta.json is there and every
+    file it names is there with the size it names. An upload that stopped part way (the endpoint
+    went away, the worker died) lacks meta.json or one of the files, or holds a short one.
+    (Checkpoints written before meta.json named its files count as complete with meta.json.)"""
+    try:
+        sizes = {posixpath.basename(info["name"].rstrip("/")): info.get("size")
+                 for info in fs.ls(path, detail=True)}
+        if META_FILE not in sizes:
+            return False
+        meta = json.loads(fs.cat_file(posixpath.join(path, META_FILE)))
+    except (FileNotFoundError, ValueError):
+        return False
+    named = meta.get(FILES_KEY, {}) if isinstance(meta, dict) else None
+    return isinstance(named, dict) and all(sizes.get(name) == size for name, size in named.items())
 
 
 def latest_checkpoint(storage_path: str, run_name: str) -> str | None:

@@ -302,6 +302,10 @@ def write_checkpoint(directory: str, job: TrainJob, attributes: dict, manifest_h
             f.write(json.dumps(row) + "\n")
     save_sample_grid(G_ema, job, attributes, os.path.join(directory, ckpt.SAMPLES_FILE))
     save_loss_plot(progress.history, os.path.join(directory, ckpt.LOSS_PLOT_FILE))
-    # meta.json last: its presence marks the checkpoint complete (see checkpoint.list_checkpoints).
+    # meta.json last, naming every other file and its size: a checkpoint is complete when its
+    # meta.json and all the files it names are stored whole (see checkpoint.list_checkpoints). The
+    # order alone is not enough: Ray Train uploads a checkpoint's files to S3 concurrently.
+    meta[ckpt.FILES_KEY] = {name: os.path.getsize(os.path.join(directory, name))
+                            for name in sorted(os.listdir(directory))}
     with open(os.path.join(directory, ckpt.META_FILE), "w") as f:
         json.dump(meta, f, indent=1)

@@ -14,7 +14,7 @@ from ganray.config import ConfigError, TrainJob
 from ganray.console import ProgressLine
 from ganray.data.dataset import build_indexed_rows, dataset_attributes, dataset_manifest_hash
 from ganray.runtime import init_ray
-from ganray.storage import normalize_url, url_to_fs
+from ganray.storage import check_reachable, normalize_url, url_to_fs
 from ganray.train import checkpoint as ckpt
 from ganray.train.loop import GeneratorEvaluator, train_loop_per_worker
 from ganray.train.progress import ProgressBoard, run_with_progress
@@ -87,6 +87,10 @@ def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None) -> 
     if (job.eval.every_images is None) != (evaluator is None):
         raise ConfigError("eval.every_images and an evaluator go together: `ganray train` builds the evaluator "
                           "(ganray.eval.training.TrainingEvaluator) when eval.every_images is set")
+    # Credentials, buckets and the endpoint checked before anything (StorageAccessError, exit 2).
+    check_reachable(storage_root(job), "run.storage_path")
+    if job.data.url:
+        check_reachable(normalize_url(job.data.url), "data.url")
     attributes = dataset_attributes(job.data)
     if job.model.conditional and not attributes:
         raise ConfigError("model.conditional is true but the dataset has no label columns")
