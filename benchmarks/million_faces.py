@@ -1,0 +1,234 @@
+"""The 1M-face validation run: `ganray generate` of a million faces, hard-killed halfway and re-run.
+
+    python benchmarks/million_faces.py --registry REGISTRY [--model production] [--work DIR]
+        [--count 1000000] [--kill-at 0.5] [--s3-count 100000]
+
+What it does, with the `ganray` command a user types (each run starts its own local Ray):
+
+1. `ganray generate` of `--count` faces (64x64 from the registry model, Parquet, shards of 10,000)
+   to local disk; when about `--kill-at` of the shards are committed, SIGKILL goes to the driver and
+   every process of its Ray at once (its process group: what a machine crash leaves behind);
+2. the same command again, which resumes and finishes;
+3. `ganray generate --verify`, and a read of every shard's face_id column: exactly `--count` rows,
+   every face id 0..count-1 once;
+4. `--s3-count` faces to S3 on a local moto server (`moto_server`, started here on a free port).
+
+Printed: wall time of each run and in all, faces/s, start-up time (launch to first committed
+shard), the peak of the summed RSS of all the job's processes (sampled every 0.5 s), bytes per face
+on disk, and the size of the output's manifest: what must not grow with the count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+GANRAY = [sys.executable, "-m", "ganray.cli"]
+
+
+class Run:
+    """One `ganray generate` process (its own session, so a kill reaches its whole Ray)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.started = time.perf_counter()
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(GANRAY + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in self.members()))
+            time.sleep(0.5)
+
+    def members(self) -> list[psutil.Process]:
+        """The driver, its descendants and anything else in its session (its Ray's daemons)."""
+        try:
+            tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        pids = {p.pid for p in tree}
+        return tree + [p for p in psutil.process_iter() if p.pid not in pids and _sid(p) == self.proc.pid]
+
+    def kill_all(self) -> None:
+        for proc in self.members():
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        self.proc.wait()
+        self.finish()
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self.finish()
+        return code
+
+    def finish(self) -> None:
+        self.wall_s = time.perf_counter() - self.started
+        self._stop.set()
+        self._sampler.join()
+        self.log.close()
+
+
+def _sid(proc: psutil.Process) -> int | None:
+    try:
+        return os.getsid(proc.pid)
+    except OSError:
+        return None
+
+
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def committed_shards(output: Path) -> int:
+    manifest = output / "_manifest"
+    return len(list(manifest.glob("shard-*.json"))) if manifest.exists() else 0
+
+
+def first_commit_s(run: Run, output: Path, before: int) -> float | None:
+    """Seconds from launch until the run commits its first shard (polled), None if it never does."""
+    while run.proc.poll() is None:
+        if committed_shards(output) > before:
+            return time.perf_counter() - run.started
+        time.sleep(0.2)
+    return None
+
+
+def generate_args(registry: str, model: str, output: str, count: int) -> list[str]:
+    settings = {"registry.url": registry, "generate.model": model, "generate.output": output,
+                "generate.count": count, "generate.shard_size": 10_000, "generate.format": "parquet",
+                "generate.progress_interval_s": 30}
+    return ["generate", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
+
+
+def check_face_ids(output: Path, count: int) -> dict:
+    ids = pq.read_table(output / "parquet", columns=["face_id"]).column("face_id").to_numpy()
+    distinct = len(set(ids.tolist()))
+    return {"rows": int(len(ids)), "distinct_face_ids": distinct,
+            "exactly_0_to_count": bool(len(ids) == count == distinct and ids.min() == 0 and ids.max() == count - 1)}
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def local_run(args, env: dict[str, str], work: Path) -> dict:
+    output = work / "faces-1m"
+    shutil.rmtree(output, ignore_errors=True)
+    command = generate_args(args.registry, args.model, str(output), args.count)
+    shards = -(-args.count // 10_000)
+
+    first = Run(command, env, work / "run1.log")
+    startup_1 = first_commit_s(first, output, 0)
+    while first.proc.poll() is None and committed_shards(output) < args.kill_at * shards:
+        time.sleep(0.5)
+    at_kill = committed_shards(output)
+    first.kill_all()
+    print(f"run 1: SIGKILL to the driver and its Ray after {first.wall_s:.0f} s, {at_kill}/{shards} shards "
+          "committed", flush=True)
+
+    second = Run(command, env, work / "run2.log")
+    startup_2 = first_commit_s(second, output, at_kill)
+    code = second.wait()
+    if code != 0:
+        raise SystemExit(f"the re-run failed (exit {code}); see {work / 'run2.log'}")
+    verify = subprocess.run(GANRAY + ["generate", "--verify", str(output)], env=env, capture_output=True, text=True)
+    ids = check_face_ids(output, args.count)
+    parquet_bytes = disk_bytes(output / "parquet")
+    return {
+        "count": args.count, "shards": shards, "shards_committed_at_kill": at_kill,
+        "run1_wall_s": round(first.wall_s, 1), "run2_wall_s": round(second.wall_s, 1),
+        "total_wall_s": round(first.wall_s + second.wall_s, 1),
+        "faces_per_s_overall": round(args.count / (first.wall_s + second.wall_s), 1),
+        "faces_per_s_run2": round((args.count - at_kill * 10_000) / second.wall_s, 1),
+        "startup_s_to_first_shard": [round(s, 1) if s else None for s in (startup_1, startup_2)],
+        "peak_rss_gib": [round(r / 2**30, 2) for r in (first.peak_rss, second.peak_rss)],
+        "parquet_bytes_per_face": round(parquet_bytes / args.count, 1),
+        "manifest_bytes": disk_bytes(output / "_manifest") + (output / "manifest.json").stat().st_size,
+        "verify_exit": verify.returncode, "verify_output": verify.stdout.strip()[-300:], **ids,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def s3_run(args, env: dict[str, str], work: Path) -> dict:
+    port = free_port()
+    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3_env = {**env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        import boto3
+
+        for _ in range(50):
+            try:
+                boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                             aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="faces")
+                break
+            except Exception:
+                time.sleep(0.2)
+        output = "s3://faces/faces-100k"
+        run = Run(generate_args(args.registry, args.model, output, args.s3_count), s3_env, work / "s3.log")
+        code = run.wait()
+        if code != 0:
+            raise SystemExit(f"the S3 run failed (exit {code}); see {work / 's3.log'}")
+        verify = subprocess.run(GANRAY + ["generate", "--verify", output], env=s3_env, capture_output=True, text=True)
+        return {"count": args.s3_count, "wall_s": round(run.wall_s, 1),
+                "faces_per_s": round(args.s3_count / run.wall_s, 1), "peak_rss_gib": round(run.peak_rss / 2**30, 2),
+                "verify_exit": verify.returncode}
+    finally:
+        moto.kill()
+        moto.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", required=True, help="registry holding the model (e.g. one `ganray demo` made)")
+    parser.add_argument("--model", default="production")
+    parser.add_argument("--work", default=None, help="folder for the output and logs (default: a temp folder)")
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--kill-at", type=float, default=0.5, help="share of shards committed when SIGKILL is sent")
+    parser.add_argument("--s3-count", type=int, default=100_000, help="faces to S3 on moto (0: skip)")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="ganray-1m-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)  # each run starts its own local Ray
+
+    results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+               "local": local_run(args, env, work)}
+    print(json.dumps(results["local"], indent=2), flush=True)
+    if args.s3_count:
+        results["s3"] = s3_run(args, env, work)
+        print(json.dumps(results["s3"], indent=2), flush=True)
+    (work / "million_faces.json").write_text(json.dumps(results, indent=2))
+    print(f"results: {work / 'million_faces.json'}")
+
+
+if __name__ == "__main__":
+    main()
