@@ -149,6 +149,8 @@ class StyleGAN2Config(BaseModelConfig):
     w_dim: int = Field(512, gt=0, description="size of the intermediate latent w (one per layer)")
     mapping_layers: int = Field(8, ge=1, description="fully connected layers of the mapping networks "
                                                      "(G's z -> w and D's labels -> projection)")
+    mapping_width: int | None = Field(None, gt=0, description="features of G's hidden mapping layers (NVlabs' "
+                                                              "layer_features); None = w_dim")
     mapping_lr_mult: float = Field(0.01, gt=0, description="learning-rate multiplier of the mapping networks")
     channel_base: int = Field(16384, gt=0, description="channels at resolution r: min(channel_base // r, "
                                                        "channel_max); NVlabs use 32768 from 512 px up")

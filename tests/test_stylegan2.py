@@ -314,3 +314,13 @@ def test_build_by_name_and_registry_round_trip_render_the_same_bytes(tmp_path):
     for kwargs in ({"psi": 0.6}, {"psi": 1.0, "mix_seeds": [9, 8, 7, 6], "crossover": 3}):
         np.testing.assert_array_equal(render_faces(loaded, [1, 2, 3, 4], labels=labels, **kwargs),
                                       render_faces(G, [1, 2, 3, 4], labels=labels, **kwargs))
+
+
+def test_mapping_network_depth_and_width_are_configurable():
+    """mapping_layers fully connected layers; the hidden ones mapping_width wide (default w_dim), the last w_dim."""
+    G = build_generator(StyleGAN2Config(**{**TINY, "mapping_layers": 3, "mapping_width": 24}), 32, None)
+    widths = [(layer.weight.shape[1], layer.weight.shape[0]) for layer in G.mapping.layers]
+    assert widths == [(16, 24), (24, 24), (24, 16)]  # z_dim -> 24 -> 24 -> w_dim
+    default = build_generator(StyleGAN2Config(**{**TINY, "mapping_layers": 3}), 32, None)
+    assert [layer.weight.shape[0] for layer in default.mapping.layers] == [16, 16, 16]
+    assert G(torch.randn(2, 16), None).shape == (2, 3, 32, 32)

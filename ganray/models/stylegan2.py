@@ -200,13 +200,15 @@ class MappingNetwork(nn.Module):
     G maps z (and labels) to w; D maps labels alone (z_dim 0) to its projection vector.
     """
 
-    def __init__(self, z_dim: int, label_dim: int, embed_dim: int, out_dim: int, num_layers: int, lr_mult: float):
+    def __init__(self, z_dim: int, label_dim: int, embed_dim: int, out_dim: int, num_layers: int, lr_mult: float,
+                 hidden_dim: int | None = None):
         super().__init__()
         if z_dim == 0 and label_dim == 0:
             raise ValueError("a mapping network needs a latent or labels to map")
         self.z_dim = z_dim
         self.embed = EqualLinear(label_dim, embed_dim) if label_dim else None
-        features = [z_dim + (embed_dim if label_dim else 0)] + [out_dim] * num_layers
+        hidden = [hidden_dim or out_dim] * (num_layers - 1)  # NVlabs' layer_features (default: w_dim)
+        features = [z_dim + (embed_dim if label_dim else 0)] + hidden + [out_dim]
         self.layers = nn.ModuleList(EqualLinear(a, b, lr_mult=lr_mult, activation=True)
                                     for a, b in zip(features, features[1:]))
 
@@ -369,7 +371,7 @@ class Generator(nn.Module):
         self._value_counts = [len(v) for v in self.condition_values.values()]
 
         self.mapping = MappingNetwork(cfg.z_dim, sum(self._value_counts), cfg.embed_dim, cfg.w_dim,
-                                      cfg.mapping_layers, cfg.mapping_lr_mult)
+                                      cfg.mapping_layers, cfg.mapping_lr_mult, cfg.mapping_width)
         self.synthesis = SynthesisNetwork(cfg, resolution)
         self.num_ws = self.synthesis.num_ws
 
