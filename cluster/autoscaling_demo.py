@@ -195,7 +195,7 @@ def draw_chart(timeline: dict, path: Path) -> None:
     ax.set_yticks(range(0, max(s["nodes"] for s in samples) + 2))
     ax.set_title(f"Ray autoscaler, fake multi-node provider: 1-CPU head, 2-CPU workers, "
                  f"idle timeout {timeline['idle_timeout_s']:g} s", fontsize=8)
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

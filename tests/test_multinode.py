@@ -73,6 +73,9 @@ def test_generation_that_loses_a_node_ends_byte_identical_to_a_single_node_run(s
     assert 2 <= removed["committed_before"] < gen["summary"]["shards"] // 2
     assert removed["node"] in {a["node"] for a in removed["renderers_before"]}
     assert removed["node"] not in gen["alive_nodes"] and len(gen["alive_nodes"]) == 3
+    # Ray restarted the lost generator actor, on a node that is still there.
+    restarted = [a for a in gen["renderers_after"] if a["restarts"] >= 1]
+    assert restarted and all(a["node"] in gen["alive_nodes"] for a in restarted)
     assert gen["finished"] and gen["summary"]["faces"] == gen["summary"]["faces_this_run"] == 96
     assert not gen["summary"]["resumed"]
 
