@@ -242,7 +242,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         sampler.phase = "after job"
         deadline = time.monotonic() + args.idle_timeout_s + args.scale_down_grace_s
         while time.monotonic() < deadline:
-            if sampler.samples and sampler.samples[-1]["phase"] == "after job" and sampler.samples[-1]["nodes"] == 1:
+            last = sampler.samples[-1] if sampler.samples else {}
+            if last.get("phase") == "after job" and last["nodes"] == last["raylets"] == 1:
                 break
             time.sleep(args.interval)
         time.sleep(2 * args.interval)  # a few samples at the bottom
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     timeline = run_demo(args)
     peak = max(s["nodes"] for s in timeline["samples"])
-    gone = next((s["t"] for s in timeline["samples"] if s["phase"] == "after job" and s["nodes"] == 1), None)
+    gone = next((s["t"] for s in timeline["samples"]
+                 if s["phase"] == "after job" and s["nodes"] == s["raylets"] == 1), None)
     print(f"nodes: 1 -> {peak} during the job -> 1 at {gone} s (job {timeline['job_started_s']}-"
           f"{timeline['job_ended_s']} s, exit status {timeline['job_exit_status']}); "
           f"timeline {Path(args.out) / 'timeline.json'}" + (f", chart {args.chart}" if args.chart else ""))
