@@ -746,6 +746,10 @@ class GenerateConfig(Section):
     # Execution only: the same faces whatever these are.
     batch_size: int = Field(64, gt=0, description="faces per generator forward pass")
     replicas: int = Field(1, gt=0, description="generator actors (one GPU each on cuda)")
+    cpus_per_replica: float | None = Field(
+        None, gt=0, description="CPUs each generator actor asks Ray for; None: share the CPUs the cluster has "
+                                "when the job starts (at most 1 each). Set it on a cluster that autoscales CPU "
+                                "nodes: actors the cluster cannot hold yet make the autoscaler add nodes")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
     lease_expiry_s: float = Field(
         60.0, gt=0, description="seconds without a heartbeat after which another driver may take over the "

@@ -213,6 +213,8 @@ def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
     CPUs, actors can take every CPU and the tasks after them never run (Ray Data then waits
     forever). A CPU actor needs at most one CPU: render_faces runs its forward pass on one thread
     (byte-identical faces whatever the batch), so more replicas, not threads, use more cores.
+    Sized from the cluster as it is now, the actors always fit in it, so an autoscaling cluster
+    would never grow for them: `generate.cpus_per_replica` asks for a fixed share instead.
     """
     import ray
 
@@ -221,7 +223,7 @@ def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
     task_cpus = 1.0 if cpus >= 2 else 0.5
     # A separate label stage (labels without closed loop) shares the actors' CPUs with the generator.
     pools = 2 if plan.labeling is not None and plan.closed is None else 1
-    actor_cpus = round(min(1.0, max(cpus - task_cpus, 0.5) / (cfg.replicas * pools)), 3)
+    actor_cpus = cfg.cpus_per_replica or round(min(1.0, max(cpus - task_cpus, 0.5) / (cfg.replicas * pools)), 3)
     actor = {"num_cpus": actor_cpus}
     if cfg.device == "cuda":
         labeler_on_gpu = pools == 2 and cfg.labeler is not None and cfg.labeler.device == "cuda"
