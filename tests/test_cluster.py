@@ -136,7 +136,9 @@ def test_the_s3_specific_endpoint_variable_wins(s3_server, s3_bucket, monkeypatc
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert storage.s3_endpoint() is None
     # No keys are handed to s3fs: credentials come from the AWS chain.
-    assert set(storage._storage_options("s3://b/x")) == {"use_listings_cache"}
+    options = storage._storage_options("s3://b/x")
+    assert set(options) == {"use_listings_cache", "config_kwargs"}
+    assert set(options["config_kwargs"]) == {"connect_timeout", "read_timeout", "retries"}  # timeouts, no keys
 
 
 # ---------------------------------------------------------------------------------------------
