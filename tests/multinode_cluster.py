@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "adult", "senior"]}
 # The generation job: many small shards, so that the node goes while most of them are still to do.
-GENERATE = {"count": 64, "shard_size": 4, "format": "parquet", "psi": 0.9, "seed_offset": 7,
+# 64 shards: on a quiet machine a shorter job could finish before the node is removed.
+GENERATE = {"count": 256, "shard_size": 4, "format": "parquet", "psi": 0.9, "seed_offset": 7,
             "balance": ["gender"], "batch_size": 4, "replicas": 2, "progress_interval_s": 1.0}
 NODE_OBJECT_STORE = 80 * 1024 * 1024
 

@@ -23,6 +23,7 @@ from ganray.generate.output import verify_output
 from ganray.train import checkpoint as ckpt
 
 from conftest import REPO
+from multinode_cluster import GENERATE
 
 SCENARIO = REPO / "tests" / "multinode_cluster.py"
 
@@ -76,11 +77,12 @@ def test_generation_that_loses_a_node_ends_byte_identical_to_a_single_node_run(s
     # Ray restarted the lost generator actor, on a node that is still there.
     restarted = [a for a in gen["renderers_after"] if a["restarts"] >= 1]
     assert restarted and all(a["node"] in gen["alive_nodes"] for a in restarted)
-    assert gen["finished"] and gen["summary"]["faces"] == gen["summary"]["faces_this_run"] == 64
+    count = GENERATE["count"]
+    assert gen["finished"] and gen["summary"]["faces"] == gen["summary"]["faces_this_run"] == count
     assert not gen["summary"]["resumed"]
 
     single, multi = out / "single", out / "multi"
     assert snapshot(multi) == snapshot(single)
     assert not verify_output(str(multi))["damaged"]
     ids = pq.read_table(multi / "parquet", columns=["face_id"]).column("face_id").to_pylist()
-    assert sorted(ids) == list(range(64))  # every face id exactly once
+    assert sorted(ids) == list(range(count))  # every face id exactly once
