@@ -16,6 +16,12 @@ What it does, with the `ganray` command a user types (each run starts its own lo
 Printed: wall time of each run and in all, faces/s, start-up time (launch to first committed
 shard), the peak of the summed RSS of all the job's processes (sampled every 0.5 s), bytes per face
 on disk, and the size of the output's manifest: what must not grow with the count.
+
+Summed RSS counts a shared page once per process that maps it, and every Ray worker maps the object
+store's shared memory, so the script also samples every 2 s, per process, USS (pages only that
+process holds) and PSS (each shared page split among the processes that map it: their sum is the
+memory the job really holds), with the shards committed at that moment. The series goes to
+memory.json and memory.png in the work folder.
 """
 from __future__ import annotations
 
@@ -47,13 +53,31 @@ class Run:
         self.proc = subprocess.Popen(GANRAY + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.peak_rss = 0
+        self.output: Path | None = None   # set by the caller: commits are counted in the series
+        self.series: list[dict] = []      # every 2 s: t, shards committed, summed rss/uss/pss (bytes)
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
     def _sample(self) -> None:
+        last_full = 0.0
         while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in self.members()))
+            members = self.members()
+            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in members))
+            if time.perf_counter() - last_full >= 2.0:
+                last_full = time.perf_counter()
+                named = [(_name(p), _full(p)) for p in members]
+                full = [m for _, m in named if m is not None]
+                by_name: dict[str, int] = {}
+                for name, m in named:
+                    if m is not None:
+                        by_name[name] = by_name.get(name, 0) + m.uss
+                self.series.append({
+                    "t": round(last_full - self.started, 1),
+                    "shards": committed_shards(self.output) if self.output else None,
+                    "processes": len(full),
+                    "rss": sum(m.rss for m in full), "uss": sum(m.uss for m in full),
+                    "pss": sum(m.pss for m in full), "uss_by_process": by_name})
             time.sleep(0.5)
 
     def members(self) -> list[psutil.Process]:
@@ -100,6 +124,54 @@ def _rss(proc: psutil.Process) -> int:
         return 0
 
 
+def _full(proc: psutil.Process):
+    try:
+        return proc.memory_full_info()
+    except psutil.Error:
+        return None
+
+
+def _name(proc: psutil.Process) -> str:
+    """The process's title (Ray names its workers after what they run, e.g. ray::MapWorker(...))."""
+    try:
+        cmd = proc.cmdline()
+        title = cmd[0] if cmd else proc.name()
+        if title.endswith("python") or title.endswith("python3"):
+            title = " ".join(cmd[1:3])
+        return title.split("(")[0][:60]
+    except psutil.Error:
+        return "?"
+
+
+def memory_summary(run: Run) -> dict:
+    """Peaks of the summed USS and PSS over the run."""
+    series = run.series
+    return {"peak_uss_gib": round(max((p["uss"] for p in series), default=0) / 2**30, 2),
+            "peak_pss_gib": round(max((p["pss"] for p in series), default=0) / 2**30, 2)}
+
+
+def plot_memory(runs: list[tuple[str, Run]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    offset = 0.0
+    for name, run in runs:
+        t = [offset + p["t"] for p in run.series]
+        for key, style in (("rss", ":"), ("pss", "-"), ("uss", "--")):
+            ax.plot(t, [p[key] / 2**30 for p in run.series], style, label=f"{name}: summed {key.upper()}")
+        offset += run.wall_s
+    ax.set_xlabel("seconds (run 2 starts where run 1 was killed)")
+    ax.set_ylabel("GiB, summed over the job's processes")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def committed_shards(output: Path) -> int:
     manifest = output / "_manifest"
     return len(list(manifest.glob("shard-*.json"))) if manifest.exists() else 0
@@ -139,6 +211,7 @@ def local_run(args, env: dict[str, str], work: Path) -> dict:
     shards = -(-args.count // 10_000)
 
     first = Run(command, env, work / "run1.log")
+    first.output = output
     startup_1 = first_commit_s(first, output, 0)
     while first.proc.poll() is None and committed_shards(output) < args.kill_at * shards:
         time.sleep(0.5)
@@ -148,6 +221,7 @@ def local_run(args, env: dict[str, str], work: Path) -> dict:
           "committed", flush=True)
 
     second = Run(command, env, work / "run2.log")
+    second.output = output
     startup_2 = first_commit_s(second, output, at_kill)
     code = second.wait()
     if code != 0:
@@ -155,6 +229,8 @@ def local_run(args, env: dict[str, str], work: Path) -> dict:
     verify = subprocess.run(GANRAY + ["generate", "--verify", str(output)], env=env, capture_output=True, text=True)
     ids = check_face_ids(output, args.count)
     parquet_bytes = disk_bytes(output / "parquet")
+    (work / "memory.json").write_text(json.dumps({"run1": first.series, "run2": second.series}))
+    plot_memory([("run 1", first), ("run 2", second)], work / "memory.png")
     return {
         "count": args.count, "shards": shards, "shards_committed_at_kill": at_kill,
         "run1_wall_s": round(first.wall_s, 1), "run2_wall_s": round(second.wall_s, 1),
@@ -163,6 +239,7 @@ def local_run(args, env: dict[str, str], work: Path) -> dict:
         "faces_per_s_run2": round((args.count - at_kill * 10_000) / second.wall_s, 1),
         "startup_s_to_first_shard": [round(s, 1) if s else None for s in (startup_1, startup_2)],
         "peak_rss_gib": [round(r / 2**30, 2) for r in (first.peak_rss, second.peak_rss)],
+        "memory_run1": memory_summary(first), "memory_run2": memory_summary(second),
         "parquet_bytes_per_face": round(parquet_bytes / args.count, 1),
         "manifest_bytes": disk_bytes(output / "_manifest") + (output / "manifest.json").stat().st_size,
         "verify_exit": verify.returncode, "verify_output": verify.stdout.strip()[-300:], **ids,

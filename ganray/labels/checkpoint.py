@@ -10,7 +10,6 @@ with the classifier's state):
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import posixpath
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ganray import runtime
 from ganray.storage import url_to_fs
 
 STATE_FILE = "state.pt"
@@ -59,26 +59,5 @@ def read_meta(checkpoint_url: str) -> dict[str, Any]:
 
 
 def state_digest(state: dict[str, Any], keys: tuple[str, ...] = TRAINING_STATE_KEYS) -> str:
-    """SHA-256 over the training state: equal digests mean a bit-identical model, optimizer, RNGs
-    and data position."""
-    h = hashlib.sha256()
-
-    def visit(obj: Any) -> None:
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(obj, dict):
-            for k in sorted(obj, key=str):
-                h.update(str(k).encode())
-                visit(obj[k])
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                visit(v)
-        else:
-            h.update(repr(obj).encode())
-
-    for key in keys:
-        h.update(key.encode())
-        visit(state[key])
-    return h.hexdigest()
+    """SHA-256 over the training state: equal digests mean a bit-identical training state."""
+    return runtime.state_digest(state, keys)

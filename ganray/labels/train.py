@@ -20,38 +20,13 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ganray.config import LabelerTrainJob
 from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
 from ganray.labels import checkpoint as ckpt
 from ganray.models.classifier import build_classifier
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _mean_over_workers(values: dict[str, float]) -> dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(keys, (t / dist.get_world_size()).tolist()))
+from ganray.runtime import gather_from_all, mean_over_workers, rng_state, set_rng_state
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -90,8 +65,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step, history = state["step"], list(state["history"])
         sampler.load_state_dict(state["data_position"])
         if len(state["rng"]) == world_size:
-            torch.set_rng_state(state["rng"][rank]["torch"])
-            random.setstate(_as_tuple(state["rng"][rank]["python"]))
+            set_rng_state(state["rng"][rank])
 
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -125,10 +99,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         if step % cfg.log_every == 0 or at_checkpoint:
-            metrics = _mean_over_workers({k: v / count for k, v in sums.items()})
+            metrics = mean_over_workers({k: v / count for k, v in sums.items()})
             metrics.update(step=step, images_per_s=count * cfg.batch_size / max(time.perf_counter() - started, 1e-9))
             history.append(dict(metrics))
-            rngs = _gather(_rng_state())  # a collective: every rank, every report
+            rngs = gather_from_all(rng_state())  # a collective: every rank, every report
             checkpoint = None
             with tempfile.TemporaryDirectory() as tmp:
                 if at_checkpoint and rank == 0:

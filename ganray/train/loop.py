@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
 from ganray.config import TrainJob
+from ganray.runtime import gather_from_all, mean_over_workers, rng_state, set_rng_state
 from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
@@ -74,45 +74,6 @@ class Progress:
     step: int = 0           # G optimisation steps done
     images_seen: int = 0    # real images shown to D, over all workers
     history: list[dict[str, Any]] = field(default_factory=list)  # reported metrics, in order
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states (torch draws the noise z; python's is saved for code that uses it)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if torch.cuda.is_available() and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _as_tuple(x: Any) -> Any:
-    # random.setstate wants tuples all the way down; serialisation may hand back lists.
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def gather_from_all(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order (one item when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
 
 
 def use_deterministic_kernels(use_gpu: bool) -> None:
