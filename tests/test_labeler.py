@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -93,6 +96,36 @@ def test_a_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_run(runs):
     v1, v2, v3 = (labelers.show(v) for v in ("v1", "v2", "v3"))
     assert v2.content_hash == v3.content_hash != v1.content_hash  # same weights and config: same content
     assert v1.provenance["step"] == 5 and v3.provenance["step"] == 10
+
+
+def test_a_killed_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_run(runs, faces, tmp_path):
+    """A DDP worker process killed by PID mid-run: Ray Train restarts the group from the newest
+    checkpoint (train.max_failures) and the run ends with the uninterrupted run's exact state."""
+    config = str(REPO / "configs" / "labeler_demo.yaml")
+    # A checkpoint every step (the training state does not depend on it) leaves time to kill.
+    args = tiny(runs["storage"], "killed", faces["url"], str(tmp_path / "registry"),
+                "train.checkpoint_every=1", "train.max_failures=2")
+    job = load_config(LabelerTrainJob, config, [a for a in args if a != "--set"])
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("result", run_labeler_training(job)), daemon=True)
+    thread.start()
+    # Once step 2's files are written, Ray Train has registered step 1's checkpoint at least.
+    first = runs["storage"] / "killed" / "checkpoint_00000002" / ckpt.META_FILE
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert first.exists(), "no checkpoint was written"
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "RayTrainWorker" in " ".join(p.cmdline() or [])]
+    assert workers, "no train worker process found"
+    workers[-1].kill()
+    thread.join(timeout=600)
+
+    state = ckpt.load_state(str(runs["storage"] / "killed" / "checkpoint_00000010"))
+    resumes = [h for h in state["history"] if h.get("event") == "resume"]
+    assert resumes and 1 <= resumes[0]["step"] < 10, "the run did not restart from a checkpoint"
+    straight = ckpt.load_state(str(runs["storage"] / "straight" / "checkpoint_00000010"))
+    assert ckpt.state_digest(state) == ckpt.state_digest(straight)
 
 
 def test_a_changed_setup_is_refused_before_training(runs, faces, capsys):
