@@ -16,6 +16,12 @@ written ÷ wall time, start-up included, as a user sees it), and the ratios labe
 balanced ÷ unbalanced. The balanced job's output keeps its balance_report.json/png (per-stratum
 counts, acceptance, labeler agreement, rejects); the unbalanced job's report shows the spread the
 quotas remove. One run on one machine; faces/s depend on what else the machine runs.
+
+With `--reference DATASET` (the imported training set), distributions.png and the `distributions`
+entry of results.json compare, per strata attribute, the share of each value: in the training set
+(its import labels), in the labeled job's faces as the labeler sees them (no quotas), and in the
+balanced job's faces (whose labels equal their stratum by construction). `--jobs none` only redraws
+this from the outputs already in the work folder.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import yaml
 
 GANRAY = [sys.executable, "-m", "ganray.cli"]
@@ -68,6 +75,56 @@ def run_job(args, work: Path, kind: str, env: dict[str, str]) -> dict:
             "output": str(output), "report": report}
 
 
+def label_shares(output: Path, attributes: list[str]) -> dict[str, dict[str, float]]:
+    """Per attribute, the share of each labeler value among the output's faces."""
+    table = pq.read_table(output / "parquet", columns=[f"label_{a}" for a in attributes])
+    shares = {}
+    for a in attributes:
+        values = table.column(f"label_{a}").to_pylist()
+        shares[a] = {v: values.count(v) / len(values) for v in sorted(set(values))}
+    return shares
+
+
+def distributions(args, work: Path) -> dict:
+    manifest = json.loads((Path(args.reference) / "manifest.json").read_text())
+    out: dict = {}
+    for a in args.strata:
+        hist = manifest["label_histograms"][a]
+        total = sum(hist.values())
+        out[a] = {"values": manifest["attributes"][a], "training_set": {v: n / total for v, n in hist.items()}}
+    for kind in ("labeled", "balanced"):
+        if (work / kind / "manifest.json").exists():
+            for a, shares in label_shares(work / kind, args.strata).items():
+                out[a][kind] = shares
+    return out
+
+
+def plot_distributions(dist: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("training_set", "training set (import labels)"), ("labeled", "no quotas (labeler's view)"),
+              ("balanced", "closed loop (exact quotas)")]
+    fig, axes = plt.subplots(len(dist), 1, figsize=(8, 2.6 * len(dist)))
+    for ax, (attribute, d) in zip(axes if len(dist) > 1 else [axes], dist.items()):
+        values = d["values"]
+        present = [(k, label) for k, label in series if k in d]
+        width = 0.8 / len(present)
+        for i, (key, label) in enumerate(present):
+            ax.bar([j + (i - (len(present) - 1) / 2) * width for j in range(len(values))],
+                   [d[key].get(v, 0.0) for v in values], width, label=label)
+        ax.set_xticks(range(len(values)), values, fontsize=8)
+        ax.set_ylabel("share of faces")
+        ax.set_title(attribute, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7) if len(dist) > 1 else axes.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", required=True, help="registry holding the model and the labeler")
@@ -80,7 +137,9 @@ def main() -> None:
     parser.add_argument("--psi", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=1000)
-    parser.add_argument("--jobs", default="unbalanced,labeled,balanced", help="which of the three jobs to run")
+    parser.add_argument("--jobs", default="unbalanced,labeled,balanced",
+                        help="which of the three jobs to run ('none': only redraw the distributions)")
+    parser.add_argument("--reference", default=None, help="the imported training set, for distributions.png")
     parser.add_argument("--work", default=None, help="folder for outputs and logs (default: a temp folder)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="ganray-balance-"))
@@ -90,7 +149,7 @@ def main() -> None:
 
     results: dict = {"machine": f"{os.cpu_count()} CPUs", "count": args.count, "strata": args.strata,
                      "model": args.model, "labeler": args.labeler}
-    for kind in args.jobs.split(","):
+    for kind in [] if args.jobs == "none" else args.jobs.split(","):
         results[kind] = run_job(args, work, kind, env)
         print(f"{kind:>10}: {results[kind]['faces']} faces in {results[kind]['wall_s']} s = "
               f"{results[kind]['faces_per_s']} faces/s", flush=True)
@@ -99,6 +158,13 @@ def main() -> None:
         if base and kind in results:
             results[f"{kind}_over_unbalanced"] = round(results[kind]["faces_per_s"] / base, 3)
             print(f"{kind} ÷ unbalanced faces/s: {results[f'{kind}_over_unbalanced']}")
+    if args.reference:
+        results["distributions"] = distributions(args, work)
+        plot_distributions(results["distributions"], work / "distributions.png")
+        print(f"distributions: {work / 'distributions.png'}")
+    if args.jobs == "none":
+        previous = json.loads((work / "results.json").read_text()) if (work / "results.json").exists() else {}
+        results = {**previous, "distributions": results.get("distributions")}
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results: {work / 'results.json'}")
 
