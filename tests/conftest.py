@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray per test session, and a real S3-protocol server on loopback."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from s3_fault_proxy import FaultProxy
@@ -33,6 +35,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def newest_train_worker(started: float) -> psutil.Process:
+    """A live Ray Train worker process of the run started at `started` (time.time()): a descendant of
+    this test process created since then, the newest first. Picking by PID order is not enough: PIDs
+    wrap (pid_max is 32768 here), and a previous run's worker may still be exiting; killing one of
+    those leaves the run under test untouched."""
+    workers = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline() or []) and p.create_time() >= started - 1 \
+                    and p.status() != psutil.STATUS_ZOMBIE:
+                workers.append((p.create_time(), p))
+        except psutil.NoSuchProcess:
+            continue
+    assert workers, "no train worker process of this run found"
+    return max(workers, key=lambda w: w[0])[1]
+
+
+def registered_checkpoints(run_dir: Path) -> list[str]:
+    """The checkpoints Ray Train's controller has registered for a local run (what a restarted worker
+    group resumes from), read from the snapshot the controller writes beside them. A checkpoint's
+    files on disk are not enough: a worker uploads them in `ray.train.report`, and the controller
+    registers them only when it next polls the workers; a worker killed in between restarts the
+    group from the checkpoint before."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being replaced
+        return []
+    return [c["checkpoint_dir_name"] for c in snapshot.get("checkpoint_results", [])]
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
+from conftest import newest_train_worker, registered_checkpoints
 from ganray.cli import main as cli
 from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, GenerateJob, ImportConfig, ImportJob, \
     LabelConfig, LabelerConfig, LabelerTrainJob, load_config
@@ -108,17 +108,14 @@ def test_a_killed_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_run(
     job = load_config(LabelerTrainJob, config, [a for a in args if a != "--set"])
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_labeler_training(job)), daemon=True)
+    started = time.time()
     thread.start()
-    # Once step 2's files are written, Ray Train has registered step 1's checkpoint at least.
-    first = runs["storage"] / "killed" / "checkpoint_00000002" / ckpt.META_FILE
+    run_dir = runs["storage"] / "killed"
     deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and thread.is_alive():
+    while not registered_checkpoints(run_dir) and time.time() < deadline and thread.is_alive():
         time.sleep(0.02)
-    assert first.exists(), "no checkpoint was written"
-    workers = [p for p in psutil.Process().children(recursive=True)
-               if "RayTrainWorker" in " ".join(p.cmdline() or [])]
-    assert workers, "no train worker process found"
-    workers[-1].kill()
+    assert registered_checkpoints(run_dir), "Ray Train registered no checkpoint"
+    newest_train_worker(started).kill()
     thread.join(timeout=600)
 
     state = ckpt.load_state(str(runs["storage"] / "killed" / "checkpoint_00000010"))

@@ -13,11 +13,10 @@ import threading
 import time
 
 import httpx
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, newest_train_worker
 from ganray import storage
 from ganray.cli import main as cli
 from ganray.data.synthetic import render_face
@@ -32,12 +31,6 @@ TRAIN = ["run.name=flow", "data.source=shards", f"data.resolution={RES}", "model
          "model.g_width=8", "model.d_width=8", "model.z_dim=16", "train.batch_size=8", "train.num_workers=2",
          "train.max_steps=24", "train.checkpoint_every=4", "train.log_every=4", "train.num_to_keep=10",
          "train.max_failures=2", "train.precision=fp32"]
-
-
-def _train_worker_pids() -> list[int]:
-    """PIDs of Ray Train workers that this test session's Ray started (descendants of this process)."""
-    return [p.pid for p in psutil.Process().children(recursive=True)
-            if "RayTrainWorker" in " ".join(p.cmdline() or [])]
 
 
 def test_whole_flow_on_s3(ray_session, s3_bucket, capsys):
@@ -57,14 +50,13 @@ def test_whole_flow_on_s3(ray_session, s3_bucket, capsys):
                   "--set", f"data.url={base}/faces", "--set", f"run.storage_path={base}/runs"]
     status: dict = {}
     thread = threading.Thread(target=lambda: status.setdefault("exit", cli(train_args)), daemon=True)
+    started = time.time()
     thread.start()
     deadline = time.time() + 300
     while not ckpt.list_checkpoints(f"{base}/runs", "flow") and time.time() < deadline and thread.is_alive():
         time.sleep(0.2)
     assert ckpt.list_checkpoints(f"{base}/runs", "flow"), "no checkpoint reached S3"
-    pids = _train_worker_pids()
-    assert pids, "no train worker process found"
-    psutil.Process(pids[-1]).kill()
+    newest_train_worker(started).kill()
     thread.join(timeout=600)
     assert status.get("exit") == 0
     checkpoints = ckpt.list_checkpoints(f"{base}/runs", "flow")

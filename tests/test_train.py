@@ -11,11 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from PIL import Image
 
+from conftest import newest_train_worker, registered_checkpoints
 from ganray.config import ConfigError, DCGANConfig, TrainConfig, TrainJob, load_config
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
@@ -143,30 +143,20 @@ def test_rerun_with_another_model_is_refused(ray_session, tmp_path):
         run_training(tiny_job(tmp_path, "guarded", "train.max_steps=4", "model.g_width=16"))
 
 
-def _train_worker_pids() -> list[int]:
-    """PIDs of Ray Train workers that this test session's Ray started (descendants of this process)."""
-    me = psutil.Process()
-    return [p.pid for p in me.children(recursive=True)
-            if "RayTrainWorker" in " ".join(p.cmdline() or [])]
-
-
 def test_killed_worker_resumes_into_the_same_run(uninterrupted, tmp_path):
     """A train worker process killed mid-run: Ray Train restarts the group (max_failures) from the
     latest checkpoint, and the run ends bit-identical to the run never interrupted."""
     job = tiny_job(tmp_path, "same", *SAME_RUN, "train.max_failures=2")
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_training(job)), daemon=True)
+    started = time.time()
     thread.start()
 
-    # Wait for the second checkpoint: by then Ray Train has surely registered the first.
-    first = tmp_path / "same" / "checkpoint_00000016" / ckpt.META_FILE
     deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and thread.is_alive():
-        time.sleep(0.2)
-    assert first.exists(), "no checkpoint was written"
-    pids = _train_worker_pids()
-    assert pids, "no train worker process found"
-    psutil.Process(pids[-1]).kill()
+    while not registered_checkpoints(tmp_path / "same") and time.time() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    assert registered_checkpoints(tmp_path / "same"), "Ray Train registered no checkpoint"
+    newest_train_worker(started).kill()
     thread.join(timeout=600)
 
     assert outcome["result"].step == 40

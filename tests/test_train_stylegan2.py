@@ -8,11 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from test_train import assert_same_training_state, history, tiny_job
 
+from conftest import newest_train_worker, registered_checkpoints
 from ganray.config import ConfigError, DCGANConfig, StyleGAN2Config, TrainConfig, load_config, TrainJob
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
@@ -289,11 +289,6 @@ def sg2_job(storage: Path, name: str, *overrides: str) -> TrainJob:
     return load_config(TrainJob, None, [*SG2_RUN, *overrides], base=tree)
 
 
-def _train_worker_pids() -> list[int]:
-    me = psutil.Process()
-    return [p.pid for p in me.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline() or [])]
-
-
 def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_path):
     reference = run_training(sg2_job(tmp_path / "reference", "sg2"))
     ref_dir = Path(reference.run_url)
@@ -309,15 +304,13 @@ def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_pat
     job = sg2_job(tmp_path / "killed", "sg2", "train.max_failures=2")
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_training(job)), daemon=True)
+    started = time.time()
     thread.start()
-    second = tmp_path / "killed" / "sg2" / ckpt.checkpoint_dir_name(8) / ckpt.META_FILE
     deadline = time.time() + 300
-    while not second.exists() and time.time() < deadline and thread.is_alive():
+    while not registered_checkpoints(tmp_path / "killed" / "sg2") and time.time() < deadline and thread.is_alive():
         time.sleep(0.05)
-    assert second.exists(), "no checkpoint was written"
-    pids = _train_worker_pids()
-    assert pids, "no train worker process found"
-    psutil.Process(pids[-1]).kill()
+    assert registered_checkpoints(tmp_path / "killed" / "sg2"), "Ray Train registered no checkpoint"
+    newest_train_worker(started).kill()
     thread.join(timeout=600)
 
     assert outcome["result"].step == 16
