@@ -1,15 +1,17 @@
 """The price of balancing and labeling: balanced faces/s ÷ unbalanced faces/s with the same model.
 
     python benchmarks/balanced_generation.py --registry REGISTRY --model VERSION --labeler LABELER
-        [--count 20000] [--strata gender,race,age_group] [--work DIR] [--max-attempts 10]
+        [--count 20000] [--strata gender,race,age_group] [--exclude race=other] [--work DIR]
+        [--max-attempts 10] [--reference DATASET]
 
 Three `ganray generate` jobs (the command a user types; each starts its own local Ray), same
 conditional model, same count, ψ, batch size and shard size, Parquet to local disk:
 
 1. **unbalanced**: no labeler, no gate, no quotas (conditions drawn from each face's seed);
 2. **labeled**: the classifier labeler and the face-quality gate on every face, no quotas;
-3. **balanced**: the closed loop: an exact uniform quota per stratum of `--strata`, each candidate
-   verified by the labeler and the gate, rejected candidates replaced by fresh seeds.
+3. **balanced**: the closed loop: an exact uniform quota per stratum of `--strata` (with `--exclude
+   ATTR=VALUE`, equal quotas over the strata without that value and none for the rest), each
+   candidate verified by the labeler and the gate, rejected candidates replaced by fresh seeds.
 
 Printed, and written to results.json in the work folder: each job's wall time and faces/s (faces
 written ÷ wall time, start-up included, as a user sees it), and the ratios labeled ÷ unbalanced and
@@ -54,7 +56,20 @@ def job_config(args, output: Path, kind: str) -> dict:
         generate["closed_loop"] = {"strata": args.strata, "target": "uniform",
                                    "max_attempts_per_face": args.max_attempts,
                                    "on_budget_exhausted": "partial", "min_confidence": args.min_confidence}
+        if args.exclude:
+            generate["closed_loop"].update(target="proportions", proportions=uniform_without(args))
     return {"registry": {"url": args.registry}, "generate": generate}
+
+
+def uniform_without(args) -> dict[str, float]:
+    """Equal shares over the strata of `--strata` that hold none of the `--exclude` values (0 elsewhere),
+    the attributes' values read from the reference dataset's manifest."""
+    values = json.loads((Path(args.reference) / "manifest.json").read_text())["attributes"]
+    excluded = {tuple(e.split("=", 1)) for e in args.exclude}
+    strata = [[]]
+    for a in args.strata:
+        strata = [s + [v] for s in strata for v in values[a] if (a, v) not in excluded]
+    return {"/".join(s): 1 / len(strata) for s in strata}
 
 
 def run_job(args, work: Path, kind: str, env: dict[str, str]) -> dict:
@@ -134,6 +149,9 @@ def main() -> None:
     parser.add_argument("--strata", type=lambda s: s.split(","), default=["gender", "race", "age_group"])
     parser.add_argument("--max-attempts", type=float, default=10.0, help="closed_loop.max_attempts_per_face")
     parser.add_argument("--min-confidence", type=float, default=0.0, help="closed_loop.min_confidence")
+    parser.add_argument("--exclude", action="append", default=[], metavar="ATTR=VALUE",
+                        help="leave the strata with this value out of the balanced job's target (equal shares "
+                             "over the rest; needs --reference for the attributes' values); repeatable")
     parser.add_argument("--psi", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=1000)
@@ -142,13 +160,15 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="the imported training set, for distributions.png")
     parser.add_argument("--work", default=None, help="folder for outputs and logs (default: a temp folder)")
     args = parser.parse_args()
+    if args.exclude and not args.reference:
+        parser.error("--exclude needs --reference (the attributes' values come from its manifest)")
     work = Path(args.work or tempfile.mkdtemp(prefix="ganray-balance-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
 
     results: dict = {"machine": f"{os.cpu_count()} CPUs", "count": args.count, "strata": args.strata,
-                     "model": args.model, "labeler": args.labeler}
+                     "exclude": args.exclude, "model": args.model, "labeler": args.labeler}
     for kind in [] if args.jobs == "none" else args.jobs.split(","):
         results[kind] = run_job(args, work, kind, env)
         print(f"{kind:>10}: {results[kind]['faces']} faces in {results[kind]['wall_s']} s = "
