@@ -216,6 +216,9 @@ def local_run(args, env: dict[str, str], work: Path) -> dict:
     while first.proc.poll() is None and committed_shards(output) < args.kill_at * shards:
         time.sleep(0.5)
     at_kill = committed_shards(output)
+    if first.proc.poll() is not None:  # it ended by itself (a bad setting, or a count too small to kill)
+        raise SystemExit(f"run 1 ended before the kill (exit {first.proc.returncode}, {at_kill}/{shards} shards); "
+                         f"see {work / 'run1.log'}")
     first.kill_all()
     print(f"run 1: SIGKILL to the driver and its Ray after {first.wall_s:.0f} s, {at_kill}/{shards} shards "
           "committed", flush=True)
