@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,17 +55,27 @@ def newest_train_worker(started: float) -> psutil.Process:
     return max(workers, key=lambda w: w[0])[1]
 
 
-def registered_checkpoints(run_dir: Path) -> list[str]:
-    """The checkpoints Ray Train's controller has registered for a local run (what a restarted worker
-    group resumes from), read from the snapshot the controller writes beside them. A checkpoint's
-    files on disk are not enough: a worker uploads them in `ray.train.report`, and the controller
-    registers them only when it next polls the workers; a worker killed in between restarts the
-    group from the checkpoint before."""
+def registered_checkpoints(run_url: str | Path) -> list[str]:
+    """The checkpoints Ray Train's controller has registered for a run (what a restarted worker group
+    resumes from), read from the snapshot the controller writes beside them (local or s3://). A
+    checkpoint's files in storage are not enough: a worker uploads them in `ray.train.report`, and
+    the controller registers them only when it next polls the workers; a worker killed in between
+    restarts the group from the checkpoint before, or from nothing."""
+    from ganray import storage
+
     try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        snapshot = json.loads(storage.read_bytes(f"{run_url}/checkpoint_manager_snapshot.json"))
     except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being replaced
         return []
     return [c["checkpoint_dir_name"] for c in snapshot.get("checkpoint_results", [])]
+
+
+def wait_for_registered_checkpoint(run_url: str | Path, fit: threading.Thread, timeout_s: float = 300) -> None:
+    """Block until Ray Train has registered a checkpoint of the run that `fit` is training."""
+    deadline = time.time() + timeout_s
+    while not registered_checkpoints(run_url) and time.time() < deadline and fit.is_alive():
+        time.sleep(0.05)
+    assert registered_checkpoints(run_url), f"Ray Train registered no checkpoint in {run_url}"
 
 
 @pytest.fixture(scope="session")

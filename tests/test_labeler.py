@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import newest_train_worker, registered_checkpoints
+from conftest import newest_train_worker, wait_for_registered_checkpoint
 from ganray.cli import main as cli
 from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, GenerateJob, ImportConfig, ImportJob, \
     LabelConfig, LabelerConfig, LabelerTrainJob, load_config
@@ -110,11 +110,7 @@ def test_a_killed_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_run(
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_labeler_training(job)), daemon=True)
     started = time.time()
     thread.start()
-    run_dir = runs["storage"] / "killed"
-    deadline = time.time() + 300
-    while not registered_checkpoints(run_dir) and time.time() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert registered_checkpoints(run_dir), "Ray Train registered no checkpoint"
+    wait_for_registered_checkpoint(runs["storage"] / "killed", thread)
     newest_train_worker(started).kill()
     thread.join(timeout=600)
 

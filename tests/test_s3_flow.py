@@ -16,7 +16,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, free_port, newest_train_worker
+from conftest import REPO, free_port, newest_train_worker, wait_for_registered_checkpoint
 from ganray import storage
 from ganray.cli import main as cli
 from ganray.data.synthetic import render_face
@@ -52,10 +52,7 @@ def test_whole_flow_on_s3(ray_session, s3_bucket, capsys):
     thread = threading.Thread(target=lambda: status.setdefault("exit", cli(train_args)), daemon=True)
     started = time.time()
     thread.start()
-    deadline = time.time() + 300
-    while not ckpt.list_checkpoints(f"{base}/runs", "flow") and time.time() < deadline and thread.is_alive():
-        time.sleep(0.2)
-    assert ckpt.list_checkpoints(f"{base}/runs", "flow"), "no checkpoint reached S3"
+    wait_for_registered_checkpoint(f"{base}/runs/flow", thread)  # registered: its files are on S3 too
     newest_train_worker(started).kill()
     thread.join(timeout=600)
     assert status.get("exit") == 0

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import newest_train_worker, registered_checkpoints
+from conftest import newest_train_worker, wait_for_registered_checkpoint
 from ganray.config import ConfigError, DCGANConfig, TrainConfig, TrainJob, load_config
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
@@ -152,10 +152,7 @@ def test_killed_worker_resumes_into_the_same_run(uninterrupted, tmp_path):
     started = time.time()
     thread.start()
 
-    deadline = time.time() + 300
-    while not registered_checkpoints(tmp_path / "same") and time.time() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert registered_checkpoints(tmp_path / "same"), "Ray Train registered no checkpoint"
+    wait_for_registered_checkpoint(tmp_path / "same", thread)
     newest_train_worker(started).kill()
     thread.join(timeout=600)
 

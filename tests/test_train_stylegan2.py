@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_train import assert_same_training_state, history, tiny_job
 
-from conftest import newest_train_worker, registered_checkpoints
+from conftest import newest_train_worker, wait_for_registered_checkpoint
 from ganray.config import ConfigError, DCGANConfig, StyleGAN2Config, TrainConfig, load_config, TrainJob
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
@@ -306,10 +306,7 @@ def test_killed_stylegan2_ada_run_resumes_into_the_same_run(ray_session, tmp_pat
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_training(job)), daemon=True)
     started = time.time()
     thread.start()
-    deadline = time.time() + 300
-    while not registered_checkpoints(tmp_path / "killed" / "sg2") and time.time() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert registered_checkpoints(tmp_path / "killed" / "sg2"), "Ray Train registered no checkpoint"
+    wait_for_registered_checkpoint(tmp_path / "killed" / "sg2", thread)
     newest_train_worker(started).kill()
     thread.join(timeout=600)
 
