@@ -19,8 +19,9 @@ batch of 8 (it counts matmuls and convolutions, grouped ones by their real size,
 elementwise work is not counted), divided by 8.
 
 The variants (`render` = ganray.models.face.render_faces, what the bulk job and Serve call):
-  render bf16 / fp32               the product path: prepare_for_render (channels_last for DCGAN on
-                                   CPU), then render_faces (one thread) in bf16 or fp32 autocast
+  render bf16 / fp32               the product path: prepare_for_render (for DCGAN on CPU: channels_last
+                                   and its render form, ganray/models/dcgan.py), then render_faces
+                                   (one thread) in bf16 or fp32 autocast
   render bf16, unprepared          render_faces on the generator as loaded (the path before)
   bf16 N threads                   autocast bf16, the bare forward pass on all torch threads
   bf16 1 thread                    the same on one thread

@@ -27,6 +27,7 @@ import hashlib
 import os
 import posixpath
 import socket
+import threading
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -173,9 +174,28 @@ def absolute_location(url: str) -> str:
     return os.path.abspath(os.path.join(base or os.getcwd(), path))
 
 
+# fsspec imports a protocol's filesystem (s3fs -> aiobotocore -> aiohttp) on first use. Two threads of one
+# process doing that at once can meet in Python's import-deadlock avoidance, which hands one of them
+# a half-initialised module; a Ray worker then failed every S3 write with "module aiohttp has no
+# attribute http_exceptions" (seen once in the test suite). The first import of each protocol's
+# class goes through this lock.
+_FILESYSTEM_IMPORT_LOCK = threading.Lock()
+_imported_protocols: set[str] = set()
+
+
+def _import_filesystem_class(url: str) -> None:
+    protocol = urlsplit(url).scheme
+    if protocol and protocol not in _imported_protocols:
+        with _FILESYSTEM_IMPORT_LOCK:
+            fsspec.get_filesystem_class(protocol)
+            _imported_protocols.add(protocol)
+
+
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path within it) for a local path or any fsspec URL (the path policy applies)."""
     url = absolute_location(url)
+    if is_remote(url):
+        _import_filesystem_class(url)
     fs, path = fsspec.core.url_to_fs(url, **_storage_options(url))
     if getattr(fs, "protocol", None) and "s3" in fs.protocol:
         fs.retries = 1  # s3fs's own retry loop off: botocore retries (see S3_MAX_ATTEMPTS_ENV)

@@ -124,13 +124,13 @@ def test_png_bytes_are_deterministic_lossless_and_without_metadata():
         encode_png(image.astype(np.float32))
 
 
-def _trained_looking_dcgan64(seed: int):
+def _trained_looking_dcgan64(seed: int, g_width: int = 16, max_channels: int = 128):
     """A DCGAN-64 whose outputs use the whole [-1, 1] range, as a trained one does, so that many
     pixels sit near a rounding boundary."""
     from torch import nn
 
     torch.manual_seed(seed)
-    g = build_generator(DCGANConfig(z_dim=16, g_width=16, max_channels=128), 64)
+    g = build_generator(DCGANConfig(z_dim=16, g_width=g_width, max_channels=max_channels), 64)
     for bn in [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]:
         bn.momentum = None  # running statistics = those of the next batch
     with torch.no_grad():
@@ -160,14 +160,21 @@ def test_faces_are_identical_across_batch_sizes_when_the_caller_uses_more_thread
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_the_prepared_fast_layout_renders_the_same_bytes_whatever_the_batch(precision):
-    """prepare_for_render (channels_last, what the bulk job and Serve render with) gives each face the
-    bytes of the default layout, and they still do not depend on the batch the face is in."""
+@pytest.mark.parametrize("widths", [(16, 128), (64, 512)], ids=["narrow", "default-widths"])
+def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precision, widths):
+    """prepare_for_render (channels_last and DCGAN's render form: what the bulk job and Serve render
+    with) gives each face the bytes of the plain generator, and they still do not depend on the batch
+    the face is in. At the default widths the 512 -> 256 layer's weight (4 MiB in bf16) is sliced."""
+    from ganray.models.dcgan import LatentProjection, OutputSlicedConvTranspose
+
     seeds = list(range(700, 716))
-    for model_seed in range(4):
-        plain = _trained_looking_dcgan64(model_seed)
+    for model_seed in range(4 if widths[0] == 16 else 2):
+        plain = _trained_looking_dcgan64(model_seed, *widths)
         fast = prepare_for_render(copy.deepcopy(plain))
-        assert fast.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert isinstance(fast.net[0], LatentProjection)
+        assert fast.net[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+        sliced = [m.slices for m in fast.net if isinstance(m, OutputSlicedConvTranspose)]
+        assert sliced == ([] if widths[0] == 16 else [4])
         assert plain.net[0].weight.is_contiguous()  # a copy was prepared, not the original
         whole = render_faces(fast, seeds, precision=precision)
         np.testing.assert_array_equal(whole, render_faces(plain, seeds, precision=precision))

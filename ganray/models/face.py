@@ -159,19 +159,24 @@ def one_cpu_thread(device: torch.device):
 
 
 def prepare_for_render(generator: nn.Module) -> nn.Module:
-    """The generator (in place) in the memory layout that renders fastest, for render-only processes.
+    """The generator (in place) in the form that renders fastest, for render-only processes.
 
     A single-latent (DCGAN) generator on CPU goes to channels_last: oneDNN's convolutions then run
     on NHWC directly instead of reordering every activation to its blocked layout and back (the
-    reorders were ~20 % of a DCGAN-64 forward pass), and BatchNorm runs its NHWC kernel: about 2x
-    the faces/s on one thread (benchmarks/generator_speed.py). The pixels are the same bytes as
-    with the default layout (tests/test_render.py checks it, batch by batch), so faces from a
-    prepared and an unprepared generator are interchangeable. StyleGAN2 is left as it is:
-    channels_last did not make it faster, and its bytes in that layout are not tested. Not for a
-    model that is still trained or saved (safetensors wants contiguous weights).
+    reorders were ~20 % of a DCGAN-64 forward pass), and BatchNorm runs its NHWC kernel. Then the
+    model's own `to_render_form()`, where it has one (DCGAN: its first layer as a matrix product in
+    bf16, oversized layers in cache-sized slices of output channels, in-place ReLU; see
+    ganray/models/dcgan.py). Together about 2-3x the faces/s on one thread
+    (benchmarks/generator_speed.py). The pixels are the same bytes as with the plain generator
+    (tests/test_render.py checks it, batch by batch, in bf16 and fp32), so faces from a prepared and
+    an unprepared generator are interchangeable. StyleGAN2 is left as it is: channels_last did not
+    make it faster, and its bytes in that layout are not tested. Not for a model that is still
+    trained or saved (safetensors wants contiguous weights; the render form's state_dict differs).
     """
     if _device(generator).type == "cpu" and not is_style_based(generator):
         generator.to(memory_format=torch.channels_last)
+        if hasattr(generator, "to_render_form"):
+            generator.to_render_form()
     return generator
 
 
@@ -269,5 +274,6 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
                                    for i in range(len(seeds))])
                 else:
                     x = generator.synthesis(ws, noise)
-    pixels = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    # round((x + 1) * 127.5) clamped, in float32: one new tensor, then in place (the same values).
+    pixels = x.float().add(1).mul_(127.5).round_().clamp_(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
