@@ -179,6 +179,9 @@ def test_checkpoint_cut_mid_upload_is_never_listed_and_a_rerun_equals_the_uninte
     history = [json.loads(line) for line in storage.read_bytes(f"{cut[-1]}/{ckpt.METRICS_FILE}").splitlines()]
     assert [r["step"] for r in history if r.get("event") == "resume"] == [4]  # resumed from the S3 checkpoint
     assert ckpt.read_meta(cut[-1])["state_digest"] == ckpt.read_meta(reference[-1])["state_digest"]
+    # The run's grid, plot and metrics are published beside its checkpoints on S3, from the last one.
+    for name in (ckpt.SAMPLES_FILE, ckpt.LOSS_PLOT_FILE, ckpt.METRICS_FILE):
+        assert storage.read_bytes(f"{base}/runs/cut/{name}") == storage.read_bytes(f"{cut[-1]}/{name}")
 
 
 def test_generation_cut_mid_shard_commits_nothing_partial_and_a_rerun_equals_the_uninterrupted(base, s3_proxy, capsys):
