@@ -38,6 +38,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, avoid: set[int] = frozenset()) -> list[int]:
+    """`count` distinct free ports (none in `avoid`): the sockets stay bound until all are chosen, so
+    the kernel cannot hand out one port twice (separate free_port() calls can, and did: `ray start`
+    then refused two components on one port)."""
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in avoid:
+                s.close()
+                continue
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def newest_train_worker(started: float) -> psutil.Process:
     """A live Ray Train worker process of the run started at `started` (time.time()): a descendant of
     this test process created since then, the newest first. Picking by PID order is not enough: PIDs

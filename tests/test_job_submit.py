@@ -32,7 +32,7 @@ import pytest
 from ganray import storage
 from ganray.registry import Registry
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, free_ports
 
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
@@ -81,9 +81,9 @@ class HeadNode:
         subprocess.run([RAY, "get-auth-token", "--generate"], env=self.head_env, check=True, capture_output=True)
         assert (self.home / ".ray" / "auth_token").is_file()
         worker_ports = random.randrange(20000, 29000, 200)
-        ports = {name: free_port() for name in (
-            "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-            "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
+        names = ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                 "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
+        ports = dict(zip(names, free_ports(len(names), avoid={self.dashboard_port})))
         cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}", *(f"--{k}={v}" for k, v in ports.items()),
                f"--min-worker-port={worker_ports}", f"--max-worker-port={worker_ports + 199}",
