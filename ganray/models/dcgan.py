@@ -147,8 +147,8 @@ class Discriminator(nn.Module):
 
 # --- The generator's render form (render-only processes on CPU) --------------------------------
 #
-# Two of the generator's transposed convolutions run far below the CPU's bf16 peak in oneDNN, and
-# both can be computed another way that gives the same values bit for bit (tests/test_render.py
+# Two kinds of the generator's transposed convolutions run far below the CPU's bf16 peak in oneDNN,
+# and both can be computed another way that gives the same values bit for bit (tests/test_render.py
 # checks the faces byte for byte against the plain generator, batch by batch, in bf16 and fp32):
 #
 # - the first layer maps the 1x1 latent "image" to k x k. oneDNN runs it as a convolution over a

@@ -166,11 +166,11 @@ def prepare_for_render(generator: nn.Module) -> nn.Module:
     reorders were ~20 % of a DCGAN-64 forward pass), and BatchNorm runs its NHWC kernel. Then the
     model's own `to_render_form()`, where it has one (DCGAN: its first layer as a matrix product in
     bf16, oversized layers in cache-sized slices of output channels, in-place ReLU; see
-    ganray/models/dcgan.py). Together about 2-3x the faces/s on one thread
-    (benchmarks/generator_speed.py). The pixels are the same bytes as with the plain generator
+    ganray/models/dcgan.py). Together 1.7x the faces/s of the plain generator on one thread at 64 px,
+    2x at 256 px (benchmarks/generator_speed.py). The pixels are the same bytes as with the plain generator
     (tests/test_render.py checks it, batch by batch, in bf16 and fp32), so faces from a prepared and
     an unprepared generator are interchangeable. StyleGAN2 is left as it is: channels_last did not
-    make it faster, and its bytes in that layout are not tested. Not for a model that is still
+    make it faster at 64 px, and its bytes in that layout are not tested. Not for a model that is still
     trained or saved (safetensors wants contiguous weights; the render form's state_dict differs).
     """
     if _device(generator).type == "cpu" and not is_style_based(generator):
