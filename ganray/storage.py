@@ -174,21 +174,17 @@ def absolute_location(url: str) -> str:
     return os.path.abspath(os.path.join(base or os.getcwd(), path))
 
 
-# fsspec imports a protocol's filesystem (s3fs -> aiobotocore -> aiohttp) on first use. Two threads of one
-# process doing that at once can meet in Python's import-deadlock avoidance, which hands one of them
-# a half-initialised module; a Ray worker then failed every S3 write with "module aiohttp has no
-# attribute http_exceptions" (seen once in the test suite). The first import of each protocol's
-# class goes through this lock.
+# fsspec imports a protocol's filesystem (s3fs -> aiobotocore -> aiohttp) on first use. Once, in the
+# test suite, a Ray worker then failed every S3 write with "module aiohttp has no attribute
+# http_exceptions": a module left half-initialised, as when two threads import it at once and meet
+# in Python's import-deadlock avoidance (the likely cause, not a proven one). Looking the class up
+# under one lock serialises that first import; afterwards it is a dictionary lookup.
 _FILESYSTEM_IMPORT_LOCK = threading.Lock()
-_imported_protocols: set[str] = set()
 
 
 def _import_filesystem_class(url: str) -> None:
-    protocol = urlsplit(url).scheme
-    if protocol and protocol not in _imported_protocols:
-        with _FILESYSTEM_IMPORT_LOCK:
-            fsspec.get_filesystem_class(protocol)
-            _imported_protocols.add(protocol)
+    with _FILESYSTEM_IMPORT_LOCK:
+        fsspec.get_filesystem_class(urlsplit(url).scheme)
 
 
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
