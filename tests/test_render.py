@@ -164,20 +164,27 @@ def test_faces_are_identical_across_batch_sizes_when_the_caller_uses_more_thread
 def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precision, widths):
     """prepare_for_render (channels_last and DCGAN's render form: what the bulk job and Serve render
     with) gives each face the bytes of the plain generator, and they still do not depend on the batch
-    the face is in. At the default widths the 512 -> 256 layer's weight (4 MiB in bf16) is sliced."""
-    from ganray.models.dcgan import LatentProjection, OutputSlicedConvTranspose
+    the face is in. The 4x4 -> 8x8 layer runs in tiles of up to 16 side-by-side images: batches of
+    20 (tiles of 16 and 4), 10, 7 and 1 are checked against the plain generator's batch of 20."""
+    from ganray.models.dcgan import TILE_INPUT_COLUMNS, LatentProjection, RenderConvTranspose
 
-    seeds = list(range(700, 716))
+    seeds = list(range(700, 720))
     for model_seed in range(4 if widths[0] == 16 else 2):
         plain = _trained_looking_dcgan64(model_seed, *widths)
         fast = prepare_for_render(copy.deepcopy(plain))
         assert isinstance(fast.net[0], LatentProjection)
         assert fast.net[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
-        sliced = [m.slices for m in fast.net if isinstance(m, OutputSlicedConvTranspose)]
-        assert sliced == ([] if widths[0] == 16 else [4])
+        convs = [m for m in fast.net if isinstance(m, RenderConvTranspose)]
+        assert len(convs) == 4 and all(m.weight_bf16.is_contiguous(memory_format=torch.channels_last)
+                                       for m in convs)
+        tile_widths = []  # images per tile of the tiled layer (4x4 maps: 5 columns each with the zero one)
+        real_tiles = convs[0]._tiles
+        convs[0]._tiles = lambda x, w, b, n: (tile_widths.append(n), real_tiles(x, w, b, n))[1]
         assert plain.net[0].weight.is_contiguous()  # a copy was prepared, not the original
         whole = render_faces(fast, seeds, precision=precision)
         np.testing.assert_array_equal(whole, render_faces(plain, seeds, precision=precision))
+        np.testing.assert_array_equal(whole[3:13], render_faces(fast, seeds[3:13], precision=precision))
         np.testing.assert_array_equal(whole[5:12], render_faces(fast, seeds[5:12], precision=precision))
         np.testing.assert_array_equal(whole[3:4], render_faces(fast, seeds[3:4], precision=precision))
+        assert tile_widths == [16, 4, 10, 7, 1] and TILE_INPUT_COLUMNS // 5 == 16
         assert whole.std() > 50
