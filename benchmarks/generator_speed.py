@@ -19,8 +19,9 @@ batch of 8 (it counts matmuls and convolutions, grouped ones by their real size,
 elementwise work is not counted), divided by 8.
 
 The variants (`render` = ganray.models.face.render_faces, what the bulk job and Serve call):
-  render bf16 / fp32               the product path: prepare_for_render (for DCGAN on CPU: channels_last
-                                   and its render form, ganray/models/dcgan.py), then render_faces
+  render bf16 / fp32               the product path: prepare_for_render (on CPU: DCGAN in channels_last
+                                   and its render form, ganray/models/dcgan.py; StyleGAN2 in
+                                   channels_last for bf16), then render_faces
                                    (one thread) in bf16 or fp32 autocast
   render bf16, unprepared          render_faces on the generator as loaded (the path before)
   bf16 N threads                   autocast bf16, the bare forward pass on all torch threads
@@ -149,7 +150,7 @@ def product(precision: str, prepared: bool = True) -> Callable:
     def prepare(generator: torch.nn.Module) -> Callable[[list[int]], np.ndarray]:
         import copy
 
-        g = prepare_for_render(copy.deepcopy(generator)) if prepared else generator
+        g = prepare_for_render(copy.deepcopy(generator), precision) if prepared else generator
         return lambda seeds: render_faces(g, seeds, precision=precision)
     return prepare
 

@@ -171,7 +171,7 @@ def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precis
     seeds = list(range(700, 720))
     for model_seed in range(4 if widths[0] == 16 else 2):
         plain = _trained_looking_dcgan64(model_seed, *widths)
-        fast = prepare_for_render(copy.deepcopy(plain))
+        fast = prepare_for_render(copy.deepcopy(plain), precision)
         assert isinstance(fast.net[0], LatentProjection)
         assert fast.net[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
         convs = [m for m in fast.net if isinstance(m, RenderConvTranspose)]
@@ -187,4 +187,7 @@ def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precis
         np.testing.assert_array_equal(whole[5:12], render_faces(fast, seeds[5:12], precision=precision))
         np.testing.assert_array_equal(whole[3:4], render_faces(fast, seeds[3:4], precision=precision))
         assert tile_widths == [16, 4, 10, 7, 1] and TILE_INPUT_COLUMNS // 5 == 16
+        other = "fp32" if precision == "bf16" else "bf16"
+        with pytest.raises(ValueError, match=f"prepared to render in {precision}"):
+            render_faces(fast, seeds[:1], precision=other)
         assert whole.std() > 50

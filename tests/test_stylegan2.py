@@ -2,6 +2,8 @@
 average-w tracking, equalized learning rate, bf16, the registry round trip and the training steps."""
 from __future__ import annotations
 
+import copy
+
 import math
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 
 from ganray.config import ConfigError, DCGANConfig, StyleGAN2Config, TrainConfig, TrainJob, load_config
 from ganray.models import build_generator, build_models, stylegan2
-from ganray.models.face import labels_for_conditions, noise_for_seeds, render_faces
+from ganray.models.face import labels_for_conditions, noise_for_seeds, prepare_for_render, render_faces
 from ganray.models.losses import r1_penalty
 from ganray.models.stylegan2 import EqualConv2d, EqualLinear, Generator
 from ganray.registry import Registry
@@ -199,6 +201,29 @@ def test_faces_do_not_depend_on_the_batch_across_models_and_precisions():
                 assert whole.std() > 50
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_prepared_form_renders_the_plain_generators_bytes_and_only_in_its_precision():
+    """prepare_for_render puts a style-based generator in channels_last for bf16 (what the bulk job
+    and Serve render with): the same bytes as the plain generator, whatever the batch; for fp32 it
+    stays as it is (there channels_last changed a pixel in ~10^4). A generator prepared for one
+    precision refuses to render in another."""
+    seeds, labels = list(range(500, 516)), labels_for(16)
+    for model_seed in range(6):
+        plain = _stylegan64(model_seed)
+        fast = prepare_for_render(copy.deepcopy(plain), "bf16")
+        assert fast.synthesis.layers[0].weight.is_contiguous(memory_format=torch.channels_last)
+        whole = render_faces(fast, seeds, 0.8, labels, "bf16")
+        np.testing.assert_array_equal(whole, render_faces(plain, seeds, 0.8, labels, "bf16"))
+        np.testing.assert_array_equal(whole[5:12], render_faces(fast, seeds[5:12], 0.8, labels[5:12], "bf16"))
+        np.testing.assert_array_equal(whole[3:4], render_faces(fast, seeds[3:4], 0.8, labels[3:4], "bf16"))
+        assert whole.std() > 50
+    with pytest.raises(ValueError, match="prepared to render in bf16"):
+        render_faces(fast, seeds[:1], 0.8, labels[:1], "fp32")
+    kept = prepare_for_render(copy.deepcopy(plain), "fp32")
+    assert kept.synthesis.layers[0].weight.is_contiguous()
+    np.testing.assert_array_equal(render_faces(kept, seeds[:3], 0.8, labels[:3], "fp32"),
+                                  render_faces(plain, seeds[:3], 0.8, labels[:3], "fp32"))
 
 
 def test_average_w_is_tracked_in_training_mode_only():

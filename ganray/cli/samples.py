@@ -54,7 +54,7 @@ def _samples(args: argparse.Namespace) -> int:
         loaded = Registry(args.registry).load_generator(args.version)
     except (ValueError, RegistryError) as e:
         raise UsageError(str(e)) from None
-    generator = prepare_for_render(loaded.generator)
+    generator = prepare_for_render(loaded.generator, args.precision)
     try:
         resolve_conditions(generator, conditions, seed=0)  # names a bad attribute or value
     except ValueError as e:

@@ -57,7 +57,8 @@ class FaceRenderer:
         from ganray.models.face import prepare_for_render
 
         # The fastest layout that keeps every face's bytes (the same one Serve renders with).
-        self.generator = prepare_for_render(Registry(registry_url).load_generator(version, device=device).generator)
+        self.generator = prepare_for_render(Registry(registry_url).load_generator(version, device=device).generator,
+                                            precision)
         self.plan, self.seed_offset, self.psi, self.mix = plan, seed_offset, psi, mix
         self.batch_size, self.precision = batch_size, precision
 
@@ -304,7 +305,10 @@ class StratumSearcher:
         if mine != environment:
             raise RuntimeError(f"this generator actor runs on {mine}, but the job renders on {environment}: "
                                "the bytes could differ, so it refuses to render. Run the job on nodes of one kind.")
-        self.generator = Registry(registry_url).load_generator(version, device=device).generator
+        from ganray.models.face import prepare_for_render
+
+        self.generator = prepare_for_render(Registry(registry_url).load_generator(version, device=device).generator,
+                                            precision)
         self.plan, self.closed, self.psi = plan, closed, psi
         self.batch_size, self.precision = batch_size, precision
         self.verifier = FaceVerifier(labeler, quality, registry_url, label_attributes)

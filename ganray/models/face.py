@@ -158,25 +158,32 @@ def one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def prepare_for_render(generator: nn.Module) -> nn.Module:
-    """The generator (in place) in the form that renders fastest, for render-only processes.
+def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
+    """The generator (in place) in the form that renders fastest in `precision`, for render-only
+    processes (render_faces then refuses another precision on it).
 
-    A single-latent (DCGAN) generator on CPU goes to channels_last: oneDNN's convolutions then run
+    On CPU, a single-latent (DCGAN) generator goes to channels_last: oneDNN's convolutions then run
     on NHWC directly instead of reordering every activation to its blocked layout and back (the
     reorders were ~20 % of a DCGAN-64 forward pass), and BatchNorm runs its NHWC kernel. Then the
     model's own `to_render_form()`, where it has one (DCGAN: its first layer as a matrix product in
-    bf16, oversized layers in cache-sized slices of output channels, in-place ReLU; see
-    ganray/models/dcgan.py). Together 1.7x the faces/s of the plain generator on one thread at 64 px,
-    2x at 256 px (benchmarks/generator_speed.py). The pixels are the same bytes as with the plain generator
-    (tests/test_render.py checks it, batch by batch, in bf16 and fp32), so faces from a prepared and
-    an unprepared generator are interchangeable. StyleGAN2 is left as it is: channels_last did not
-    make it faster at 64 px, and its bytes in that layout are not tested. Not for a model that is still
-    trained or saved (safetensors wants contiguous weights; the render form's state_dict differs).
+    bf16, the 4x4 -> 8x8 layer in tiles of side-by-side images, bf16 weight copies, in-place ReLU;
+    see ganray/models/dcgan.py). A style-based generator goes to channels_last in bf16 only: there
+    it gave the plain generator's bytes in every model tried, in fp32 a pixel in 10^4 differed.
+    The pixels are the same bytes as with the plain generator (tests/test_render.py and
+    tests/test_stylegan2.py check it, batch by batch), so faces from a prepared and an unprepared
+    generator are interchangeable. Not for a model that is still trained or saved (safetensors wants
+    contiguous weights; the render form's state_dict differs).
     """
-    if _device(generator).type == "cpu" and not is_style_based(generator):
-        generator.to(memory_format=torch.channels_last)
-        if hasattr(generator, "to_render_form"):
-            generator.to_render_form()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if _device(generator).type == "cpu":
+        if not is_style_based(generator):
+            generator.to(memory_format=torch.channels_last)
+            if hasattr(generator, "to_render_form"):
+                generator.to_render_form()
+        elif precision == "bf16":
+            generator.to(memory_format=torch.channels_last)
+    generator.prepared_for_precision = precision
     return generator
 
 
@@ -241,6 +248,10 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if generator.training:
         raise ValueError("the generator is in training mode: call .eval() (BatchNorm must use running statistics)")
+    prepared = getattr(generator, "prepared_for_precision", precision)
+    if prepared != precision:
+        raise ValueError(f"this generator was prepared to render in {prepared} (prepare_for_render), "
+                         f"not {precision}: load it again to render in {precision}")
     check_mixing(generator, seeds, mix_seeds, crossover)
     device = _device(generator)
     if precision == "fp16" and device.type == "cpu":

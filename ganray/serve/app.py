@@ -188,7 +188,7 @@ class FaceGenerator:
 
     def _load(self, version: str, precision: str) -> LoadedGenerator:
         loaded = self._registry.load_generator(version, device=self._device)
-        prepare_for_render(loaded.generator)  # the bulk job's layout: the fastest that keeps the bytes
+        prepare_for_render(loaded.generator, precision)  # the bulk job's layout: the fastest that keeps the bytes
         # A test render before the swap: a model that cannot render never serves, and the first
         # request after the swap does not pay for warm-up.
         self._render_sync(loaded, precision, [RenderRequest(seeds=(0,), psi=1.0)])
