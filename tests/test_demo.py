@@ -1,5 +1,11 @@
-"""`ganray demo` as a new user runs it: a fresh directory, a local Ray started by the command, and a
-console that a person can read (one progress line per long job; Ray's chatter in log files)."""
+"""`ganray demo` as a new user runs it: the package installed from a built wheel (not editable), a
+fresh directory outside the repository, a local Ray started by the command, and a console that a
+person can read (one progress line per long job; Ray's chatter in log files).
+
+The wheel is installed alone (`pip install --no-deps --target`) and put first on PYTHONPATH, ahead of
+the test venv's editable ganray; its dependencies are the test venv's (tests/test_packaging.py checks
+that the runtime dependencies alone provide every import). So the demo's configs must come from
+the installed package, and the test checks that the driver and a Ray worker import that copy."""
 from __future__ import annotations
 
 import json
@@ -21,25 +27,48 @@ TINY = ["--set", "data.resolution=32", "--set", "data.synthetic.count=256", "--s
 RAY_CHATTER = ("PlacementGroupCleaner", "TrainingReport", "RayTrainWorker pid=", "TrainController pid=",
                "Starting execution of Dataset", "Started a local Ray instance", "SplitCoordinator")
 ONE_SCREEN = 30  # lines
+IMPORTED_FROM = """
+import os, ray
+import ganray
+print(os.path.dirname(ganray.__file__))
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ray.get(ray.remote(lambda: os.path.dirname(__import__("ganray").__file__)).remote()))
+ray.shutdown()
+"""
 
 
-def _env(ray_tmp: str) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "PYTHONPATH", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+def _env(ray_tmp: str, site: Path) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     # Ray's session (and its socket paths, at most 107 bytes) under a short folder of our own.
-    env.update(RAY_USAGE_STATS_ENABLED="0", TMPDIR=ray_tmp)
+    env.update(RAY_USAGE_STATS_ENABLED="0", TMPDIR=ray_tmp, PYTHONPATH=str(site))
     return env
 
 
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """ganray built as a wheel and installed alone into a folder: (site folder)."""
+    site = tmp_path_factory.mktemp("installed") / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(REPO)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (site / "ganray" / "__init__.py").is_symlink() and (site / "ganray" / "configs").is_dir()
+    return site
+
+
 @pytest.mark.slow
-def test_demo_runs_end_to_end_from_any_directory_and_fits_on_one_screen(tmp_path):
+def test_demo_runs_end_to_end_from_any_directory_and_fits_on_one_screen(tmp_path, installed):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="ganray-demo-")
     try:
-        proc = subprocess.run([sys.executable, "-m", "ganray.cli", "demo", *TINY], cwd=workdir, env=_env(ray_tmp),
-                              capture_output=True, text=True, timeout=600)
+        # Where the driver and a Ray worker import ganray from: the installed copy, not the repository.
+        where = subprocess.run([sys.executable, "-c", IMPORTED_FROM], cwd=workdir, env=_env(ray_tmp, installed),
+                               capture_output=True, text=True, timeout=300)
+        assert where.stdout.split() == [str(installed / "ganray")] * 2, where.stdout + where.stderr
+        proc = subprocess.run([str(installed / "bin" / "ganray"), "demo", *TINY], cwd=workdir,
+                              env=_env(ray_tmp, installed), capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     console = proc.stdout + proc.stderr
