@@ -163,8 +163,8 @@ class Discriminator(nn.Module):
 #   exact zeros; the column keeps neighbours apart) ~3x faster at 16 images a tile. A face gets the
 #   same bytes whatever its tile's width (the tests check tiles of 1, 4, 7, 10 and 16 images against
 #   the plain layer), so the last tile of a batch just holds the rest: no padding images.
-# - under bf16 autocast every conv casts its fp32 weight to bf16 on every call (~7 % of a forward
-#   pass); the render form keeps the cast copy, which has the same values.
+# - under bf16 autocast every conv casts its fp32 weight to bf16 on every call (with the other copies,
+#   ~8 % of a forward pass); the render form keeps the cast copy, which has the same values.
 
 TILE_INPUT_COLUMNS = 80  # columns of a tile of side-by-side maps: 16 images of 4 columns and their zero columns
 TILED_BELOW_WIDTH = 8  # tile layers whose input rows are narrower (their output rows fill < 16 AMX rows)
