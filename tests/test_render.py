@@ -191,3 +191,19 @@ def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precis
         with pytest.raises(ValueError, match=f"prepared to render in {precision}"):
             render_faces(fast, seeds[:1], precision=other)
         assert whole.std() > 50
+
+
+def test_the_render_conv_keeps_every_setting_of_a_layer_it_does_not_tile():
+    """RenderConvTranspose wraps any ConvTranspose2d: one of another shape (output padding, groups)
+    is not tiled and gives the layer's own values."""
+    from ganray.models.dcgan import RenderConvTranspose
+
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=2).eval()
+    wrapped = RenderConvTranspose(conv)
+    assert not wrapped.tileable
+    x = torch.randn(3, 8, 5, 5)
+    with torch.inference_mode():
+        assert torch.equal(wrapped(x), conv(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(wrapped(x), conv(x))

@@ -220,7 +220,7 @@ class RenderConvTranspose(nn.Module):
             return c(x)
         weight, bias = (self.weight_bf16, self.bias_bf16) if _bf16_autocast_on_cpu(x) else (c.weight, c.bias)
         if not self.tileable or x.shape[3] >= TILED_BELOW_WIDTH:
-            return F.conv_transpose2d(x, weight, bias, c.stride, c.padding)
+            return F.conv_transpose2d(x, weight, bias, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
         return self._tiled(x, weight, bias, TILE_INPUT_COLUMNS // (x.shape[3] + 1))
 
     def _tiled(self, x: Tensor, weight: Tensor, bias: Tensor | None, per_tile: int) -> Tensor:
