@@ -85,6 +85,10 @@ def main(out: Path) -> None:
 
     # A temp dir of its own (short: Ray's socket paths live under it), never /tmp/ray.
     temp_dir = tempfile.mkdtemp(prefix="grm", dir="/tmp")
+    # Cluster() also writes the head's address to $RAY_TMPDIR/ray/ray_current_cluster (/tmp/ray/... by
+    # default, which a fresh machine lacks: FileNotFoundError): keep that file in this temp dir too.
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"))
     result: dict = {"temp_dir": temp_dir}
     node_args = {"num_cpus": 1, "object_store_memory": NODE_OBJECT_STORE, "temp_dir": temp_dir}
     cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ganray.config import GenerateConfig
-from ganray.models.face import complete_conditions
+from ganray.models.face import complete_conditions, cpu_has_native_bf16
 from ganray.registry import VersionInfo
 
 LAYOUT_VERSION = "ganray-generate/2"  # bump when the bytes a job writes change for the same parameters
@@ -145,8 +145,9 @@ class ConditionPlan:
 def render_environment(device: str) -> dict[str, str]:
     """What, besides the job's parameters, decides a face's bytes: the torch build and the device kind.
 
-    The CPU kind is torch's kernel dispatch level (e.g. AVX512, AVX2): kernels of another level
-    may round differently. The GPU kind is its name and compute capability.
+    The CPU kind is torch's kernel dispatch level (e.g. AVX512, AVX2), with " bf16" where the CPU
+    computes bf16 in hardware (AMX, AVX512-BF16): kernels of another level, and oneDNN's reference bf16
+    kernels on a CPU without, may round differently. The GPU kind is its name and compute capability.
     """
     import torch
 
@@ -155,6 +156,7 @@ def render_environment(device: str) -> dict[str, str]:
         kind = f"cuda {torch.cuda.get_device_name(0)} sm_{major}{minor}"
     else:
         kind = f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+        kind += " bf16" if cpu_has_native_bf16() else ""
     return {"torch": torch.__version__, "device_kind": kind}
 
 
