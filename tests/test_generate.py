@@ -27,7 +27,7 @@ from ganray.generate.output import GenerateError
 from ganray.generate.pipeline import FaceRenderer
 from ganray.generate.plan import job_id
 from ganray.images import decode_png
-from ganray.models.face import cpu_has_native_bf16, labels_for_conditions, render_faces
+from ganray.models.face import cpu_has_amx, cpu_has_native_bf16, labels_for_conditions, render_faces
 from ganray.models import build_generator
 from ganray.registry import Registry
 
@@ -105,7 +105,7 @@ def test_rows_are_unique_complete_balanced_and_decode_to_the_generator_output(re
     assert all(entry["job_id"] == job["job_id"] for entry in manifest["shards"])
     # The identity records what else decides the bytes: the torch build and the device kind.
     assert job["parameters"]["torch"] == torch.__version__
-    native_bf16 = " bf16" if cpu_has_native_bf16() else ""
+    native_bf16 = " AMX" if cpu_has_amx() else " AVX512-BF16" if cpu_has_native_bf16() else ""
     assert job["parameters"]["device_kind"] == \
         f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}{native_bf16}"
     assert job["parameters"]["balance_order"] == "crt-block-shift/1"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ganray.config import GenerateConfig
-from ganray.models.face import complete_conditions, cpu_has_native_bf16
+from ganray.models.face import complete_conditions, cpu_has_amx, cpu_has_native_bf16
 from ganray.registry import VersionInfo
 
 LAYOUT_VERSION = "ganray-generate/2"  # bump when the bytes a job writes change for the same parameters
@@ -145,9 +145,11 @@ class ConditionPlan:
 def render_environment(device: str) -> dict[str, str]:
     """What, besides the job's parameters, decides a face's bytes: the torch build and the device kind.
 
-    The CPU kind is torch's kernel dispatch level (e.g. AVX512, AVX2), with " bf16" where the CPU
-    computes bf16 in hardware (AMX, AVX512-BF16): kernels of another level, and oneDNN's reference bf16
-    kernels on a CPU without, may round differently. The GPU kind is its name and compute capability.
+    The CPU kind is torch's kernel dispatch level (e.g. AVX512, AVX2), then how the CPU computes bf16:
+    " AMX" (tiles), " AVX512-BF16" (vector instructions, no AMX: AMD EPYC Zen 4/5), or nothing (oneDNN's
+    reference kernels). Kernels of another level or bf16 kind may round differently (a StyleGAN2's
+    channels_last form was exact on AMX and not with AVX512-BF16). The GPU kind is its name and
+    compute capability.
     """
     import torch
 
@@ -156,7 +158,7 @@ def render_environment(device: str) -> dict[str, str]:
         kind = f"cuda {torch.cuda.get_device_name(0)} sm_{major}{minor}"
     else:
         kind = f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
-        kind += " bf16" if cpu_has_native_bf16() else ""
+        kind += " AMX" if cpu_has_amx() else " AVX512-BF16" if cpu_has_native_bf16() else ""
     return {"torch": torch.__version__, "device_kind": kind}
 
 

@@ -163,9 +163,13 @@ def cpu_has_native_bf16() -> bool:
     kernels are its fast ones. Without (AVX2-only CPUs such as AMD EPYC Zen 3), bf16 convolutions and
     matmuls fall back to reference kernels: a bf16 4096^2 matmul ran at ~1 GFLOP/s on one core of an
     AMD EPYC here, fp32 at ~50, and a DCGAN-64 face rendered ~35x slower in bf16 than in fp32."""
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return cpu_has_amx() or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): oneDNN's bf16 kernels there are
+    the ones a StyleGAN2's channels_last render form was found exact on (see prepare_for_render)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
@@ -194,7 +198,7 @@ def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
             generator.to(memory_format=torch.channels_last)
             if hasattr(generator, "to_render_form"):
                 generator.to_render_form()
-        elif precision == "bf16":
+        elif precision == "bf16" and cpu_has_amx():
             generator.to(memory_format=torch.channels_last)
     generator.prepared_for_precision = precision
     return generator
