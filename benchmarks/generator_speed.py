@@ -21,7 +21,7 @@ elementwise work is not counted), divided by 8.
 The variants (`render` = ganray.models.face.render_faces, what the bulk job and Serve call):
   render bf16 / fp32               the product path: prepare_for_render (on CPU: DCGAN in channels_last
                                    and its render form, ganray/models/dcgan.py; StyleGAN2 in
-                                   channels_last for bf16), then render_faces
+                                   channels_last for bf16 on AMX), then render_faces
                                    (one thread) in bf16 or fp32 autocast
   render bf16, unprepared          render_faces on the generator as loaded (the path before)
   bf16 N threads                   autocast bf16, the bare forward pass on all torch threads

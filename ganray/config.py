@@ -35,7 +35,10 @@ class Section(BaseModel):
 
 
 # One definition of each shared value type (used by training, the bulk job and Serve alike).
-Precision = Literal["fp32", "bf16", "fp16"]  # autocast dtype; fp16 needs a GPU (ganray.models.face.PRECISIONS)
+# Autocast dtype; fp16 needs a GPU. "auto": the fastest one the device computes in hardware, resolved
+# where the work runs (ganray.models.face.resolve_precision): bf16 on a CPU with AMX or AVX512-BF16 and
+# on Ampere-or-later GPUs, fp32 on other CPUs, fp16 on older GPUs.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PSI_MIN, PSI_MAX = 0.0, 2.0  # truncation psi: 1 = off, < 1 more typical faces, > 1 more varied
 
 
@@ -249,7 +252,8 @@ class TrainConfig(Section):
     ema_warmup: bool = Field(
         True, description="use beta_t = min(ema_beta, (1+t)/(10+t)) so early G_ema is not stuck near init")
     precision: Precision = Field(
-        "bf16", description="autocast dtype; fp16 needs a GPU (uses a GradScaler)"
+        "auto", description="autocast dtype; fp16 needs a GPU (uses a GradScaler); auto: bf16 where the "
+        "device computes it (CPU: AMX or AVX512-BF16), else fp32 on CPU and fp16 on GPU"
     )
     seed: int = Field(0, ge=0, description="seeds the models' init, each worker's noise, the data order and flips")
     deterministic: bool = Field(
@@ -523,7 +527,8 @@ class ServedModel(Section):
         10.0, ge=0, description="seconds between checks of the alias; a moved alias is hot-reloaded (0 = never)"
     )
     precision: Precision = Field(
-        "bf16", description="render precision; use the bulk job's to get its exact bytes (fp16 needs a GPU)"
+        "auto", description="render precision; use the bulk job's to get its exact bytes (fp16 needs a GPU; "
+        "auto: resolved on each replica, as the bulk job's on its actors)"
     )
 
 
@@ -734,7 +739,9 @@ class GenerateConfig(Section):
         default_factory=list,
         description="attributes to balance: every attribute and every combination within one face in the set",
     )
-    precision: Precision = Field("bf16", description="autocast dtype (fp16 needs cuda)")
+    precision: Precision = Field(
+        "auto", description="autocast dtype (fp16 needs cuda); auto is resolved on a generator actor and "
+        "recorded resolved in job.json")
     device: Literal["cpu", "cuda"] = "cpu"
     # Style mixing (style-based models only): both or neither.
     mix_seed_offset: int | None = Field(
@@ -860,7 +867,7 @@ class EvalConfig(Section):
     reference_count: int = Field(1000, ge=2, description="reference images used: the dataset's first N rows")
     seed_offset: int = Field(0, ge=0)
     psi: float = _psi_field(1.0, "truncation psi of rendered faces")
-    precision: Precision = Field("bf16", description="autocast dtype of the generator when rendering")
+    precision: Precision = Field("auto", description="autocast dtype of the generator when rendering")
     render_batch_size: int = Field(64, gt=0)
     kid_subset_size: int = Field(1000, ge=2, description="KID subset size (capped at the smaller set)")
     kid_subsets: int = Field(100, gt=0)
@@ -921,7 +928,8 @@ class LabelerTrainConfig(Section):
     max_steps: int = Field(1000, gt=0, description="optimisation steps to train for")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
-    precision: Literal["fp32", "bf16"] = Field("bf16", description="autocast dtype of the forward pass")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast dtype of the forward pass (auto: bf16 where the device computes it, else fp32)")
     seed: int = Field(0, ge=0, description="seeds the init, the data order and flips")
     deterministic: bool = Field(True, description="bit-reproducible kernels (as train.deterministic)")
     log_every: int = Field(10, gt=0, description="steps between reported metrics")

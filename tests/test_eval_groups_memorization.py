@@ -97,7 +97,7 @@ def test_per_group_metrics_of_a_conditional_model(registry, reference, tmp_path)
     generator = registry.load_generator("v1").generator
     seeds = list(range(COUNT))
     labels = labels_for_conditions(generator, {}, COUNT, seeds=seeds)
-    fake = pixels(render_faces(generator, seeds, 1.0, labels, "bf16"))
+    fake = pixels(render_faces(generator, seeds, 1.0, labels, "auto"))
     fake_glasses = np.array([MODEL_VALUES["glasses"][int(i)] for i in labels[:, 0]])
     assert {"maybe", "no", "yes"} == set(fake_glasses)  # every stratum has faces
 
@@ -128,7 +128,7 @@ def test_per_group_metrics_of_a_conditional_model(registry, reference, tmp_path)
     assert first["distance"] == pytest.approx(nearest.min(), rel=1e-6)
     grid = np.asarray(Image.open(memo["pairs_png"]))
     g = first["generated_index"]
-    np.testing.assert_array_equal(grid[:RES, :RES], render_faces(generator, [g], 1.0, labels[g:g + 1], "bf16")[0])
+    np.testing.assert_array_equal(grid[:RES, :RES], render_faces(generator, [g], 1.0, labels[g:g + 1], "auto")[0])
     np.testing.assert_array_equal(grid[:RES, RES + 2:], decode_png(rows[first["reference_index"]]))
 
 

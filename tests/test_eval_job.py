@@ -86,7 +86,7 @@ def test_model_eval_matches_driver_side_numbers_and_is_recorded(v1_result, regis
     # The same numbers from features computed here, on the driver, without Ray.
     extractor = build_extractor(ExtractorConfig(pixels_side=8))
     generator = registry.load_generator("v1").generator
-    fake = extractor(render_faces(generator, list(range(COUNT)), 1.0, None, "bf16"))["features"]
+    fake = extractor(render_faces(generator, list(range(COUNT)), 1.0, None, "auto"))["features"]
     real = extractor(reference_images(reference, REFERENCE_COUNT))["features"]
     assert result["metrics"]["fid"] == pytest.approx(metrics.fid(real, fake), rel=1e-6)
     kid = metrics.kid(real, fake, subset_size=12, subsets=5)

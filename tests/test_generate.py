@@ -27,7 +27,13 @@ from ganray.generate.output import GenerateError
 from ganray.generate.pipeline import FaceRenderer
 from ganray.generate.plan import job_id
 from ganray.images import decode_png
-from ganray.models.face import cpu_has_amx, cpu_has_native_bf16, labels_for_conditions, render_faces
+from ganray.models.face import (
+    cpu_has_amx,
+    cpu_has_native_bf16,
+    labels_for_conditions,
+    render_faces,
+    resolve_precision,
+)
 from ganray.models import build_generator
 from ganray.registry import Registry
 
@@ -133,6 +139,10 @@ def test_same_bytes_whatever_the_batch_size_and_replica_count(reference, registr
     output = str(tmp_path / "faces")
     generate(registry_url, output, **{**REFERENCE, "batch_size": 5, "replicas": 2})
     assert snapshot(output) == snapshot(reference)
+    # precision auto (the reference's) and what it resolves to here are one job: the same bytes, job.json too.
+    explicit = str(tmp_path / "explicit")
+    generate(registry_url, explicit, **{**REFERENCE, "precision": resolve_precision("auto", "cpu")})
+    assert snapshot(explicit) == snapshot(reference)
 
 
 def test_resume_after_the_driver_is_killed_gives_the_uninterrupted_bytes(
@@ -206,6 +216,13 @@ def test_output_of_another_job_is_refused_and_left_alone(reference, registry_url
         generate(registry_url, reference, **{**REFERENCE, "psi": 0.5})
     with pytest.raises(GenerateError, match="count: 50 there, 60 in this job"):
         generate(registry_url, reference, **{**REFERENCE, "count": 60})
+    # The reference ran with precision auto, recorded as what it resolved to on this CPU; the other one
+    # is another job.
+    resolved = resolve_precision("auto", "cpu")
+    other = {"bf16": "fp32", "fp32": "bf16"}[resolved]
+    assert json.loads(Path(reference, "job.json").read_text())["parameters"]["precision"] == resolved
+    with pytest.raises(GenerateError, match=f"precision: '{resolved}' there, '{other}' in this job"):
+        generate(registry_url, reference, **{**REFERENCE, "precision": other})
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in Path(reference).rglob("*")} == before
 
     foreign = tmp_path / "not-ours"
@@ -356,7 +373,8 @@ def test_a_generator_actor_on_another_device_kind_refuses_to_render(registry_url
     with pytest.raises(RuntimeError, match="the bytes could differ, so it refuses to render"):
         FaceRenderer(registry_url, "v1", ConditionPlan(ATTRIBUTES, {}, []), seed_offset=0, psi=1.0, batch_size=4,
                      precision="bf16", device="cpu",
-                     environment={"torch": torch.__version__, "device_kind": "cuda NVIDIA H100 sm_90"})
+                     environment={"torch": torch.__version__, "device_kind": "cuda NVIDIA H100 sm_90",
+                                  "precision": "bf16"})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

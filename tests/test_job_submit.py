@@ -43,7 +43,7 @@ TINY_TRAIN = ["train.max_steps=4", "train.checkpoint_every=4", "train.log_every=
               "model.g_width=8", "model.d_width=8", "model.z_dim=16"]
 # configs/cluster/generate_1m.yaml on CPU, 300 faces.
 SMALL_GENERATE = ["generate.count=300", "generate.shard_size=100", "generate.device=cpu",
-                  "generate.precision=bf16", "generate.batch_size=50", "generate.replicas=1"]
+                  "generate.precision=auto", "generate.batch_size=50", "generate.replicas=1"]
 # Test speed only (see ../shared/notes/ray-on-this-machine.md): Ray Train's fixed overhead per fit.
 RAY_TRAIN_FAST = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
                   "RAY_TRAIN_METRICS_ENABLED": "0"}

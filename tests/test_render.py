@@ -13,6 +13,7 @@ from ganray.config import DCGANConfig
 from ganray.images import decode_png, encode_png
 from ganray.models.face import (
     cpu_has_native_bf16,
+    resolve_precision,
     labels_for_conditions,
     latents_for_seeds,
     prepare_for_render,
@@ -103,6 +104,31 @@ def test_training_mode_and_cpu_fp16_are_refused():
         render_faces(g, [1])
     with pytest.raises(ValueError, match="needs a GPU"):
         render_faces(g.eval(), [1], precision="fp16")
+
+
+def test_auto_precision_is_bf16_where_the_cpu_computes_it_else_fp32_and_renders_as_what_it_resolves_to():
+    """auto on CPU: bf16 with AMX or AVX512-BF16, fp32 on an AVX2-only CPU (its reference bf16 kernels
+    are ~35x slower). A face rendered with auto is the face of the precision it resolves to, prepared
+    or not, and a generator prepared with auto records that precision."""
+    resolved = resolve_precision("auto", "cpu")
+    assert resolved == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("auto", torch.device("cpu"), fp16=False) == resolved
+    for concrete in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(concrete, "cpu") == concrete
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("bf32", "cpu")
+    g = tiny_generator(conditional=True)
+    labels = labels_for_conditions(g, {}, 6, seeds=list(range(6)))
+    expected = render_faces(g, list(range(6)), 0.7, labels, resolved)
+    np.testing.assert_array_equal(render_faces(g, list(range(6)), 0.7, labels, "auto"), expected)
+    np.testing.assert_array_equal(render_faces(g, list(range(6)), 0.7, labels), expected)  # the default
+    other = {"bf16": "fp32", "fp32": "bf16"}[resolved]
+    assert not np.array_equal(render_faces(g, list(range(6)), 0.7, labels, other), expected)
+    prepared = prepare_for_render(copy.deepcopy(g), "auto")
+    assert prepared.prepared_for_precision == resolved
+    np.testing.assert_array_equal(render_faces(prepared, list(range(6)), 0.7, labels, "auto"), expected)
+    with pytest.raises(ValueError, match=f"prepared to render in {resolved}"):
+        render_faces(prepared, [1], 0.7, labels[:1], other)
 
 
 def _png_chunk_types(data: bytes) -> list[bytes]:

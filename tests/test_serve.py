@@ -27,7 +27,7 @@ from conftest import REPO, free_port
 
 from ganray.config import FaceServiceConfig, DCGANConfig, ServeJob, StyleGAN2Config, load_config
 from ganray.images import encode_png
-from ganray.models.face import labels_for_conditions, labels_for_rows, render_faces
+from ganray.models.face import labels_for_conditions, labels_for_rows, render_faces, resolve_precision
 from ganray.models import build_generator
 from ganray.registry import Registry
 
@@ -63,7 +63,7 @@ def push_random_stylegan2(registry: Registry, init_seed: int) -> str:
 
 
 def expected_pngs(registry: Registry, version: str, seeds: list[int], psi: float,
-                  conditions: dict[str, str] | None = None, precision: str = "bf16") -> list[bytes]:
+                  conditions: dict[str, str] | None = None, precision: str = "auto") -> list[bytes]:
     """What the bulk job writes for these faces: render_faces + encode_png, in one offline batch."""
     generator = registry.load_generator(version).generator
     labels = labels_for_conditions(generator, conditions, len(seeds), seeds=seeds)
@@ -294,7 +294,8 @@ def test_model_and_health(main, registry, service):
     assert r.status_code == 200 and r.headers["x-model-version"] == versions[0]
     info = r.json()
     assert info["version"] == versions[0] and info["alias"] == "production" and info["registry"] == url
-    assert info["resolution"] == RESOLUTION and info["z_dim"] == TINY.z_dim and info["precision"] == "bf16"
+    assert info["resolution"] == RESOLUTION and info["z_dim"] == TINY.z_dim
+    assert info["precision"] == resolve_precision("auto", "cpu")  # the default, as this replica resolved it
     assert info["conditions"] == ATTRIBUTES and info["load_error"] is None
     assert info["limits"] == {"max_count": 8, "max_seed": MAX_SEED, "psi_min": 0.0, "psi_max": 2.0,
                               "default_psi": 1.0}
@@ -562,12 +563,12 @@ def test_stylegan2_bulk_job_is_balanced_and_the_same_bytes_at_any_batch_size(sty
     # The job rendered batches of 3; the same faces rendered all 8 in one batch, and one at a time.
     generator = reg.load_generator(version).generator
     labels = labels_for_rows(generator, conditions)
-    at_once = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "bf16")]
-    one_by_one = [encode_png(render_faces(generator, [s], 0.7, labels[i:i + 1], "bf16")[0])
+    at_once = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "auto")]
+    one_by_one = [encode_png(render_faces(generator, [s], 0.7, labels[i:i + 1], "auto")[0])
                   for i, s in enumerate(seeds)]
     assert [r["image"] for r in rows] == at_once == one_by_one
     # psi matters: the model has an average w to truncate towards.
-    assert at_once[0] != encode_png(render_faces(generator, seeds[:1], 1.0, labels[:1], "bf16")[0])
+    assert at_once[0] != encode_png(render_faces(generator, seeds[:1], 1.0, labels[:1], "auto")[0])
 
 
 def test_hot_reload_from_dcgan_to_stylegan2_serves_the_bulk_jobs_bytes(service, registry, stylegan2_bulk):
@@ -619,10 +620,10 @@ def test_style_mixing_bulk_rows_record_the_mix_and_are_render_faces_bytes(styleg
     generator = reg.load_generator(version).generator
     labels = labels_for_rows(generator, [json.loads(r["conditions"]) for r in rows])
     seeds, mix_seeds = [r["seed"] for r in rows], [r["mix_seed"] for r in rows]
-    mixed = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "bf16",
+    mixed = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "auto",
                                                          mix_seeds=mix_seeds, crossover=3)]
     assert [r["image"] for r in rows] == mixed
-    assert mixed != [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "bf16")]
+    assert mixed != [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "auto")]
 
 
 def test_a_mixing_job_refuses_a_crossover_beyond_the_models_styles(stylegan2_bulk, registry, tmp_path):

@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import newest_train_worker, wait_for_registered_checkpoint
 from ganray.config import ConfigError, DCGANConfig, TrainConfig, TrainJob, load_config
 from ganray.models import build_models
+from ganray.models.face import cpu_has_native_bf16
 from ganray.train import checkpoint as ckpt
 from ganray.train.steps import GANSteps
 from ganray.train.trainer import TrainOutcome, run_training
@@ -176,6 +177,16 @@ def _steps(precision: str) -> GANSteps:
     G, D = build_models(DCGANConfig(g_width=8, d_width=8, z_dim=16), 32, None)
     cfg = TrainConfig(precision=precision, use_gpu=precision == "fp16")
     return GANSteps(G, D, copy.deepcopy(G), cfg, 16, torch.device("cpu"))
+
+
+def test_auto_precision_trains_in_what_the_workers_device_computes_in_hardware():
+    """auto on a CPU: bf16 autocast with AMX or AVX512-BF16, else fp32 (no autocast); never fp16 loss scaling."""
+    steps = _steps("auto")
+    native = cpu_has_native_bf16()
+    assert steps.precision == ("bf16" if native else "fp32")
+    assert steps.autocast_dtype == (torch.bfloat16 if native else None)
+    assert not steps.scaler_G.is_enabled() and not steps.scaler_D.is_enabled()
+    assert TrainConfig().precision == "auto"
 
 
 def test_resume_may_switch_precision_between_bf16_and_fp16():

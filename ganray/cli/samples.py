@@ -55,6 +55,7 @@ def _samples(args: argparse.Namespace) -> int:
     except (ValueError, RegistryError) as e:
         raise UsageError(str(e)) from None
     generator = prepare_for_render(loaded.generator, args.precision)
+    precision = generator.prepared_for_precision  # "auto" resolved on this machine
     try:
         resolve_conditions(generator, conditions, seed=0)  # names a bad attribute or value
     except ValueError as e:
@@ -66,12 +67,12 @@ def _samples(args: argparse.Namespace) -> int:
                          f"{loaded.version}), got {crossover}")
     out = storage.normalize_url(args.out or f"samples/{loaded.version}")
 
-    files = {PSI_SWEEP_FILE: encode_png(psi_sweep(generator, seeds, psis, conditions, args.precision))}
+    files = {PSI_SWEEP_FILE: encode_png(psi_sweep(generator, seeds, psis, conditions, precision))}
     index = {"version": loaded.version, "resolution": generator.resolution, "conditions": conditions,
-             "precision": args.precision,
+             "precision": precision,
              "psi_sweep": {"file": PSI_SWEEP_FILE, "rows_seeds": seeds, "columns_psi": psis}}
     if style_based:
-        grid = style_mixing_grid(generator, sources, seeds, crossover, args.psi, conditions, args.precision)
+        grid = style_mixing_grid(generator, sources, seeds, crossover, args.psi, conditions, precision)
         files[MIXING_FILE] = encode_png(grid)
         index["style_mixing"] = {"file": MIXING_FILE, "columns_source_seeds": sources, "rows_destination_seeds": seeds,
                                  "crossover": crossover, "num_ws": generator.num_ws, "psi": args.psi}
@@ -112,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--psi", type=float, default=1.0, help="truncation psi of the mixing grid (default 1)")
     parser.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
                         help="a fixed condition for every face (repeatable); others are drawn per seed")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                        help="autocast dtype, as the bulk job's generate.precision (default bf16)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="autocast dtype, as the bulk job's generate.precision (default auto: bf16 where "
+                             "the CPU computes it, else fp32)")
     add_verbose_arg(parser)
     parser.set_defaults(handler=_samples)

@@ -26,7 +26,7 @@ from ganray.config import TrainEvalConfig, TrainJob
 from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor, extractor_identity
 from ganray.eval.job import EvalError, reference_features, reference_manifest
-from ganray.models.face import labels_for_conditions, render_faces
+from ganray.models.face import labels_for_conditions, render_faces, resolve_precision
 
 
 class TrainingEvaluator:
@@ -38,7 +38,7 @@ class TrainingEvaluator:
             raise EvalError("eval.every_images is not set: training-time evaluation is off")
         self.cfg = cfg
         self.reference = storage.normalize_url(cfg.reference or job.data.url)
-        self.precision = "fp32" if job.train.precision == "fp32" else "bf16"
+        self.train_precision = job.train.precision  # resolved on rank 0's device, where faces are rendered
         # Everything that can be checked without Ray is checked here, before training starts.
         self.manifest = reference_manifest(self.reference)
         if self.manifest["resolution"] != job.data.resolution:
@@ -66,10 +66,13 @@ class TrainingEvaluator:
         if self._extractor is None:
             self._extractor = build_extractor(self.cfg.extractor)
         batch, parts = self.cfg.extractor.batch_size, []
+        # The training's precision on this device; an fp16 run's faces render in bf16 (as its sample grids).
+        trained_in = resolve_precision(self.train_precision, next(generator.parameters()).device)
+        precision = "fp32" if trained_in == "fp32" else "bf16"
         for start in range(self.cfg.seed_offset, self.cfg.seed_offset + self.cfg.count, batch):
             seeds = list(range(start, min(start + batch, self.cfg.seed_offset + self.cfg.count)))
             labels = labels_for_conditions(generator, {}, len(seeds), seeds=seeds)
-            parts.append(self._extractor(render_faces(generator, seeds, 1.0, labels, self.precision))["features"])
+            parts.append(self._extractor(render_faces(generator, seeds, 1.0, labels, precision))["features"])
         return np.concatenate(parts)
 
     def __call__(self, generator: torch.nn.Module) -> dict[str, float]:

@@ -195,7 +195,7 @@ def with_environment(plan: GeneratePlan) -> GeneratePlan:
     if cfg.device == "cuda" and not ray.cluster_resources().get("GPU"):
         raise GenerateError("generate.device is 'cuda', but the Ray cluster has no GPU")
     actor_options, _ = _resources(plan)
-    environment = ray.get(ray.remote(render_environment).options(**actor_options).remote(cfg.device))
+    environment = ray.get(ray.remote(render_environment).options(**actor_options).remote(cfg.device, cfg.precision))
     parameters = job_parameters(cfg, plan.model, environment)
     if plan.labeling is not None:  # only then: the identity of a job without labels is unchanged
         parameters["labels_layout"] = LABELS_LAYOUT

@@ -50,10 +50,11 @@ class FaceRenderer:
 
         from ganray.registry import Registry
 
-        mine = render_environment(device)
+        mine = render_environment(device, precision)
         if mine != environment:
             raise RuntimeError(f"this generator actor runs on {mine}, but the job renders on {environment}: "
                                "the bytes could differ, so it refuses to render. Run the job on nodes of one kind.")
+        precision = mine["precision"]  # "auto" resolved, as in the job's identity
         from ganray.models.face import prepare_for_render
 
         # The fastest layout that keeps every face's bytes (the same one Serve renders with).
@@ -301,10 +302,11 @@ class StratumSearcher:
         from ganray.generate.closedloop import FaceVerifier
         from ganray.registry import Registry
 
-        mine = render_environment(device)
+        mine = render_environment(device, precision)
         if mine != environment:
             raise RuntimeError(f"this generator actor runs on {mine}, but the job renders on {environment}: "
                                "the bytes could differ, so it refuses to render. Run the job on nodes of one kind.")
+        precision = mine["precision"]  # "auto" resolved, as in the job's identity
         from ganray.models.face import prepare_for_render
 
         self.generator = prepare_for_render(Registry(registry_url).load_generator(version, device=device).generator,

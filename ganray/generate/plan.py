@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ganray.config import GenerateConfig
-from ganray.models.face import complete_conditions, cpu_has_amx, cpu_has_native_bf16
+from ganray.models.face import complete_conditions, cpu_has_amx, cpu_has_native_bf16, resolve_precision
 from ganray.registry import VersionInfo
 
 LAYOUT_VERSION = "ganray-generate/2"  # bump when the bytes a job writes change for the same parameters
@@ -142,8 +142,10 @@ class ConditionPlan:
         return complete_conditions(self.condition_values, chosen, seed)
 
 
-def render_environment(device: str) -> dict[str, str]:
-    """What, besides the job's parameters, decides a face's bytes: the torch build and the device kind.
+def render_environment(device: str, precision: str) -> dict[str, str]:
+    """What, besides the job's parameters, decides a face's bytes: the torch build, the device kind,
+    and the autocast dtype the job's `precision` means there (resolve_precision: "auto" is bf16 or fp32
+    by the CPU's bf16 kind, bf16 or fp16 by the GPU's compute capability).
 
     The CPU kind is torch's kernel dispatch level (e.g. AVX512, AVX2), then how the CPU computes bf16:
     " AMX" (tiles), " AVX512-BF16" (vector instructions, no AMX: AMD EPYC Zen 4/5), or nothing (oneDNN's
@@ -159,14 +161,15 @@ def render_environment(device: str) -> dict[str, str]:
     else:
         kind = f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
         kind += " AMX" if cpu_has_amx() else " AVX512-BF16" if cpu_has_native_bf16() else ""
-    return {"torch": torch.__version__, "device_kind": kind}
+    return {"torch": torch.__version__, "device_kind": kind, "precision": resolve_precision(precision, device)}
 
 
 def job_parameters(cfg: GenerateConfig, info: VersionInfo, environment: dict[str, str]) -> dict[str, Any]:
     """The parameters that determine the output's bytes (and nothing else: no batch size, no replicas).
 
     Device, device kind, torch version and precision are in: another GPU, another torch build
-    or another autocast dtype may round differently (`environment` is render_environment's).
+    or another autocast dtype may round differently (`environment` is render_environment's; its
+    precision is the resolved one, so "auto" and what it resolves to name the same job).
     """
     return {
         "layout": LAYOUT_VERSION,
@@ -181,7 +184,7 @@ def job_parameters(cfg: GenerateConfig, info: VersionInfo, environment: dict[str
         "seed_offset": cfg.seed_offset,
         "conditions": dict(sorted(cfg.conditions.items())),
         "balance": list(cfg.balance),
-        "precision": cfg.precision,
+        "precision": environment["precision"],
         "device": cfg.device,
         "device_kind": environment["device_kind"],
         "torch": environment["torch"],

@@ -26,6 +26,7 @@ from ganray.config import LabelerTrainJob
 from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
 from ganray.labels import checkpoint as ckpt
 from ganray.models.classifier import build_classifier
+from ganray.models.face import resolve_precision
 from ganray.runtime import gather_from_all, mean_over_workers, rng_state, set_rng_state
 
 
@@ -77,8 +78,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         del state
 
     names = list(attributes)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
+    # "auto": bf16 where this worker's device computes it, else fp32 (this loop has no fp16 loss scaling).
+    bf16 = resolve_precision(cfg.precision, device, fp16=False) == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     sums, count, started = {"loss": 0.0, **{f"train_acc_{n}": 0.0 for n in names}}, 0, time.perf_counter()
     while step < cfg.max_steps:
         indices, flip = sampler.next()

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-PRECISIONS = ("fp32", "bf16", "fp16")  # the values of ganray.config.Precision
+PRECISIONS = ("fp32", "bf16", "fp16")  # the autocast dtypes a face can be rendered in
+AUTO = "auto"  # ganray.config.Precision's fourth value: the fastest of these for the device (resolve_precision)
 
 
 def latents_for_seeds(seeds: Sequence[int], z_dim: int) -> Tensor:
@@ -172,6 +173,24 @@ def cpu_has_amx() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def resolve_precision(precision: str, device: str | torch.device, fp16: bool = True) -> str:
+    """The autocast dtype that `precision` means on `device` ("cpu" or "cuda"; "cuda" means the current
+    GPU): a concrete one as it is; "auto" the fastest one the device computes in hardware. On CPU,
+    bf16 where the CPU computes it (AMX or AVX512-BF16), else fp32: oneDNN's reference bf16 kernels
+    on an AVX2-only CPU made a DCGAN-64 face ~35x slower than fp32. On a GPU, bf16 where it has it
+    (Ampere and later), else fp16 (fp32 with `fp16=False`, for code without fp16 loss scaling).
+
+    It is a function of the device kind alone (ganray.generate.plan.render_environment names the
+    CPU's bf16 kind and the GPU's compute capability), so renderers of one kind agree on it."""
+    if precision != AUTO:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {(AUTO, *PRECISIONS)}, got {precision!r}")
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else ("fp16" if fp16 else "fp32")
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
     """The generator (in place) in the form that renders fastest in `precision`, for render-only
     processes (render_faces then refuses another precision on it).
@@ -188,11 +207,11 @@ def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
     generator are interchangeable. That was found, and holds, for oneDNN's native bf16 kernels (AMX,
     AVX512-BF16) and for fp32; on a CPU without native bf16 (AVX2 only: oneDNN's bf16 convolutions are
     reference kernels there, whose sums round differently with the layout and the width of a map) the
-    rewrites gave other bytes, so in bf16 such a CPU keeps the plain generator. Not for a model that is still trained or saved (safetensors wants
+    rewrites gave other bytes, so in bf16 such a CPU keeps the plain generator. "auto" is resolved
+    here (resolve_precision). Not for a model that is still trained or saved (safetensors wants
     contiguous weights; the render form's state_dict differs).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision, _device(generator))
     if _device(generator).type == "cpu" and (precision != "bf16" or cpu_has_native_bf16()):
         if not is_style_based(generator):
             generator.to(memory_format=torch.channels_last)
@@ -254,15 +273,15 @@ def check_mixing(generator: nn.Module, seeds: Sequence[int], mix_seeds: Sequence
 
 
 def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, labels: Tensor | None = None,
-                 precision: str = "bf16", mix_seeds: Sequence[int] | None = None,
+                 precision: str = AUTO, mix_seeds: Sequence[int] | None = None,
                  crossover: int | None = None) -> np.ndarray:
     """uint8 images (B, H, W, 3) for `seeds`, with `labels` (B, n_cond) for a conditional model.
 
     Style-based generators only: `mix_seeds` (one per face) and `crossover` (0..num_ws) mix styles:
-    w indices >= crossover (and their layers' noise) come from the mix seed.
+    w indices >= crossover (and their layers' noise) come from the mix seed. "auto" is resolved for the
+    generator's device (resolve_precision).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision, _device(generator))
     if generator.training:
         raise ValueError("the generator is in training mode: call .eval() (BatchNorm must use running statistics)")
     prepared = getattr(generator, "prepared_for_precision", precision)

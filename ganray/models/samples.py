@@ -39,7 +39,7 @@ def psi_values(steps: int) -> list[float]:
 
 
 def psi_sweep(generator: nn.Module, seeds: Sequence[int], psis: Sequence[float],
-              conditions: Mapping[str, str] | None = None, precision: str = "bf16") -> np.ndarray:
+              conditions: Mapping[str, str] | None = None, precision: str = "auto") -> np.ndarray:
     """The sweep grid (len(seeds) * H, len(psis) * W, 3): rows are seeds, columns psi values."""
     labels = labels_for_conditions(generator, conditions, len(seeds), seeds=seeds)
     columns = [render_faces(generator, seeds, psi, labels, precision) for psi in psis]
@@ -48,7 +48,7 @@ def psi_sweep(generator: nn.Module, seeds: Sequence[int], psis: Sequence[float],
 
 def style_mixing_grid(generator: nn.Module, sources: Sequence[int], destinations: Sequence[int], crossover: int,
                       psi: float = 1.0, conditions: Mapping[str, str] | None = None,
-                      precision: str = "bf16") -> np.ndarray:
+                      precision: str = "auto") -> np.ndarray:
     """The mixing grid ((1 + len(destinations)) * H, (1 + len(sources)) * W, 3), see the module docstring.
 
     ValueError for a generator without styles or a crossover outside 0..num_ws (check_mixing's).

@@ -63,6 +63,7 @@ from ganray.models.face import (
     prepare_for_render,
     render_faces,
     resolve_conditions,
+    resolve_precision,
 )
 from ganray.registry import LoadedGenerator, Registry, registry_url
 from ganray.serve.schemas import (
@@ -178,7 +179,7 @@ class FaceGenerator:
             if self._load_error is not None and self._load_error.version == version:
                 return  # versions are immutable: one that failed to load is not retried every poll
             try:
-                loaded = await asyncio.to_thread(self._load, version, source.precision)
+                loaded = await asyncio.to_thread(self._load, version, self._precision())
             except Exception as e:  # noqa: BLE001 - whatever breaks a version, the current one keeps serving
                 self._record_load_error(version, e)
                 return
@@ -194,6 +195,10 @@ class FaceGenerator:
         self._render_sync(loaded, precision, [RenderRequest(seeds=(0,), psi=1.0)])
         return loaded
 
+    def _precision(self) -> str:
+        """model.precision as this replica's device resolves it ("auto": as a bulk job's actor on it would)."""
+        return resolve_precision(self._settings.model.precision, self._device)
+
     def _record_load_error(self, version: str | None, error: Exception) -> None:
         message = f"{type(error).__name__}: {error}"
         self._load_error = ModelLoadError(version=version, error=message, at=utc_now())
@@ -203,7 +208,7 @@ class FaceGenerator:
     @serve.batch(batch_size_fn=count_faces)
     async def render(self, requests: list[RenderRequest]) -> list[RenderResult]:
         """Called with one RenderRequest; Serve gathers concurrent calls into `requests`."""
-        model, precision = self._model, self._settings.model.precision  # one model for the whole batch
+        model, precision = self._model, self._precision()  # one model for the whole batch
         # Serve gathers the next batch while this one renders, for batch_wait_timeout_s after its
         # first request. A short wait would split the requests that arrive during this render into
         # many small batches (a face alone costs ~8x its share of a batch of 64 on CPU); so while a
@@ -261,7 +266,7 @@ class FaceGenerator:
         model, source = self._model, self._settings.model
         return ServedModelInfo(
             version=model.version, alias=source.alias, registry=source.registry,
-            resolution=model.generator.resolution, z_dim=model.generator.z_dim, precision=source.precision,
+            resolution=model.generator.resolution, z_dim=model.generator.z_dim, precision=self._precision(),
             conditions=dict(model.generator.condition_values), load_error=self._load_error,
             num_ws=model.generator.num_ws if is_style_based(model.generator) else None,
             rendered=Rendered(batches=self._batches, faces=self._faces),

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ganray.config import TrainConfig
+from ganray.models.face import resolve_precision
 from ganray.models.losses import get_loss, gradient_penalty, r1_penalty
 from ganray.train.augment import AdaptiveAugment
 
@@ -81,11 +82,13 @@ class GANSteps:
         self.augment = AdaptiveAugment(cfg.augment, cfg.augment_p, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg,
                                        cfg.batch_size)
         self.pl_mean = torch.zeros((), device=device)  # running mean of path lengths (same on every rank)
+        # "auto" is resolved here, on the worker's own device (a CPU without native bf16: fp32).
+        self.precision = resolve_precision(cfg.precision, device)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 do not need it.
-        self.scaler_G = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        self.scaler_D = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.scaler_G = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.scaler_D = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.loss = get_loss(cfg.loss)
-        self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
+        self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
 
     def autocast(self):
         if self.autocast_dtype is None:
