@@ -26,7 +26,7 @@ from ganray.config import TrainEvalConfig, TrainJob
 from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor, extractor_identity
 from ganray.eval.job import EvalError, reference_features, reference_manifest
-from ganray.models.face import labels_for_conditions, render_faces, resolve_precision
+from ganray.models.face import labels_for_conditions, render_faces, sample_precision
 
 
 class TrainingEvaluator:
@@ -66,9 +66,7 @@ class TrainingEvaluator:
         if self._extractor is None:
             self._extractor = build_extractor(self.cfg.extractor)
         batch, parts = self.cfg.extractor.batch_size, []
-        # The training's precision on this device; an fp16 run's faces render in bf16 (as its sample grids).
-        trained_in = resolve_precision(self.train_precision, next(generator.parameters()).device)
-        precision = "fp32" if trained_in == "fp32" else "bf16"
+        precision = sample_precision(self.train_precision, next(generator.parameters()).device)
         for start in range(self.cfg.seed_offset, self.cfg.seed_offset + self.cfg.count, batch):
             seeds = list(range(start, min(start + batch, self.cfg.seed_offset + self.cfg.count)))
             labels = labels_for_conditions(generator, {}, len(seeds), seeds=seeds)

@@ -191,6 +191,13 @@ def resolve_precision(precision: str, device: str | torch.device, fp16: bool = T
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def sample_precision(train_precision: str, device: str | torch.device) -> str:
+    """The precision a training run's own faces (sample grids, in-training evaluation) render in: fp32
+    for an fp32 run, else bf16 (an fp16 run renders in bf16, which needs no loss scaling); "auto" is
+    resolved on `device` first."""
+    return "fp32" if resolve_precision(train_precision, device) == "fp32" else "bf16"
+
+
 def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
     """The generator (in place) in the form that renders fastest in `precision`, for render-only
     processes (render_faces then refuses another precision on it).

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ganray.config import TrainJob
-from ganray.models.face import render_faces, resolve_precision
+from ganray.models.face import render_faces, sample_precision
 
 
 def grid_labels(attributes: dict[str, list[str]], condition_names: list[str], count: int) -> torch.Tensor:
@@ -41,9 +41,7 @@ def save_sample_grid(G_ema: torch.nn.Module, job: TrainJob, attributes: dict, pa
     labels = None
     if job.model.conditional:
         labels = grid_labels(attributes, list(G_ema.condition_names), len(seeds))
-    # The training's precision as resolved on G_ema's device; an fp16 run's grid renders in bf16.
-    trained_in = resolve_precision(job.train.precision, next(G_ema.parameters()).device)
-    precision = "fp32" if trained_in == "fp32" else "bf16"
+    precision = sample_precision(job.train.precision, next(G_ema.parameters()).device)
     images = render_faces(G_ema, seeds, psi=1.0, labels=labels, precision=precision)
     image_grid(images).save(path)
 
