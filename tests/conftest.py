@@ -112,6 +112,11 @@ def ray_session(s3_server):
         _temp_dir=temp_dir,
         runtime_env={"env_vars": {k: os.environ[k] for k in S3_ENV_KEYS}},
         log_to_driver=False,
+        # Test speed only: keep up to 6 idle worker processes for a minute instead of 2 for a second.
+        # Most tests start a Ray Data pipeline or a training run soon after the last one ended; a
+        # kept worker has Python, Ray and the modules it imported loaded already. It cut ~6 % off
+        # test_train, test_generate and test_closed_loop together (179 s -> 169 s on 2 cores).
+        _system_config={"num_workers_soft_limit": 6, "idle_worker_killing_time_threshold_ms": 60_000},
     )
     yield ctx
     ray.shutdown()
