@@ -70,6 +70,7 @@ class FaultProxy:
             connections, self._connections = self._connections, set()
             self._pattern = None
         if listener is not None:
+            _shut(listener)  # wakes the accept loop; close() alone leaves the port listening (below)
             listener.close()
         for conn in connections:
             _reset(conn)
@@ -155,12 +156,24 @@ class _Pair:
             return self._open_sides == 0
 
 
+def _shut(sock: socket.socket) -> None:
+    """shutdown() before close(): on Linux, close() does not wake a thread blocked in accept() or
+    recv() on the socket, and the kernel keeps the socket alive until that call returns. A closed
+    listener went on accepting; an idle keep-alive connection stayed open with nobody forwarding it,
+    and the client's next request on it waited for its read timeout (30 s) instead of failing."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with RST (SO_LINGER 0): the peer sees the connection reset, not a clean end."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     except OSError:
         pass
+    _shut(sock)
     try:
         sock.close()
     except OSError:
