@@ -159,8 +159,9 @@ class _Pair:
 def _shut(sock: socket.socket) -> None:
     """shutdown() before close(): on Linux, close() does not wake a thread blocked in accept() or
     recv() on the socket, and the kernel keeps the socket alive until that call returns. A closed
-    listener went on accepting; an idle keep-alive connection stayed open with nobody forwarding it,
-    and the client's next request on it waited for its read timeout (30 s) instead of failing."""
+    listener went on accepting (clients saw a reset, not "refused"); an idle keep-alive connection
+    stayed open with nobody forwarding it, so a client's next request on it could wait out its read
+    timeout (30 s) instead of failing at once."""
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
