@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -104,10 +105,13 @@ def browser():
                  "--disable-dev-shm-usage", "--window-size=900,700", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     # An explicit driver path: Selenium Manager (which would download a driver) never runs.
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
+    try:
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        driver.implicitly_wait(0)
+        yield driver
+        driver.quit()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)  # the profile Chromium wrote (~2.5 MB a session)
 
 
 def wait_for_count(driver, n: int) -> None:
