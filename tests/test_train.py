@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import newest_train_worker, wait_for_registered_checkpoint
+from conftest import newest_train_worker, registered_checkpoints, wait_for_registered_checkpoint
 from ganray.config import ConfigError, DCGANConfig, TrainConfig, TrainJob, load_config
 from ganray.models import build_models
 from ganray.models.face import cpu_has_native_bf16
@@ -136,6 +137,27 @@ def test_rerun_resumes_into_the_same_run(uninterrupted, tmp_path):
     assert events[0]["state_digest"] == saved["state_digest"]
     assert_same_training_state(Path(outcome.checkpoint),
                                Path(uninterrupted.run_url) / ckpt.checkpoint_dir_name(40))
+
+
+def test_rerun_resumes_from_the_newest_complete_checkpoint_when_ray_offers_a_damaged_one(uninterrupted, tmp_path):
+    """Ray Train can register a checkpoint whose upload failed (pyarrow swallows the error and Ray
+    logs "Checkpoint successfully created"). Here the finished run's last checkpoint, which Ray's
+    snapshot lists, has a short state.pt: a re-run resumes from the checkpoint before it, says so,
+    and ends bit-identical to the run never interrupted."""
+    run_dir = tmp_path / "same"
+    shutil.copytree(uninterrupted.run_url, run_dir)
+    damaged = run_dir / ckpt.checkpoint_dir_name(40) / ckpt.STATE_FILE
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # what an upload cut part way leaves
+    assert registered_checkpoints(run_dir)[-1] == ckpt.checkpoint_dir_name(40)  # what Ray offers
+    assert ckpt.latest_checkpoint(str(tmp_path), "same") == str(run_dir / ckpt.checkpoint_dir_name(32))
+
+    outcome = run_training(tiny_job(tmp_path, "same", *SAME_RUN))
+
+    assert outcome.step == 40
+    events = [r for r in history(run_dir) if r.get("event") == "resume"]
+    assert [e["step"] for e in events] == [32]
+    assert events[0]["state_digest"] == ckpt.read_meta(str(run_dir / ckpt.checkpoint_dir_name(32)))["state_digest"]
+    assert_same_training_state(Path(outcome.checkpoint), Path(uninterrupted.run_url) / ckpt.checkpoint_dir_name(40))
 
 
 def test_rerun_with_another_model_is_refused(uninterrupted):

@@ -72,6 +72,24 @@ def is_complete(fs, path: str) -> bool:
     return isinstance(named, dict) and all(sizes.get(name) == size for name, size in named.items())
 
 
+def resumable_checkpoint(run: str, offered: str) -> str | None:
+    """The newest complete checkpoint of the run at `run` (its URL) that is not newer than `offered`,
+    the checkpoint directory name Ray Train hands a restarted or re-run worker group; None if none.
+
+    Ray Train registers a checkpoint once the worker's upload returns, but pyarrow can swallow a
+    failed upload (it logs "Error ignored when destroying file" and Ray logs "Checkpoint successfully
+    created"): if the storage recovers before the controller writes its snapshot, Ray offers a
+    checkpoint whose state.pt is missing or short. The one before it resumes the same run."""
+    fs, root = url_to_fs(run)
+    if not fs.exists(root):
+        return None
+    names = sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(root, detail=False))
+    for name in reversed(names):
+        if name.startswith(CHECKPOINT_PREFIX) and name <= offered and is_complete(fs, posixpath.join(root, name)):
+            return posixpath.join(run, name)
+    return None
+
+
 def latest_checkpoint(storage_path: str, run_name: str) -> str | None:
     checkpoints = list_checkpoints(storage_path, run_name)
     return checkpoints[-1] if checkpoints else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import posixpath
 import random
 import tempfile
 import time
@@ -144,8 +145,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state, progress = None, Progress()
     restored = ray.train.get_checkpoint()
     if restored is not None:
-        with restored.as_directory() as directory:
-            state = ckpt.load_state(directory, map_location=device)
+        # Only a complete checkpoint (checkpoint.is_complete): Ray may offer one whose upload failed.
+        offered = posixpath.basename(restored.path.rstrip("/"))
+        usable = ckpt.resumable_checkpoint(loop_config["run_url"], offered)
+        if usable is None or posixpath.basename(usable) != offered:
+            message = (f"[ganray] {offered} is incomplete in storage; resuming from "
+                       f"{posixpath.basename(usable) if usable else 'the start'} instead")
+            if rank == 0:
+                print(message, flush=True)
+                if progress_board is not None:
+                    progress_board.say.remote(message)
+            if usable is not None:
+                state = ckpt.load_state(usable, map_location=device)
+        else:
+            with restored.as_directory() as directory:
+                state = ckpt.load_state(directory, map_location=device)
+    if state is not None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])

@@ -119,6 +119,7 @@ def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None) -> 
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
                            "manifest_hash": manifest_hash, "rows": rows, "progress_board": board,
+                           "run_url": ckpt.run_url(storage_root(job), job.run.name),
                            "evaluator": evaluator},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
