@@ -42,17 +42,20 @@ def run_url(storage_path: str, run_name: str) -> str:
     return posixpath.join(storage_path.rstrip("/"), run_name)
 
 
-def list_checkpoints(storage_path: str, run_name: str) -> list[str]:
-    """URLs of the run's complete checkpoints, oldest first."""
-    fs, root = url_to_fs(run_url(storage_path, run_name))
+def _checkpoint_names(fs, root: str) -> list[str]:
+    """The checkpoint directory names under the run folder `root`, complete or not, oldest first."""
     if not fs.exists(root):
         return []
-    found = []
-    for entry in fs.ls(root, detail=False):
-        name = posixpath.basename(entry.rstrip("/"))
-        if name.startswith(CHECKPOINT_PREFIX) and is_complete(fs, entry):
-            found.append(name)
-    return [posixpath.join(run_url(storage_path, run_name), n) for n in sorted(found)]
+    names = (posixpath.basename(entry.rstrip("/")) for entry in fs.ls(root, detail=False))
+    return sorted(name for name in names if name.startswith(CHECKPOINT_PREFIX))
+
+
+def list_checkpoints(storage_path: str, run_name: str) -> list[str]:
+    """URLs of the run's complete checkpoints, oldest first."""
+    run = run_url(storage_path, run_name)
+    fs, root = url_to_fs(run)
+    return [posixpath.join(run, name) for name in _checkpoint_names(fs, root)
+            if is_complete(fs, posixpath.join(root, name))]
 
 
 def is_complete(fs, path: str) -> bool:
@@ -81,11 +84,8 @@ def resumable_checkpoint(run: str, offered: str) -> str | None:
     created"): if the storage recovers before the controller writes its snapshot, Ray offers a
     checkpoint whose state.pt is missing or short. The one before it resumes the same run."""
     fs, root = url_to_fs(run)
-    if not fs.exists(root):
-        return None
-    names = sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(root, detail=False))
-    for name in reversed(names):
-        if name.startswith(CHECKPOINT_PREFIX) and name <= offered and is_complete(fs, posixpath.join(root, name)):
+    for name in reversed(_checkpoint_names(fs, root)):  # newest first: usually the offered one
+        if name <= offered and is_complete(fs, posixpath.join(root, name)):
             return posixpath.join(run, name)
     return None
 
