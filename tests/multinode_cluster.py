@@ -33,6 +33,13 @@ ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "adult", "senior"]}
 GENERATE = {"count": 256, "shard_size": 4, "format": "parquet", "psi": 0.9, "seed_offset": 7,
             "balance": ["gender"], "batch_size": 4, "replicas": 2, "progress_interval_s": 1.0}
 NODE_OBJECT_STORE = 80 * 1024 * 1024
+# How the GCS finds a killed node: by health checks, Ray's defaults being one every 3 s and 5 failures
+# in a row (~15 s). The whole multi-node job can take less than that on a quiet machine (a CI run
+# ended 17 s in with the killed node still listed alive). Checks every 0.5 s, 3
+# failures: the loss was seen 1.0-1.3 s after the kill here, while the job still ran. A killed raylet refuses
+# the check at once; the per-check timeout stays Ray's, so a live node under load is not declared dead.
+HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+NODE_DEATH_DEADLINE_S = 60
 
 
 def push_tiny_generator(registry_dir: Path) -> str:
@@ -75,6 +82,19 @@ def committed(output: Path) -> int:
     return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
 
 
+def wait_until_dead(node_id: str, started: float) -> float | None:
+    """Seconds from the job's start until the GCS lists `node_id` as dead; None if it never did
+    within NODE_DEATH_DEADLINE_S (the test then fails on alive_nodes)."""
+    import ray
+
+    deadline = time.monotonic() + NODE_DEATH_DEADLINE_S
+    while time.monotonic() < deadline:
+        if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.2)
+    return None
+
+
 def main(out: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
@@ -91,7 +111,8 @@ def main(out: Path) -> None:
     os.makedirs(os.path.join(temp_dir, "ray"))
     result: dict = {"temp_dir": temp_dir}
     node_args = {"num_cpus": 1, "object_store_memory": NODE_OBJECT_STORE, "temp_dir": temp_dir}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False,
+                                                                 "_system_config": HEALTH_CHECKS})
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         registry_url = push_tiny_generator(out / "registry")
@@ -119,8 +140,12 @@ def main(out: Path) -> None:
         # --- The same generation job across the nodes, losing one generator actor's node on the way.
         output = out / "multi"
         done: dict = {}
-        thread = threading.Thread(target=lambda: done.setdefault(
-            "summary", run_generate(generate_job(registry_url, output), log=print)), daemon=True)
+
+        def generate() -> None:
+            done["summary"] = run_generate(generate_job(registry_url, output), log=print)
+            done["s"] = round(time.monotonic() - started, 1)
+
+        thread = threading.Thread(target=generate, daemon=True)
         started = time.monotonic()
         thread.start()
         removed = None
@@ -130,13 +155,15 @@ def main(out: Path) -> None:
                 victims = [w for w in workers if w.node_id in {a["node"] for a in renderers}]
                 if victims:
                     removed = {"node": victims[0].node_id, "committed_before": committed(output),
-                               "renderers_before": renderers}
+                               "renderers_before": renderers, "s": round(time.monotonic() - started, 1)}
                     cluster.remove_node(victims[0], allow_graceful=False)
                     continue
             time.sleep(0.05)
+        if removed is not None:  # when the GCS lists the node dead (the job may still be running)
+            removed["declared_dead_s"] = wait_until_dead(removed["node"], started)
         thread.join(timeout=300)
         result["generate"] = {"removed": removed, "summary": done.get("summary"),
-                              "finished": not thread.is_alive(), "s": round(time.monotonic() - started, 1),
+                              "finished": not thread.is_alive(), "s": done.get("s"),
                               "renderers_after": actor_nodes("FaceRenderer"),
                               "alive_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}
     finally:

@@ -74,6 +74,9 @@ def test_generation_that_loses_a_node_ends_byte_identical_to_a_single_node_run(s
     assert 2 <= removed["committed_before"] < gen["summary"]["shards"] // 2
     assert removed["node"] in {a["node"] for a in removed["renderers_before"]}
     assert removed["node"] not in gen["alive_nodes"] and len(gen["alive_nodes"]) == 3
+    # ...and the cluster knew it before the job ended (multinode_cluster.HEALTH_CHECKS): a loss the
+    # job never saw would prove nothing.
+    assert removed["s"] < removed["declared_dead_s"] < gen["s"]
     # Ray restarted the lost generator actor, on a node that is still there.
     restarted = [a for a in gen["renderers_after"] if a["restarts"] >= 1]
     assert restarted and all(a["node"] in gen["alive_nodes"] for a in restarted)
