@@ -6,13 +6,13 @@ needs its own `ray.init`, and the pytest process already holds the session's Ray
 the test asserts on that and on the files the jobs wrote. At the end the Cluster's processes (which
 it started) are shut down by `cluster.shutdown()`, which kills exactly the nodes it added.
 
-The cluster: a head with 1 CPU and three worker nodes with 1 CPU each, so that two 1-CPU training
+The cluster: a head with no CPUs and four worker nodes with 1 CPU each, so that two 1-CPU training
 workers cannot share a node, and a generation job keeps room for its actors after losing a node.
 
 1. A 2-worker DDP training (tiny DCGAN, a few steps): its workers' nodes are read from the GCS's
    actor table.
-2. The same generation job twice: on the head alone (before the worker nodes join: a single-node
-   run), then on all four nodes, removing (`cluster.remove_node`) the worker node of one of its
+2. The same generation job twice: on one worker node alone (before the other three join: a single-node
+   run), then on all four, removing (`cluster.remove_node`) the worker node of one of its
    generator actors once the first shards are committed and while most are still to go.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def actor_nodes(class_name: str) -> list[dict]:
     Data's actors are named after their stage: MapWorker(MapBatches(FaceRenderer))."""
     import ray
 
-    return [{"node": a["Address"]["NodeID"], "state": a["State"], "restarts": a["NumRestarts"]}
+    return [{"id": a["ActorID"], "node": a["Address"]["NodeID"], "state": a["State"], "restarts": a["NumRestarts"]}
             for a in ray._private.state.actors().values() if class_name in a["ActorClassName"]]
 
 
@@ -111,17 +111,23 @@ def main(out: Path) -> None:
     os.makedirs(os.path.join(temp_dir, "ray"))
     result: dict = {"temp_dir": temp_dir}
     node_args = {"num_cpus": 1, "object_store_memory": NODE_OBJECT_STORE, "temp_dir": temp_dir}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False,
-                                                                 "_system_config": HEALTH_CHECKS})
+    # The head (the driver's node, which cannot be removed) runs no task or actor: every generator
+    # actor is on a worker node, so there is always one to lose. (With a CPU on the head, one CI run
+    # had the head's actor, started from the head's warm worker pool, render all 64 shards before the
+    # worker node's actor was up: no node hosted a live generator that could be removed.)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **node_args, "num_cpus": 0, "include_dashboard": False, "_system_config": HEALTH_CHECKS})
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         registry_url = push_tiny_generator(out / "registry")
 
-        # --- The single-node run: the head alone.
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 1
+        # --- The single-node run: one worker node alone.
+        workers = [cluster.add_node(**node_args)]
+        cluster.wait_for_nodes()
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # the head (no CPUs) and it
         run_generate(generate_job(registry_url, out / "single"), log=lambda _: None)
 
-        workers = [cluster.add_node(**node_args) for _ in range(3)]
+        workers += [cluster.add_node(**node_args) for _ in range(3)]
         cluster.wait_for_nodes()
         head_id = cluster.head_node.node_id
         result["nodes"] = {"head": head_id, "workers": [w.node_id for w in workers]}
@@ -149,9 +155,13 @@ def main(out: Path) -> None:
         started = time.monotonic()
         thread.start()
         removed = None
+        seen: dict[tuple, float] = {}  # (actor id, node, state) -> when first seen: what a failure needs
         while thread.is_alive() and removed is None:
+            renderers = actor_nodes("FaceRenderer")
+            for a in renderers:
+                seen.setdefault((a["id"], a["node"], a["state"]), round(time.monotonic() - started, 1))
             if committed(output) >= 2:
-                renderers = [a for a in actor_nodes("FaceRenderer") if a["state"] == "ALIVE"]
+                renderers = [a for a in renderers if a["state"] == "ALIVE"]
                 victims = [w for w in workers if w.node_id in {a["node"] for a in renderers}]
                 if victims:
                     removed = {"node": victims[0].node_id, "committed_before": committed(output),
@@ -165,6 +175,7 @@ def main(out: Path) -> None:
         result["generate"] = {"removed": removed, "summary": done.get("summary"),
                               "finished": not thread.is_alive(), "s": done.get("s"),
                               "renderers_after": actor_nodes("FaceRenderer"),
+                              "renderer_states_seen": [[*key, t] for key, t in seen.items()],
                               "alive_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}
     finally:
         (out / "result.json").write_text(json.dumps(result, indent=1, default=str))

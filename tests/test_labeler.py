@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import newest_train_worker, wait_for_registered_checkpoint
+from conftest import newest_train_worker, registered_checkpoints, wait_for_registered_checkpoint
 from ganray.cli import main as cli
 from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, GenerateJob, ImportConfig, ImportJob, \
     LabelConfig, LabelerConfig, LabelerTrainJob, load_config
@@ -118,6 +119,27 @@ def test_a_killed_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_run(
     resumes = [h for h in state["history"] if h.get("event") == "resume"]
     assert resumes and 1 <= resumes[0]["step"] < 10, "the run did not restart from a checkpoint"
     straight = ckpt.load_state(str(runs["storage"] / "straight" / "checkpoint_00000010"))
+    assert ckpt.state_digest(state) == ckpt.state_digest(straight)
+
+
+def test_a_rerun_resumes_from_the_newest_complete_checkpoint_when_ray_offers_a_damaged_one(runs, faces, tmp_path):
+    """Ray Train can register a checkpoint whose upload failed (pyarrow swallows the error). The
+    finished run's last checkpoint, which Ray's snapshot lists, has a short state.pt here: a re-run
+    resumes from the one before it and ends with the uninterrupted run's exact state."""
+    storage_path = tmp_path / "runs"
+    shutil.copytree(runs["storage"] / "straight", storage_path / "damaged")
+    damaged = storage_path / "damaged" / ckpt.checkpoint_dir_name(10) / ckpt.STATE_FILE
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # what an upload cut part way leaves
+    assert registered_checkpoints(storage_path / "damaged")[-1] == ckpt.checkpoint_dir_name(10)  # Ray offers it
+    assert ckpt.latest_checkpoint(str(storage_path), "damaged").endswith(ckpt.checkpoint_dir_name(5))
+
+    args = tiny(storage_path, "damaged", faces["url"], str(tmp_path / "registry"))
+    outcome = run_labeler_training(load_config(LabelerTrainJob, runs["config"], [a for a in args if a != "--set"]))
+
+    assert outcome.step == 10
+    state = ckpt.load_state(str(storage_path / "damaged" / ckpt.checkpoint_dir_name(10)))
+    assert [h["step"] for h in state["history"] if h.get("event") == "resume"] == [5]
+    straight = ckpt.load_state(str(runs["storage"] / "straight" / ckpt.checkpoint_dir_name(10)))
     assert ckpt.state_digest(state) == ckpt.state_digest(straight)
 
 

@@ -1,7 +1,7 @@
 """Several nodes on one machine (README, "Several nodes and autoscaling"): DDP training across nodes,
 and a generation job that loses a node half way and still ends byte-identical to a single-node run.
 
-The cluster (`ray.cluster_utils.Cluster`: a head and three worker nodes, 1 CPU each) and the jobs
+The cluster (`ray.cluster_utils.Cluster`: a head with no CPUs and four worker nodes of 1 CPU) and the jobs
 run in a subprocess, tests/multinode_cluster.py: its driver needs a `ray.init` of its own, and this
 pytest process may already hold the session's Ray (conftest.py's `ray_session`). It runs once per
 module; the tests read what it observed (result.json) and the files the jobs wrote.
@@ -73,7 +73,7 @@ def test_generation_that_loses_a_node_ends_byte_identical_to_a_single_node_run(s
     assert removed is not None and removed["node"] in result["nodes"]["workers"]
     assert 2 <= removed["committed_before"] < gen["summary"]["shards"] // 2
     assert removed["node"] in {a["node"] for a in removed["renderers_before"]}
-    assert removed["node"] not in gen["alive_nodes"] and len(gen["alive_nodes"]) == 3
+    assert removed["node"] not in gen["alive_nodes"] and len(gen["alive_nodes"]) == 4  # the head and 3 workers
     # ...and the cluster knew it before the job ended (multinode_cluster.HEALTH_CHECKS): a loss the
     # job never saw would prove nothing.
     assert removed["s"] < removed["declared_dead_s"] < gen["s"]

@@ -9,7 +9,6 @@ that was never interrupted. Loss: the sum over attributes of each head's cross-e
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import tempfile
@@ -57,11 +56,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed * 1000 + rank + 1)  # each rank's own dropout stream from here on
     sampler = EpochSampler(rows.num_rows, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size,
                            hflip=job.data.hflip)
-    step, history, state = 0, [], None
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as directory:
-            state = ckpt.load_state(directory, map_location=device)
+    step, history = 0, []
+
+    def say(message: str) -> None:  # rank 0 only: one line, however many workers
+        if rank == 0:
+            print(message, flush=True)
+
+    # Only a complete checkpoint (checkpoints.restore): Ray can offer one whose upload failed.
+    state = ckpt.restore(ray.train.get_checkpoint(), loop_config["run_url"], device, say)
+    if state is not None:
         model.load_state_dict(state["model"])
         step, history = state["step"], list(state["history"])
         sampler.load_state_dict(state["data_position"])
@@ -73,8 +76,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if state is not None:
         opt.load_state_dict(state["opt"])
         history.append({"event": "resume", "step": step})
-        if rank == 0:
-            print(f"[ganray labeler] resumed at step {step}", flush=True)
+        say(f"[ganray labeler] resumed at step {step}")
         del state
 
     names = list(attributes)
@@ -128,5 +130,4 @@ def _write_checkpoint(directory: str, job: LabelerTrainJob, attributes: dict, ma
     meta = {"step": training["step"], "config": config, "manifest_hash": manifest_hash, "attributes": attributes,
             "metrics": metrics, "run_name": job.run.name, "created_at": datetime.now(timezone.utc).isoformat(),
             "state_digest": ckpt.state_digest(state)}
-    with open(os.path.join(directory, ckpt.META_FILE), "w") as f:  # last: marks the checkpoint complete
-        json.dump(meta, f, indent=1)
+    ckpt.write_meta(directory, meta)  # last: it names state.pt and its size (checkpoints.is_complete)

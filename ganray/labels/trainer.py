@@ -150,7 +150,8 @@ def run_labeler_training(job: LabelerTrainJob) -> LabelerOutcome:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
-                           "manifest_hash": manifest_hash, "rows": split.train, "progress": board},
+                           "manifest_hash": manifest_hash, "rows": split.train, "progress": board,
+                           "run_url": ckpt.run_url(storage, job.run.name)},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import posixpath
 import random
 import tempfile
 import time
@@ -142,24 +141,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            hflip=job.data.hflip, weights=rows.weights)  # weights: a balance-weighted import
 
     # --- Restore the full state from the latest checkpoint (worker restart or re-run).
-    state, progress = None, Progress()
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        # Only a complete checkpoint (checkpoint.is_complete): Ray may offer one whose upload failed.
-        offered = posixpath.basename(restored.path.rstrip("/"))
-        usable = ckpt.resumable_checkpoint(loop_config["run_url"], offered)
-        if usable is None or posixpath.basename(usable) != offered:
-            message = (f"[ganray] {offered} is incomplete in storage; resuming from "
-                       f"{posixpath.basename(usable) if usable else 'the start'} instead")
-            if rank == 0:
-                print(message, flush=True)
-                if progress_board is not None:
-                    progress_board.say.remote(message)
-            if usable is not None:
-                state = ckpt.load_state(usable, map_location=device)
-        else:
-            with restored.as_directory() as directory:
-                state = ckpt.load_state(directory, map_location=device)
+    progress = Progress()
+
+    def say(message: str) -> None:  # rank 0 only: one line, however many workers
+        if rank == 0:
+            print(message, flush=True)
+            if progress_board is not None:
+                progress_board.say.remote(message)
+
+    # Only a complete checkpoint (checkpoints.restore): Ray can offer one whose upload failed.
+    state = ckpt.restore(ray.train.get_checkpoint(), loop_config["run_url"], device, say)
     if state is not None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
@@ -180,12 +171,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # A collective (all ranks gather the RNG states), like the one at every report.
         digest = ckpt.state_digest(training_state(steps, progress, gather_per_rank_state(steps), sampler))
         progress.history.append({"event": "resume", "step": progress.step, "state_digest": digest})
-        if rank == 0:
-            message = (f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); "
-                       f"state digest {digest}")
-            print(message, flush=True)
-            if progress_board is not None:
-                progress_board.say.remote(message)
+        say(f"[ganray] resumed at step {progress.step} ({progress.images_seen} images seen); state digest {digest}")
         del state
 
     local_batch = cfg.batch_size // world_size
@@ -278,10 +264,4 @@ def write_checkpoint(directory: str, job: TrainJob, attributes: dict, manifest_h
             f.write(json.dumps(row) + "\n")
     save_sample_grid(G_ema, job, attributes, os.path.join(directory, ckpt.SAMPLES_FILE))
     save_loss_plot(progress.history, os.path.join(directory, ckpt.LOSS_PLOT_FILE))
-    # meta.json last, naming every other file and its size: a checkpoint is complete when its
-    # meta.json and all the files it names are stored whole (see checkpoint.list_checkpoints). The
-    # order alone is not enough: Ray Train uploads a checkpoint's files to S3 concurrently.
-    meta[ckpt.FILES_KEY] = {name: os.path.getsize(os.path.join(directory, name))
-                            for name in sorted(os.listdir(directory))}
-    with open(os.path.join(directory, ckpt.META_FILE), "w") as f:
-        json.dump(meta, f, indent=1)
+    ckpt.write_meta(directory, meta)  # last: it names every other file (checkpoints.is_complete)
