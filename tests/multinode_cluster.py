@@ -35,9 +35,9 @@ GENERATE = {"count": 256, "shard_size": 4, "format": "parquet", "psi": 0.9, "see
 NODE_OBJECT_STORE = 80 * 1024 * 1024
 # How the GCS finds a killed node: by health checks, Ray's defaults being one every 3 s and 5 failures
 # in a row (~15 s). The whole multi-node job can take less than that on a quiet machine (a CI run
-# ended 17 s in with the killed node still listed alive). Checks every 0.5 s, 3
-# failures: the loss was seen 1.0-1.3 s after the kill here, while the job still ran. A killed raylet refuses
-# the check at once; the per-check timeout stays Ray's, so a live node under load is not declared dead.
+# ended 17 s in with the killed node still listed alive). Checks every 0.5 s, 3 failures: the loss
+# was seen 1.0-1.3 s after the kill here, while the job still ran. A killed raylet refuses the check
+# at once; the per-check timeout stays Ray's, so a live node under load is not declared dead.
 HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
 NODE_DEATH_DEADLINE_S = 60
 
