@@ -1,0 +1,126 @@
+"""`ganray eval` (EvalJob), its feature extractor and memorization check, and a train job's
+evaluation during training (`eval:` of TrainJob)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ganray.config.base import RAY_ADDRESS_FIELD, Precision, RegistryConfig, Section, _psi_field
+
+
+class ExtractorConfig(Section):
+    """The network that turns images into feature vectors (ganray.eval.extractors)."""
+
+    name: Literal["pixels", "inception_v3", "classifier"] = Field(
+        "pixels", description="pixels: the image resized to pixels_side, as a vector (no weights; numbers NOT "
+                              "comparable to published FID); inception_v3: TF-FID InceptionV3 pool3 (2048-d); "
+                              "classifier: the encoder of a ganray attribute classifier (labeler version; NOT "
+                              "comparable to published FID)")
+    labeler: str | None = Field(None, description="classifier: registry ref of the labeler version (id or alias)")
+    labeler_registry: str | None = Field(
+        None, description="classifier: registry holding it; None = the job's registry ($GANRAY_REGISTRY, ./registry)")
+    weights: str | None = Field(
+        None, description="inception_v3: path or URL (s3://...) of the TF-FID state dict "
+                          "(pt_inception-2015-12-05-6726825d.pth); never downloaded by ganray")
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                       description="inception_v3: sha256 of the weights file; checked on load")
+    resize: Literal["clean", "legacy"] = Field(
+        "clean", description="clean: PIL bicubic with antialiasing (as clean-fid); legacy: torch bilinear "
+                             "without antialiasing (as pytorch-fid / TF-FID)")
+    pixels_side: int = Field(16, ge=4, le=128, description="pixels: side the image is resized to (3*side^2 features)")
+    batch_size: int = Field(32, gt=0, description="images per extractor forward pass")
+    device: Literal["cpu", "cuda"] = "cpu"
+    actors: int = Field(1, gt=0, description="extractor actors (one GPU each on cuda)")
+    actor_num_cpus: float = Field(
+        0.5, gt=0, description="CPUs reserved per actor on cpu: below 1 so the read tasks are never starved")
+
+    @model_validator(mode="after")
+    def _weights_for_inception(self) -> "ExtractorConfig":
+        if self.name == "inception_v3" and (not self.weights or not self.weights_sha256):
+            raise ValueError("extractor inception_v3 needs both weights (path or URL of the TF-FID weights file) "
+                             "and weights_sha256 (its sha256): ganray never downloads them")
+        if self.name == "classifier" and not self.labeler:
+            raise ValueError("extractor classifier needs labeler (a labeler version in the registry: "
+                             "`ganray labeler train` makes one)")
+        return self
+
+
+class MemorizationConfig(Section):
+    """The memorization check (ganray.eval.memorization): generated faces' nearest training images."""
+
+    enabled: bool = True
+    threshold: float | None = Field(
+        None, ge=0, description="distance in feature units under which a face counts as a copy; None: "
+                                "threshold_ratio x the reference's median nearest-neighbour distance")
+    threshold_ratio: float = Field(
+        0.5, gt=0, description="the default threshold, relative to the median distance between a reference image "
+                               "and its nearest other one")
+    pairs: int = Field(16, ge=0, description="closest (generated, training) pairs listed and drawn in the "
+                                             "grid PNG beside eval.output (0: no grid)")
+
+
+class EvalConfig(Section):
+    """What to compare (`model` or `generated` against `reference`) and the metrics' settings."""
+
+    model: str | None = Field(None, description="registry ref whose faces are rendered and evaluated")
+    generated: str | None = Field(None, description="or: a finished `ganray generate` output folder (Parquet shards)")
+    reference: str = Field(..., min_length=1, description="an imported dataset folder (`ganray data import`)")
+    count: int = Field(1000, ge=2, description="generated faces evaluated (face i: seed seed_offset + i)")
+    reference_count: int = Field(1000, ge=2, description="reference images used: the dataset's first N rows")
+    seed_offset: int = Field(0, ge=0)
+    psi: float = _psi_field(1.0, "truncation psi of rendered faces")
+    precision: Precision = Field("auto", description="autocast dtype of the generator when rendering")
+    render_batch_size: int = Field(64, gt=0)
+    kid_subset_size: int = Field(1000, ge=2, description="KID subset size (capped at the smaller set)")
+    kid_subsets: int = Field(100, gt=0)
+    pr_k: int = Field(3, gt=0, description="k of the k-NN manifolds of precision/recall")
+    small_count: int | None = Field(
+        None, ge=2, description="FID is also reported on this many generated faces, to show its sample-size "
+                                "bias; None = count // 4 (skipped below 2)")
+    output: str = Field(..., min_length=1, description="JSON file the results are written to (local or s3://)")
+    record_as: str = Field("default", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+                           description="name of the evaluation in the model version's registry entry")
+    extractor: ExtractorConfig = ExtractorConfig()
+    # Per-group metrics and the memorization check (issue 11, items 4 and 5).
+    groups: list[str] = Field(
+        [], description="attributes whose value combinations (strata) get their own FID, precision and recall: "
+                        "generated faces by their conditions, reference images by their labels")
+    group_min_samples: int = Field(
+        100, ge=2, description="a stratum with fewer samples than this on either side is reported as skipped")
+    memorization: MemorizationConfig = MemorizationConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EvalConfig":
+        if (self.model is None) == (self.generated is None):
+            raise ValueError("give exactly one of eval.model (a registry ref) and eval.generated (an output folder)")
+        if self.group_min_samples <= self.pr_k:
+            raise ValueError(f"eval.group_min_samples ({self.group_min_samples}) must exceed eval.pr_k ({self.pr_k}): "
+                             "k-NN radii need k + 1 samples")
+        if len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"eval.groups lists an attribute twice: {self.groups}")
+        return self
+
+
+class EvalJob(Section):
+    """configs/eval_*.yaml for `ganray eval` / jobs/evaluate.py."""
+
+    ray_address: str | None = RAY_ADDRESS_FIELD
+    registry: RegistryConfig = RegistryConfig()
+    eval: EvalConfig
+
+
+class TrainEvalConfig(Section):
+    """A train job's `eval:` section: FID and KID of G_ema during training (ganray.eval.training)."""
+
+    every_images: int | None = Field(
+        None, gt=0, description="evaluate whenever the real images shown to D pass a multiple of this (None: off)")
+    reference: str | None = Field(
+        None, description="imported dataset compared with; None: data.url (when data.source is shards)")
+    count: int = Field(256, ge=2, description="G_ema faces rendered each time, from seeds seed_offset.. (the same "
+                                              "seeds every time, so the curve follows the model, not the sample)")
+    reference_count: int = Field(256, ge=2, description="the reference's first N images (features cached)")
+    seed_offset: int = Field(0, ge=0)
+    kid_subset_size: int = Field(100, ge=2, description="KID subset size (capped at the smaller set)")
+    kid_subsets: int = Field(10, gt=0)
+    extractor: ExtractorConfig = ExtractorConfig()

@@ -1,0 +1,135 @@
+"""The face API on Ray Serve: the application's args (FaceServiceConfig) and `ganray serve` (ServeJob)."""
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from ganray.config.base import RAY_ADDRESS_FIELD, Precision, Section, _psi_field
+
+
+class ServedModel(Section):
+    """Which registry model the face API serves, and how it notices that the alias moved."""
+
+    registry: str | None = Field(
+        None, description="model registry URL (local path or s3://); None: $GANRAY_REGISTRY, else ./registry")
+    alias: str = Field("production", min_length=1, description="registry alias (or version id) to serve")
+    poll_interval_s: float = Field(
+        10.0, ge=0, description="seconds between checks of the alias; a moved alias is hot-reloaded (0 = never)"
+    )
+    precision: Precision = Field(
+        "auto", description="render precision; use the bulk job's to get its exact bytes (fp16 needs a GPU; "
+        "auto: resolved on each replica, as the bulk job's on its actors)"
+    )
+
+
+class ReplicaOptions(Section):
+    """Ray Serve options of one deployment: autoscaling_config, ray_actor_options and queue bounds."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, gt=0)
+    target_ongoing_requests: float = Field(gt=0, description="ongoing requests per replica that autoscaling aims for")
+    max_ongoing_requests: int = Field(gt=0, description="requests in flight per replica")
+    max_queued_requests: int = Field(
+        gt=0, description="requests queued at each caller before it answers 503: the bound on the queue"
+    )
+    num_cpus: float = Field(ge=0, description="CPUs reserved per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicaOptions":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class GeneratorDeploymentConfig(ReplicaOptions):
+    """The batched generator deployment, where the model runs. Its callers are the ingress replicas."""
+
+    target_ongoing_requests: float = Field(32, gt=0)
+    max_ongoing_requests: int = Field(64, gt=0)
+    max_queued_requests: int = Field(128, gt=0)
+    num_cpus: float = Field(1.0, ge=0)
+    max_batch_size: int = Field(64, gt=0, description="most faces per forward pass (@serve.batch)")
+    batch_wait_timeout_s: float = Field(
+        0.0005, ge=0, description="how long a partial batch waits for more faces when the generator is idle "
+        "(@serve.batch)"
+    )
+    max_gather_s: float = Field(
+        0.05, ge=0, description="while a batch renders, the next one gathers for about as long as a render "
+        "takes, at most this long (0: always batch_wait_timeout_s)"
+    )
+
+
+class IngressDeploymentConfig(ReplicaOptions):
+    """The FastAPI ingress deployment: HTTP, validation, fan-in to the generator. Its callers are the proxies."""
+
+    target_ongoing_requests: float = Field(64, gt=0)
+    max_ongoing_requests: int = Field(128, gt=0)
+    max_queued_requests: int = Field(256, gt=0)
+    num_cpus: float = Field(0.5, ge=0)
+
+
+class FaceAPIConfig(Section):
+    """Request limits and access."""
+
+    max_count: int = Field(64, gt=0, description="most faces one POST /v1/faces may ask for")
+    max_seed: int = Field(2**63 - 1, ge=0, le=2**63 - 1, description="largest seed accepted")
+    default_psi: float = _psi_field(1.0, "truncation psi when a request gives none")
+    api_key: str | None = Field(
+        None, min_length=1, description="required in X-API-Key when set (else $GANRAY_API_KEY; /healthz stays open)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 503 when a queue is full")
+    max_body_bytes: int = Field(
+        65536, gt=0, description="largest request body accepted; a larger one is a 413 before it is parsed"
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _printable_ascii_key(cls, key: str | None) -> str | None:
+        # It travels in an HTTP header, where clients disagree on how to encode anything else.
+        if key is not None and not re.fullmatch(r"[!-~]+", key):  # printable ASCII, no space
+            raise ValueError("api_key must be printable ASCII without spaces (it is sent in the X-API-Key header)")
+        return key
+
+    @model_validator(mode="after")
+    def _largest_post_fits(self) -> "FaceAPIConfig":
+        # A POST of max_count seeds, each max_seed, as json.dumps writes it: {"seeds": [s, s, ...]}.
+        seeds_bytes = len('{"seeds": []}') + self.max_count * len(str(self.max_seed)) + (self.max_count - 1) * 2
+        if self.max_body_bytes < seeds_bytes:
+            raise ValueError(f"api.max_body_bytes ({self.max_body_bytes}) is below the {seeds_bytes} bytes of a "
+                             f"POST /v1/faces with max_count ({self.max_count}) seeds up to max_seed")
+        return self
+
+
+class FaceServiceConfig(Section):
+    """The face API application: the args of `ganray.serve.app:build_app` (configs/serve.yaml)."""
+
+    model: ServedModel = ServedModel()
+    api: FaceAPIConfig = FaceAPIConfig()
+    generator: GeneratorDeploymentConfig = GeneratorDeploymentConfig()
+    ingress: IngressDeploymentConfig = IngressDeploymentConfig()
+
+    @model_validator(mode="after")
+    def _one_request_fits_a_batch(self) -> "FaceServiceConfig":
+        # A request's faces are rendered together, by one model version, in one batch.
+        if self.api.max_count > self.generator.max_batch_size:
+            raise ValueError(f"api.max_count ({self.api.max_count}) is above generator.max_batch_size "
+                             f"({self.generator.max_batch_size}): one request's faces must fit in one batch")
+        if self.model.precision == "fp16" and self.generator.num_gpus == 0:
+            raise ValueError("model.precision 'fp16' needs generator.num_gpus > 0 (use bf16 on CPU)")
+        return self
+
+
+class ServeHTTPConfig(Section):
+    host: str = Field("127.0.0.1", description="address the HTTP proxy binds (0.0.0.0 for every interface)")
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+class ServeJob(FaceServiceConfig):
+    """configs/serve_local.yaml for `ganray serve`: the application plus where to run it."""
+
+    ray_address: str | None = RAY_ADDRESS_FIELD
+    http: ServeHTTPConfig = ServeHTTPConfig()
+    app_name: str = Field("ganray", min_length=1)
+    route_prefix: str = Field("/", pattern=r"^/", description="URL path the application is served under")
