@@ -7,7 +7,9 @@ it here, and checks them against the closure of pyproject.toml's runtime depende
 extras each requirement names), resolved through the installed distributions' own metadata. A
 module-level import must come from the runtime closure; an import inside a function may also come
 from a declared optional extra other than `dev` (ganray.labels.age_and_gender: `labelers`), and the
-module that does it must still import without that extra.
+module that does it must still import without that extra. The other way round, every runtime
+dependency must be imported somewhere in ganray/ or jobs/, or be listed in USED_WITHOUT_IMPORT with
+the reason it is installed.
 """
 from __future__ import annotations
 
@@ -24,6 +26,12 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "ganray").rglob("*.py"), *(REPO / "jobs").glob("*.py")])
+
+# Runtime dependencies that nothing in ganray/ or jobs/ imports, and why they are installed anyway.
+USED_WITHOUT_IMPORT = {
+    "s3fs": "fsspec opens s3:// URLs with it (fsspec's registry maps the s3 protocol to s3fs)",
+    "tqdm": "Ray Data draws its progress bars with it on a terminal (an optional dependency of Ray's)",
+}
 
 
 def canonical(name: str) -> str:
@@ -118,3 +126,41 @@ def test_the_checker_sees_dev_only_and_function_level_imports(tmp_path):
     assert providers("numpy") & runtime
     # The extras a requirement names are followed: ray[serve] brings fastapi's and uvicorn's dists.
     assert {"uvicorn"} <= closure([Requirement("ray[serve]")]) - closure([Requirement("ray")])
+
+
+def modules_of(distribution: str) -> set[str]:
+    """The top-level modules an installed distribution provides (pyyaml -> yaml, pillow -> PIL)."""
+    return {top for top, dists in _distributions_of_modules().items()
+            if canonical(distribution) in {canonical(d) for d in dists}}
+
+
+def unused_dependencies(requirements: list[str], sources: list[Path]) -> list[str]:
+    imported = {top for path in sources for top, _ in imports(path)}
+    return [req.name for req in map(Requirement, requirements)
+            if not modules_of(req.name) & imported and canonical(req.name) not in USED_WITHOUT_IMPORT]
+
+
+def test_every_runtime_dependency_is_used():
+    declared = project()["dependencies"]
+    unused = unused_dependencies(declared, SOURCES)
+    assert not unused, (f"runtime dependencies that nothing in ganray/ or jobs/ imports: {unused} "
+                        "(move them to an extra, or list them in USED_WITHOUT_IMPORT with the reason)")
+    names = {canonical(Requirement(r).name) for r in declared}
+    assert set(USED_WITHOUT_IMPORT) <= names, "USED_WITHOUT_IMPORT names a dependency that is not declared"
+    imported = {top for path in SOURCES for top, _ in imports(path)}
+    stale = [d for d in USED_WITHOUT_IMPORT if modules_of(d) & imported]
+    assert not stale, f"imported after all, drop them from USED_WITHOUT_IMPORT: {stale}"
+
+
+def test_the_dependencies_used_without_an_import_are_used_that_way():
+    import fsspec
+    from ray.experimental import tqdm_ray
+
+    assert fsspec.get_filesystem_class("s3").__module__.split(".")[0] == "s3fs"
+    assert tqdm_ray.real_tqdm is not None  # else Ray Data's bars are off ("tqdm is not installed")
+
+
+def test_the_unused_dependency_check_can_fail(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text("import yaml\nfrom PIL import Image\n")
+    assert unused_dependencies(["pyyaml>=6", "pillow>=10", "httpx>=0.27", "s3fs"], [source]) == ["httpx"]
