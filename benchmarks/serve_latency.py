@@ -1,6 +1,6 @@
 """Latency and throughput of the face API over real HTTP on loopback.
 
-    .venv/bin/python benchmarks/serve_latency.py [--requests 1000]
+    .venv/bin/python benchmarks/serve_latency.py [--requests 1000] [--quick]
 
 It starts its own local Ray and Serve, pushes a DCGAN-64 with random weights to a temp registry,
 serves it with ganray's default serving config (except where flags say otherwise), and prints:
@@ -10,9 +10,11 @@ serves it with ganray's default serving config (except where flags say otherwise
     faces the generator rendered per forward pass meanwhile (from GET /v1/model);
   - the same with POST /v1/faces of api.max_count faces (format=base64), where HTTP costs are
     shared by many faces;
-  - served / offline: throughput at 32 clients over render_faces + encode_png batched in one process
-    with the same model and torch threads (the ceiling for this model on these threads);
-  - serving overhead: p50 at 1 client minus one image's forward + encode in process;
+  - served / offline: throughput at each client count over render_faces + encode_png batched in
+    one process with the generator exactly as a replica holds it (prepare_for_render in the served
+    model.precision, "auto" resolved on this CPU), same torch threads and PNG encoder (the ceiling
+    for this model on these threads);
+  - serving overhead: p50 at 1 client minus one image's forward + encode in process (same generator);
   - the same 32-client GET load on a Serve app with the same route that renders nothing: the
     ceiling of single-face GETs on this machine, whatever the model costs;
   - where the CPU goes: CPU ms per GET by process (this client, Serve's HTTP proxy, each
@@ -38,9 +40,13 @@ import torch
 
 from ganray.config import FaceServiceConfig, DCGANConfig
 from ganray.images import encode_png
-from ganray.models.face import labels_for_conditions, render_faces
+from ganray.models.face import labels_for_conditions, prepare_for_render, render_faces, resolve_precision
 from ganray.models import build_generator
 from ganray.registry import Registry
+
+from _result import BenchmarkRun
+
+RESULT_NAME = "serve_latency"
 
 
 def free_port() -> int:
@@ -53,7 +59,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def offline_throughput(generator: torch.nn.Module, batch_size: int, batches: int) -> float:
+def offline_throughput(generator: torch.nn.Module, precision: str, batch_size: int, batches: int) -> float:
     """Faces/s of render_faces + encode_png in this process, batch after batch."""
     seed = 0
 
@@ -62,7 +68,7 @@ def offline_throughput(generator: torch.nn.Module, batch_size: int, batches: int
         seeds = list(range(seed, seed + batch_size))
         seed += batch_size
         labels = labels_for_conditions(generator, None, batch_size, seeds=seeds)
-        for image in render_faces(generator, seeds, 1.0, labels):
+        for image in render_faces(generator, seeds, 1.0, labels, precision):
             encode_png(image)
 
     for _ in range(3):
@@ -73,13 +79,13 @@ def offline_throughput(generator: torch.nn.Module, batch_size: int, batches: int
     return batch_size * batches / (time.perf_counter() - start)
 
 
-def single_image_ms(generator: torch.nn.Module, repeats: int) -> float:
+def single_image_ms(generator: torch.nn.Module, precision: str, repeats: int) -> float:
     """Median ms of one face's forward + PNG encode (batch of 1): the part of a request that is the model."""
     times = []
     for seed in range(repeats + 10):
         start = time.perf_counter()
         labels = labels_for_conditions(generator, None, 1, seeds=[seed])
-        encode_png(render_faces(generator, [seed], 1.0, labels)[0])
+        encode_png(render_faces(generator, [seed], 1.0, labels, precision)[0])
         times.append(time.perf_counter() - start)
     return statistics.median(times[10:]) * 1000
 
@@ -198,7 +204,14 @@ def main() -> int:
                         "(default: the config's)")
     parser.add_argument("--batch-wait-ms", type=float, default=None, help="generator.batch_wait_timeout_s in ms "
                         "(default: the config's)")
+    parser.add_argument("--quick", action="store_true", help="200 requests per level, 100 for the latency "
+                        "(unless given): a few minutes on 2 cores")
     args = parser.parse_args()
+    if args.quick:
+        args.requests = 200 if args.requests == parser.get_default("requests") else args.requests
+        args.latency_requests = (100 if args.latency_requests == parser.get_default("latency_requests")
+                                 else args.latency_requests)
+    run = BenchmarkRun(RESULT_NAME, mode="quick" if args.quick else "full")
 
     import ray
     from ray import serve
@@ -223,10 +236,14 @@ def main() -> int:
 
     # Offline baseline first, while nothing else runs.
     torch.set_num_threads(1)  # the offline baseline renders as a replica does: one thread per forward pass
-    generator = registry.load_generator(version).generator
-    offline = offline_throughput(generator, config.generator.max_batch_size, batches=20)
-    model_ms = single_image_ms(generator, repeats=200)
-    png_bytes = encode_png(render_faces(generator, [0], 1.0, labels_for_conditions(generator, None, 1, seeds=[0]))[0])
+    # The generator exactly as a replica holds it (ganray/serve: registry.load_generator, then
+    # prepare_for_render in model.precision as the replica's device resolves it).
+    precision = resolve_precision(config.model.precision, "cpu")
+    generator = prepare_for_render(registry.load_generator(version).generator, precision)
+    offline = offline_throughput(generator, precision, config.generator.max_batch_size, batches=20)
+    model_ms = single_image_ms(generator, precision, repeats=200)
+    png_bytes = encode_png(render_faces(generator, [0], 1.0, labels_for_conditions(generator, None, 1, seeds=[0]),
+                                        precision)[0])
 
     rows: list[tuple[str, str]] = []
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(work / "ray"), log_to_driver=False)
@@ -242,6 +259,7 @@ def main() -> int:
         rows += [("GET latency, 1 client: p50 / p95 / p99",
                   f"{p50:.1f} / {percentile(latencies, 95):.1f} / {percentile(latencies, 99):.1f} ms")]
         served: dict[tuple[str, int], float] = {}
+        levels_table: list[list] = []
         meter = CpuMeter()
         cpu_rows: list[tuple[str, str]] = []
         post_faces = args.post_faces or config.api.max_count
@@ -260,6 +278,9 @@ def main() -> int:
                 f"POST {faces} faces, {clients} clients"
             spread = f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms"
             rows.append((name, f"{faces_per_s:.0f} faces/s ({spread}; {per_batch:.1f} faces per forward pass)"))
+            levels_table.append(["GET 1 face" if method == "GET" else f"POST {faces} faces", clients, faces_per_s,
+                                 percentile(latencies, 50), percentile(latencies, 95), per_batch,
+                                 faces_per_s / offline])
             if method == "GET":
                 cpu_rows.append((f"CPU ms per GET, {clients} clients", ", ".join(
                     f"{role} {seconds * 1000 / requests:.2f}" for role, seconds in sorted(spent.items()))))
@@ -282,11 +303,34 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     g = config.generator
+    run.settings = {"model": f"DCGAN-64 {version}, random weights", "precision": precision,
+                    "prepared_for_render": True, "torch_threads": torch.get_num_threads(),
+                    "max_batch_size": g.max_batch_size, "batch_wait_timeout_s": g.batch_wait_timeout_s,
+                    "requests_per_level": args.requests, "latency_requests": args.latency_requests,
+                    "post_faces": post_faces}
+    run.note(f"DCGAN-64 with random weights, {precision} prepared for render (as a replica holds it), "
+             f"max_batch_size {g.max_batch_size}, batch_wait_timeout_s {g.batch_wait_timeout_s}; clients, "
+             "HTTP proxy and replica share the machine's cores. Offline = render_faces + ganray.images.encode_png "
+             "in one process with the same prepared generator, measured in the same run.")
+    run.figure("served (GET, 32 clients) ÷ offline", served["GET", 32] / offline, note="goal >= 0.8")
+    run.figure(f"served (POST {post_faces}, 32 clients) ÷ offline", served["POST", 32] / offline)
+    run.figure("serving overhead: GET p50 at 1 client − one face forward+encode", p50 - model_ms, "ms",
+               "goal <= 15 ms")
+    run.figure(f"offline render_faces + encode_png, batch {g.max_batch_size}", offline, "faces/s")
+    run.figure("one face forward + encode in process", model_ms, "ms")
+    run.figure("GET latency, 1 client: p50", p50, "ms")
+    run.figure("GET, 32 clients, an ingress with no model", no_model, "requests/s",
+               f"{no_model / offline:.2f} x offline")
+    run.table("Throughput and latency by load", ["request", "clients", "faces/s", "p50 ms", "p95 ms",
+                                                 "faces per forward pass", "÷ offline"], levels_table)
+    for name, value in cpu_rows:
+        run.figure(name, value, note="CPU ms per GET by process")
     print(f"\nface API on {torch.get_num_threads()} torch thread(s); DCGAN-64 {version}, random weights; "
           f"max_batch_size {g.max_batch_size}, batch_wait_timeout_s {g.batch_wait_timeout_s}")
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+    run.write()
     return 0
 
 

@@ -30,6 +30,10 @@ from ganray.data.synthetic import ATTRIBUTES, render_batch  # noqa: E402
 from ganray.models import build_models  # noqa: E402
 from ganray.train.steps import GANSteps  # noqa: E402
 
+from _result import BenchmarkRun  # noqa: E402
+
+RESULT_NAME = "train_throughput"
+
 
 def make_job(args, storage: str) -> TrainJob:
     return load_config(TrainJob, REPO / "configs" / "demo.yaml", [
@@ -98,6 +102,8 @@ def main() -> None:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--conditional", action="store_true")
     args = p.parse_args()
+    defaults = {a.dest: a.default for a in p._actions if a.dest != "help"}
+    run = BenchmarkRun(RESULT_NAME, mode="full" if vars(args) == defaults else "custom")
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
@@ -113,6 +119,13 @@ def main() -> None:
     print(f"{'plain PyTorch, 1 process x 2 threads':40s} {plain:10.1f}")
     print(f"{'Ray Train DDP, 2 workers x 1 thread':40s} {ray_rate:10.1f}")
     print(f"ratio Ray Train / plain: {ray_rate / plain:.2f}  (goal >= 0.9)")
+    run.settings = {k: v for k, v in vars(args).items()}
+    run.note(f"DCGAN-{args.resolution} width {args.width}, global batch {args.batch}, {args.precision} autocast, "
+             f"{args.steps} timed steps after {args.warmup} warm-up; the same GANSteps and total threads on both sides.")
+    run.figure("Ray Train ÷ plain PyTorch", ray_rate / plain, note="goal >= 0.9")
+    run.figure("Ray Train DDP, 2 workers x 1 thread", ray_rate, "images/s")
+    run.figure("plain PyTorch, 1 process x 2 threads", plain, "images/s")
+    run.write()
 
 
 if __name__ == "__main__":
