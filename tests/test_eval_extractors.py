@@ -73,7 +73,27 @@ def test_inception_loads_saved_weights_and_extracts(weights_file):
     np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-4, atol=1e-5)
     assert not torch.equal(network.fc.bias, torch.zeros_like(network.fc.bias))  # so the bias would show
     assert extractor.identity == extractor_identity(extractor.cfg)
-    assert extractor.identity["comparable_to_published"] is True and extractor.identity["weights_sha256"] == sha
+    assert extractor.identity["weights_sha256"] == sha
+
+
+def test_only_the_published_weights_hash_is_comparable(weights_file, tmp_path, monkeypatch):
+    """Weights that fit the network but are not the published file: custom, even under its file name."""
+    path, sha, _ = weights_file
+    named_like_published = tmp_path / inception.PUBLISHED_WEIGHTS_FILE
+    named_like_published.write_bytes(path.read_bytes())
+    custom = build_extractor(ExtractorConfig(name="inception_v3", weights=str(named_like_published),
+                                             weights_sha256=sha)).identity
+    assert custom["comparable_to_published"] is False
+    assert custom["note"].startswith("inception_v3, custom weights") and "not comparable" in custom["note"]
+    # The published digest, whatever the file is called, is comparable; torch.hub names it by its prefix.
+    published = extractor_identity(ExtractorConfig(name="inception_v3", weights="/any/name.pth",
+                                                   weights_sha256=inception.PUBLISHED_WEIGHTS_SHA256))
+    assert published["comparable_to_published"] is True and "published weights" in published["note"]
+    assert inception.PUBLISHED_WEIGHTS_SHA256[:8] in inception.PUBLISHED_WEIGHTS_FILE
+    # The loaded file's hash is what decides: these same bytes, were they the published ones, are comparable.
+    monkeypatch.setattr(inception, "PUBLISHED_WEIGHTS_SHA256", sha)
+    assert build_extractor(ExtractorConfig(name="inception_v3", weights=str(path), weights_sha256=sha)
+                           ).identity["comparable_to_published"] is True
 
 
 def test_wrong_hash_missing_file_and_foreign_weights_are_clear_errors(weights_file, tmp_path):

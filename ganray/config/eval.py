@@ -14,7 +14,8 @@ class ExtractorConfig(Section):
 
     name: Literal["pixels", "inception_v3", "classifier"] = Field(
         "pixels", description="pixels: the image resized to pixels_side, as a vector (no weights; numbers NOT "
-                              "comparable to published FID); inception_v3: TF-FID InceptionV3 pool3 (2048-d); "
+                              "comparable to published FID); inception_v3: TF-FID InceptionV3 pool3 (2048-d; "
+                              "comparable to published FID only with the published weights, checked by sha256); "
                               "classifier: the encoder of a ganray attribute classifier (labeler version; NOT "
                               "comparable to published FID)")
     labeler: str | None = Field(None, description="classifier: registry ref of the labeler version (id or alias)")
@@ -24,10 +25,13 @@ class ExtractorConfig(Section):
         None, description="inception_v3: path or URL (s3://...) of the TF-FID state dict "
                           "(pt_inception-2015-12-05-6726825d.pth); never downloaded by ganray")
     weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
-                                       description="inception_v3: sha256 of the weights file; checked on load")
+                                       description="inception_v3: sha256 of the weights file, checked on load; "
+                                                   "only the published file's (6726825d0af5...) is comparable "
+                                                   "to published FID")
     resize: Literal["clean", "legacy"] = Field(
-        "clean", description="clean: PIL bicubic with antialiasing (as clean-fid); legacy: torch bilinear "
-                             "without antialiasing (as pytorch-fid / TF-FID)")
+        "clean", description="clean: PIL bicubic with antialiasing (clean-fid's clean resize); legacy: torch "
+                             "bilinear, align_corners=False, no antialiasing (pytorch-fid's resize; not the TF1 "
+                             "resize of TF-FID, NVlabs' metrics or torch-fidelity)")
     pixels_side: int = Field(16, ge=4, le=128, description="pixels: side the image is resized to (3*side^2 features)")
     batch_size: int = Field(32, gt=0, description="images per extractor forward pass")
     device: Literal["cpu", "cuda"] = "cpu"

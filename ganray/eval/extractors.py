@@ -2,8 +2,10 @@
 
 Every extractor has an `identity`: the things its features depend on (name, weights hash, resize
 mode, feature size). The identity keys the cached reference statistics and travels with every
-result, together with `comparable_to_published`: only the TF-FID Inception gives numbers that may
-be set beside published FIDs (and then only at equal sample counts and resize mode).
+result, together with `comparable_to_published`: only the TF-FID Inception with the published
+weights (sha256 PUBLISHED_WEIGHTS_SHA256, whatever the file is called) gives numbers that may be set
+beside published FIDs, and then only at equal sample counts and preprocessing. Any other weights file
+that fits the network is reported as "inception_v3, custom weights", not comparable.
 
 - `inception_v3`: the TF-FID InceptionV3 (ganray/eval/inception.py), pool3 features (2048) and
   its 1008 class logits (for IS). Weights come from `extractor.weights` (a path or an fsspec URL)
@@ -20,8 +22,12 @@ be set beside published FIDs (and then only at equal sample counts and resize mo
   (PIL Lanczos); `resize` does not apply.
 
 Resize modes (pixels and inception_v3): "clean" resizes each channel as float32 with PIL's bicubic filter,
-which antialiases when shrinking (as clean-fid); "legacy" uses torch's bilinear interpolation
-without antialiasing (as pytorch-fid and the TF-FID reference code).
+which antialiases when shrinking, clipped to 0..255: clean-fid's "clean" resize. "legacy" is
+`F.interpolate(mode="bilinear", align_corners=False)` without antialiasing on float pixels: the resize of
+pytorch-fid's InceptionV3 (resize_input), and with its input scaling (x / 127.5 - 1 here, 2x - 1 on
+0..1 there) its whole preprocessing; clean-fid's "legacy_pytorch" resizes the same way but scales by
+(x - 128) / 128. Neither mode reproduces the TF1 bilinear resize inside the TF-FID graph (the original
+TF-FID code, NVlabs' metrics, clean-fid's "legacy_tensorflow", torch-fidelity).
 """
 from __future__ import annotations
 
@@ -37,6 +43,11 @@ from ganray import storage
 from ganray.config import ExtractorConfig
 from ganray.eval import inception
 
+PUBLISHED_NOTE = ("TF-FID InceptionV3 pool3 with the published weights ({file}), resize {resize}; compare only "
+                  "with FIDs of equal sample counts and preprocessing: legacy is pytorch-fid's; the TF-FID code and "
+                  "NVlabs' metrics resize inside the TF graph, which neither resize mode reproduces")
+CUSTOM_WEIGHTS_NOTE = ("inception_v3, custom weights (sha256 {hash}..., not the published {file}): not comparable "
+                       "to published FID; compare only results with these same weights")
 COMPARABLE_NOTE = "not comparable to published FID: pixel-space features of ganray's offline extractor"
 CLASSIFIER_NOTE = ("not comparable to published FID: features of ganray's own attribute classifier (labeler {version}, "
                    "content hash {hash}); compare only results with this same labeler version")
@@ -85,7 +96,7 @@ def read_inception_weights(url: str, sha256: str) -> dict[str, torch.Tensor]:
     except (FileNotFoundError, IsADirectoryError):
         raise ExtractorError(
             f"Inception weights not found at {url}: ganray never downloads them; get "
-            "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID weights) yourself and set "
+            f"{inception.PUBLISHED_WEIGHTS_FILE} (pytorch-fid's FID weights) yourself and set "
             "eval.extractor.weights to its path or URL") from None
     actual = storage.sha256_hex(data)
     if actual != sha256:
@@ -112,9 +123,13 @@ def build_inception(state: dict[str, torch.Tensor]) -> inception.FIDInceptionV3:
 
 
 def _inception_identity(cfg: ExtractorConfig) -> dict[str, Any]:
+    # By the hash, never the file name: the file read is checked against cfg.weights_sha256 on load.
+    published = cfg.weights_sha256 == inception.PUBLISHED_WEIGHTS_SHA256
+    note = PUBLISHED_NOTE if published else CUSTOM_WEIGHTS_NOTE
     return {"name": "inception_v3", "weights_sha256": cfg.weights_sha256, "resize": cfg.resize,
-            "feature_dim": inception.FEATURE_DIM, "comparable_to_published": True,
-            "note": "TF-FID InceptionV3 pool3; compare only at equal sample counts and resize mode"}
+            "feature_dim": inception.FEATURE_DIM, "comparable_to_published": published,
+            "note": note.format(file=inception.PUBLISHED_WEIGHTS_FILE, resize=cfg.resize,
+                                hash=(cfg.weights_sha256 or "")[:12])}
 
 
 class InceptionExtractor:

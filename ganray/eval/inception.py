@@ -21,6 +21,11 @@ FEATURE_DIM = 2048
 NUM_CLASSES = 1008
 INPUT_SIZE = 299
 
+# The published FID weights: pytorch-fid's release file (torch-fidelity ships the same bytes as
+# weights-inception-2015-12-05-6726825d.pth). torch.hub names a file by its sha256's first 8 hex digits.
+PUBLISHED_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PUBLISHED_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
 
 class BasicConv2d(nn.Module):
     def __init__(self, cin: int, cout: int, kernel_size, stride=1, padding=0):
