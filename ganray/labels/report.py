@@ -94,7 +94,11 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
     else:
         panels = [(f"{name}: count vs even share", block["strata"]) for name, block in report["attributes"].items()]
     generated = report.get("kind") == "generated"
-    rows = len(panels) + (2 if generated else 0)
+    # Panels with nothing to show are left out: no labeler or gate ran, or no candidate was rejected.
+    rates = generated and any(r.get("acceptance_rate") is not None or r.get("labeler_agreement") is not None
+                              for r in report["strata"])
+    rejects = sorted(report["total"].get("rejects", {}).items()) if generated else []
+    rows = len(panels) + rates + bool(rejects)
     fig, axes = plt.subplots(rows, 1, figsize=(max(6, 0.35 * max(len(p[1]) for p in panels) + 2), 2.6 * rows),
                              squeeze=False)
     for ax, (title, strata) in zip(axes[:, 0], panels):
@@ -104,7 +108,7 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
         ax.set_xticks(list(x), [r["stratum"] for r in strata], rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    if generated:
+    if rates:
         strata = report["strata"]
         x = range(len(strata))
         ax = axes[len(panels), 0]
@@ -115,11 +119,11 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
         ax.set_xticks(list(x), [r["stratum"] for r in strata], rotation=60, ha="right", fontsize=7)
         ax.set_title("per stratum", fontsize=9)
         ax.legend(fontsize=7)
-        ax = axes[len(panels) + 1, 0]
-        rejects = sorted(report["total"].get("rejects", {}).items())
+    if rejects:
+        ax = axes[-1, 0]
         ax.bar(range(len(rejects)), [n for _, n in rejects], color="#f58518")
         ax.set_xticks(range(len(rejects)), [k for k, _ in rejects], rotation=30, ha="right", fontsize=7)
-        ax.set_title("rejected candidates by reason" if rejects else "no rejected candidates", fontsize=9)
+        ax.set_title("rejected candidates by reason", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})  # no version stamp: same bytes each run
