@@ -193,7 +193,7 @@ def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precis
     with) gives each face the bytes of the plain generator, and they still do not depend on the batch
     the face is in. The 4x4 -> 8x8 layer runs in tiles of up to 16 side-by-side images: batches of
     20 (tiles of 16 and 4), 10, 7 and 1 are checked against the plain generator's batch of 20."""
-    from ganray.models.dcgan import TILE_INPUT_COLUMNS, LatentProjection, RenderConvTranspose
+    from ganray.models.dcgan_render import TILE_INPUT_COLUMNS, LatentProjection, RenderConvTranspose
 
     seeds = list(range(700, 720))
     for model_seed in range(4 if widths[0] == 16 else 2):
@@ -233,7 +233,7 @@ def test_the_prepared_fast_form_renders_the_same_bytes_whatever_the_batch(precis
 def test_the_render_conv_keeps_every_setting_of_a_layer_it_does_not_tile():
     """RenderConvTranspose wraps any ConvTranspose2d: one of another shape (output padding, groups)
     is not tiled and gives the layer's own values."""
-    from ganray.models.dcgan import RenderConvTranspose
+    from ganray.models.dcgan_render import RenderConvTranspose
 
     torch.manual_seed(0)
     conv = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=2).eval()

@@ -16,12 +16,14 @@ from ganray.models import build_generator, build_models, stylegan2
 from ganray.models.face import (
     cpu_has_amx,
     labels_for_conditions,
+    latents_for_seeds,
     noise_for_seeds,
     prepare_for_render,
     render_faces,
 )
 from ganray.models.losses import r1_penalty
 from ganray.models.stylegan2 import EqualConv2d, EqualLinear, Generator
+from ganray.models.stylegan2_layers import _linear_as_single_rows
 from ganray.registry import Registry
 from ganray.train.steps import GANSteps
 
@@ -208,6 +210,40 @@ def test_faces_do_not_depend_on_the_batch_across_models_and_precisions():
     finally:
         torch.set_num_threads(before)
 
+
+
+@pytest.mark.parametrize("mapping", [dict(z_dim=512, w_dim=512, mapping_layers=8), {}], ids=["default-width", "tiny"])
+def test_rendering_maps_a_batch_in_one_call_and_each_face_as_if_alone(mapping):
+    """The mapping network runs once per render (twice with mix seeds), not once per face, and every
+    face's ws are the bits it gets when mapped alone (the default width goes through BLAS, the tiny
+    one below BLAS_BATCHED_MIN_PRODUCTS row by row)."""
+    G = generator(conditional=True, **mapping)
+    seeds, labels = list(range(40, 49)), labels_for(9)
+    calls = []
+    hook = G.mapping.register_forward_hook(lambda module, inputs, w: calls.append(len(w)))
+    try:
+        render_faces(G, seeds, 0.7, labels, "fp32")
+        assert calls == [9]
+        calls.clear()
+        render_faces(G, seeds, 0.7, labels, "fp32", mix_seeds=list(range(60, 69)), crossover=2)
+        assert calls == [9, 9]
+    finally:
+        hook.remove()
+    z = latents_for_seeds(seeds, G.z_dim)
+    with torch.no_grad():
+        alone = torch.cat([G.map(z[i:i + 1], labels[i:i + 1], 0.7) for i in range(9)])
+        assert torch.equal(G.map(z, labels, 0.7, single_rows=True), alone)
+
+
+def test_linear_as_single_rows_gives_each_row_the_bits_of_a_one_row_product():
+    """Around the size where torch's CPU batched product leaves BLAS, and for batches up to a few hundred."""
+    torch.manual_seed(0)
+    for in_features, out_features in [(20, 19), (20, 20), (64, 7), (512, 512), (515, 256)]:
+        weight, bias = torch.randn(out_features, in_features) * 0.05, torch.randn(out_features)
+        for batch in (1, 2, 7, 64, 300):
+            x = torch.randn(batch, in_features)
+            alone = torch.cat([F.linear(x[i:i + 1], weight, bias) for i in range(batch)])
+            assert torch.equal(_linear_as_single_rows(x, weight, bias), alone), (in_features, out_features, batch)
 
 def test_the_prepared_form_renders_the_plain_generators_bytes_and_only_in_its_precision():
     """prepare_for_render puts a style-based generator in channels_last for bf16 (what the bulk job

@@ -9,8 +9,8 @@ Every step is a function of one face's inputs only, never of the batch it is ren
   0, for DCGAN's N(0, I) z; a model that knows a better mean exposes it as a buffer named
   `latent_mean`), then G(z', labels);
 - a style-based generator (StyleGAN2: `map`, `synthesis`, `num_ws`, `noise_inputs`):
-  ws = G.map(z, labels, psi), one face at a time, truncated in w space towards the average w
-  G tracked for the face's conditions (its `latent_mean` buffers); noise inputs drawn from a
+  ws = G.map(z, labels, psi, single_rows=True), each face's row the bits of mapping it alone,
+  truncated in w space towards the average w G tracked for the face's conditions (its `latent_mean` buffers); noise inputs drawn from a
   torch.Generator seeded with a hash of (seed, "noise"), one per face; then G.synthesis(ws, noise).
   Style mixing (`mix_seeds`, `crossover`): layers from w index `crossover` on take the second
   seed's w and noise, so crossover 0 is the second seed's face and crossover num_ws the first's;
@@ -207,7 +207,7 @@ def prepare_for_render(generator: nn.Module, precision: str) -> nn.Module:
     reorders were ~20 % of a DCGAN-64 forward pass), and BatchNorm runs its NHWC kernel. Then the
     model's own `to_render_form()`, where it has one (DCGAN: its first layer as a matrix product in
     bf16, the 4x4 -> 8x8 layer in tiles of side-by-side images, bf16 weight copies, in-place ReLU;
-    see ganray/models/dcgan.py). A style-based generator goes to channels_last in bf16 only: there
+    see ganray/models/dcgan_render.py). A style-based generator goes to channels_last in bf16 only: there
     it gave the plain generator's bytes in every model tried, in fp32 a pixel in 10^4 differed.
     The pixels are the same bytes as with the plain generator (tests/test_render.py and
     tests/test_stylegan2.py check it, batch by batch), so faces from a prepared and an unprepared
@@ -254,11 +254,10 @@ def noise_for_seeds(generator: nn.Module, seeds: Sequence[int]) -> list[Tensor]:
 
 def _styles_for_seeds(generator: nn.Module, seeds: Sequence[int], psi: float, labels: Tensor | None,
                       device: torch.device) -> Tensor:
-    """ws (B, num_ws, w_dim) for `seeds`, truncated per face's conditions. One face at a time: BLAS
-    picks float32 matmul kernels by batch size, and they differ in the last bits."""
+    """ws (B, num_ws, w_dim) for `seeds`, truncated per face's conditions; one mapping call, each row as
+    in a batch of its own (BLAS picks float32 matmul kernels by batch size, and they differ in the last bits)."""
     z = latents_for_seeds(seeds, generator.z_dim).to(device)
-    return torch.cat([generator.map(z[i:i + 1], None if labels is None else labels[i:i + 1], psi)
-                      for i in range(len(seeds))])
+    return generator.map(z, labels, psi, single_rows=True)
 
 
 def check_mixing(generator: nn.Module, seeds: Sequence[int], mix_seeds: Sequence[int] | None,
