@@ -6,7 +6,8 @@ Four applications share one Serve instance, each under its own route prefix:
   /overload  tiny queues and a generator that waits for batches that never fill: 503 + Retry-After;
   /arch      alias `arch`: hot reload from a DCGAN version to a StyleGAN2 version.
 Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a temp registry, and
-one tiny conditional StyleGAN2 (with noise on and a tracked average w, so psi and noise matter).
+one tiny conditional StyleGAN2 (with noise on and a tracked average w, so psi and noise matter); the
+StyleGAN2 bulk job's own tests are in tests/test_generate_stylegan2.py.
 """
 from __future__ import annotations
 
@@ -21,53 +22,30 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-import torch
 import yaml
 from conftest import REPO, free_port
+from tiny_generators import ATTRIBUTES, RESOLUTION, TINY, push_random_model, push_random_stylegan2
 
-from ganray.config import FaceServiceConfig, DCGANConfig, ServeJob, StyleGAN2Config, load_config
+from ganray.config import FaceServiceConfig, ServeJob, load_config
 from ganray.images import encode_png
-from ganray.models.face import labels_for_conditions, labels_for_rows, render_faces, resolve_precision
-from ganray.models import build_generator
+from ganray.models.face import labels_for_conditions, render_faces, resolve_conditions, resolve_precision
 from ganray.registry import Registry
 
-ATTRIBUTES = {"age": ["young", "old"], "smile": ["no", "yes"]}
-RESOLUTION = 32
-TINY = DCGANConfig(z_dim=16, g_width=8, max_channels=32, conditional=True, embed_dim=4)
 MAIN_KEY = "main-secret"
 ENV_KEY = "env-secret"
 MAX_SEED = 10**6
 MAX_BODY = 1024  # the main application's api.max_body_bytes
-TINY_STYLEGAN2 = StyleGAN2Config(z_dim=16, w_dim=16, embed_dim=8, mapping_layers=2, channel_base=256,
-                                 channel_max=16, conditional=True)
-
-
-def push_random_model(registry: Registry, init_seed: int) -> str:
-    torch.manual_seed(init_seed)
-    generator = build_generator(TINY, RESOLUTION, ATTRIBUTES)
-    return registry.push(generator.state_dict(), TINY.model_dump(), RESOLUTION, ATTRIBUTES,
-                         {"source": "tests/test_serve.py", "init_seed": init_seed})
-
-
-def push_random_stylegan2(registry: Registry, init_seed: int) -> str:
-    torch.manual_seed(init_seed)
-    generator = build_generator(TINY_STYLEGAN2, RESOLUTION, ATTRIBUTES)
-    with torch.no_grad():
-        for layer in generator.synthesis.layers:
-            layer.noise_strength.fill_(0.5)  # noise starts switched off: on, the per-face noise shows
-        for i in range(3):  # averages of w (overall and per condition) for truncation to pull towards
-            labels = torch.randint(2, (8, len(ATTRIBUTES)), generator=torch.Generator().manual_seed(i))
-            generator.map(torch.randn(8, TINY_STYLEGAN2.z_dim), labels, track=True)
-    return registry.push(generator.state_dict(), TINY_STYLEGAN2.model_dump(), RESOLUTION, ATTRIBUTES,
-                         {"source": "tests/test_serve.py", "init_seed": init_seed})
 
 
 def expected_pngs(registry: Registry, version: str, seeds: list[int], psi: float,
-                  conditions: dict[str, str] | None = None, precision: str = "auto") -> list[bytes]:
-    """What the bulk job writes for these faces: render_faces + encode_png, in one offline batch."""
+                  conditions: dict[str, str] | None = None, precision: str = "auto",
+                  mix_seeds: list[int] | None = None, crossover: int | None = None) -> list[bytes]:
+    """What the bulk job writes for these faces: render_faces + encode_png, in one offline batch
+    (tests/test_generate_stylegan2.py holds the bulk job to these bytes)."""
     generator = registry.load_generator(version).generator
     labels = labels_for_conditions(generator, conditions, len(seeds), seeds=seeds)
-    return [encode_png(image) for image in render_faces(generator, seeds, psi, labels, precision)]
+    return [encode_png(image) for image in render_faces(generator, seeds, psi, labels, precision,
+                                                        mix_seeds=mix_seeds, crossover=crossover)]
 
 
 def corrupt_weights(registry_url: str, version: str) -> None:
@@ -124,52 +102,19 @@ def bulk_faces(ray_session, registry, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stylegan2_bulk(ray_session, registry, tmp_path_factory):
-    """A tiny StyleGAN2 in the registry, and a bulk job's faces of it (batches of 3), balanced over
-    both attributes (as `bulk_faces`, before the Serve applications start). Alias `arch` starts on
-    the first DCGAN version."""
-    import pyarrow.parquet as pq
-
-    from ganray.config import GenerateJob
-    from ganray.generate.job import run_generate
-    from ganray.generate.output import PARQUET_DIR
-
-    reg, url, versions = registry
+def stylegan2_version(registry):
+    """A tiny StyleGAN2 in the registry (alias `arch` starts on the first DCGAN version)."""
+    reg, _, versions = registry
     version = push_random_stylegan2(reg, init_seed=7)
     reg.promote(versions[0], "arch")
-    output = tmp_path_factory.mktemp("stylegan2-bulk") / "faces"
-    job = GenerateJob.model_validate({"registry": {"url": url}, "generate": {
-        "model": version, "output": str(output), "count": 8, "shard_size": 4, "format": "parquet",
-        "psi": 0.7, "balance": ["age", "smile"], "seed_offset": 60, "batch_size": 3}})
-    run_generate(job, log=lambda line: None)
-    return version, sorted(pq.read_table(output / PARQUET_DIR).to_pylist(), key=lambda row: row["seed"])
+    return version
 
 
-MIX = {"mix_seed_offset": 90, "crossover": 3}  # the style-mixing bulk job's (num_ws is 8 at 32 px)
+MIX_SEEDS, CROSSOVER = [90, 91, 92, 93], 3  # style mixing of seeds 60..63 (num_ws is 8 at 32 px)
 
 
 @pytest.fixture(scope="module")
-def stylegan2_mixed_bulk(ray_session, registry, stylegan2_bulk, tmp_path_factory):
-    """A style-mixing bulk job of the tiny StyleGAN2 (batches of 3), in PNG folders (the metadata rows)."""
-    import pyarrow.parquet as pq
-
-    from ganray.config import GenerateJob
-    from ganray.generate.job import run_generate
-
-    _, url, _ = registry
-    version, _ = stylegan2_bulk
-    output = tmp_path_factory.mktemp("stylegan2-mixed") / "faces"
-    job = GenerateJob.model_validate({"registry": {"url": url}, "generate": {
-        "model": version, "output": str(output), "count": 4, "shard_size": 4, "format": "both",
-        "psi": 0.7, "conditions": {"age": "old"}, "seed_offset": 60, "batch_size": 3, **MIX}})
-    run_generate(job, log=lambda line: None)
-    rows = sorted(pq.read_table(output / "parquet").to_pylist(), key=lambda row: row["seed"])
-    png_folder = next(output.glob("png/*"))
-    return rows, pq.read_table(next(png_folder.glob("*.parquet"))).to_pylist(), png_folder
-
-
-@pytest.fixture(scope="module")
-def service(ray_session, registry, bulk_faces, stylegan2_bulk, stylegan2_mixed_bulk):
+def service(ray_session, registry, bulk_faces, stylegan2_version):
     """The three applications; yields their base URLs. Deletes only them at the end."""
     from ray import serve
 
@@ -550,30 +495,14 @@ def test_promotion_is_picked_up_without_failing_requests_and_a_bad_version_is_re
     client.close()
 
 
-def test_stylegan2_bulk_job_is_balanced_and_the_same_bytes_at_any_batch_size(stylegan2_bulk, registry):
-    reg, _, _ = registry
-    version, rows = stylegan2_bulk
-    seeds = [r["seed"] for r in rows]
-    assert seeds == list(range(60, 68)) and {r["model_version"] for r in rows} == {version}
-    # Balanced over age x smile: 8 faces, each of the 4 combinations twice, and each shard of 4 once.
-    conditions = [json.loads(r["conditions"]) for r in rows]
-    combos = [tuple(c[a] for a in ATTRIBUTES) for c in conditions]
-    assert sorted(combos) == sorted([(a, s) for a in ATTRIBUTES["age"] for s in ATTRIBUTES["smile"]] * 2)
-    assert len(set(combos[:4])) == len(set(combos[4:])) == 4
-    # The job rendered batches of 3; the same faces rendered all 8 in one batch, and one at a time.
-    generator = reg.load_generator(version).generator
-    labels = labels_for_rows(generator, conditions)
-    at_once = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "auto")]
-    one_by_one = [encode_png(render_faces(generator, [s], 0.7, labels[i:i + 1], "auto")[0])
-                  for i, s in enumerate(seeds)]
-    assert [r["image"] for r in rows] == at_once == one_by_one
-    # psi matters: the model has an average w to truncate towards.
-    assert at_once[0] != encode_png(render_faces(generator, seeds[:1], 1.0, labels[:1], "auto")[0])
+# One face per combination of the attributes: the conditions the StyleGAN2 is asked for after the swap.
+STYLEGAN2_FACES = [(60 + i, {"age": age, "smile": smile})
+                   for i, (age, smile) in enumerate((a, m) for a in ATTRIBUTES["age"] for m in ATTRIBUTES["smile"])]
 
 
-def test_hot_reload_from_dcgan_to_stylegan2_serves_the_bulk_jobs_bytes(service, registry, stylegan2_bulk):
+def test_hot_reload_from_dcgan_to_stylegan2_serves_the_bulk_jobs_bytes(service, registry, stylegan2_version):
     reg, _, versions = registry
-    version, rows = stylegan2_bulk
+    version = stylegan2_version
     headers = {"X-API-Key": ENV_KEY}
     seen: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -601,77 +530,42 @@ def test_hot_reload_from_dcgan_to_stylegan2_serves_the_bulk_jobs_bytes(service, 
         assert {status for status, _ in seen} == {200} and {v for _, v in seen} == {versions[0], version}
         info = client.get("/v1/model").json()
         assert info["load_error"] is None
-        for row in rows:
-            r = client.get(f"/v1/faces/{row['seed']}.png", params={"psi": row["psi"], **json.loads(row["conditions"])})
+        for seed, conditions in STYLEGAN2_FACES:
+            r = client.get(f"/v1/faces/{seed}.png", params={"psi": 0.7, **conditions})
             assert r.status_code == 200 and r.headers["x-model-version"] == version
-            assert r.content == row["image"]
+            assert r.content == expected_pngs(reg, version, [seed], 0.7, conditions)[0]
 
 
-def test_style_mixing_bulk_rows_record_the_mix_and_are_render_faces_bytes(stylegan2_mixed_bulk, stylegan2_bulk,
-                                                                          registry):
+def test_style_mixing_over_http_is_the_bulk_jobs_bytes(service, registry, stylegan2_version, main):
     reg, _, _ = registry
-    version, unmixed = stylegan2_bulk
-    rows, png_rows, png_folder = stylegan2_mixed_bulk
-    assert [r["seed"] for r in rows] == list(range(60, 64))
-    assert [r["mix_seed"] for r in rows] == list(range(90, 94)) and {r["crossover"] for r in rows} == {3}
-    assert [(r["mix_seed"], r["crossover"]) for r in png_rows] == [(r["mix_seed"], r["crossover"]) for r in rows]
-    assert [(png_folder.parent.parent / r["file"]).read_bytes() for r in png_rows] == [r["image"] for r in rows]
-    assert "mix_seed" not in unmixed[0] and "crossover" not in unmixed[0]  # rows without mixing are unchanged
+    version = stylegan2_version
+    seeds = [60, 61, 62, 63]
     generator = reg.load_generator(version).generator
-    labels = labels_for_rows(generator, [json.loads(r["conditions"]) for r in rows])
-    seeds, mix_seeds = [r["seed"] for r in rows], [r["mix_seed"] for r in rows]
-    mixed = [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "auto",
-                                                         mix_seeds=mix_seeds, crossover=3)]
-    assert [r["image"] for r in rows] == mixed
-    assert mixed != [encode_png(image) for image in render_faces(generator, seeds, 0.7, labels, "auto")]
-
-
-def test_a_mixing_job_refuses_a_crossover_beyond_the_models_styles(stylegan2_bulk, registry, tmp_path):
-    from ganray.config import GenerateJob
-    from ganray.generate.job import plan_job
-    from ganray.generate.output import GenerateError
-
-    _, url, _ = registry
-    version, _ = stylegan2_bulk
-
-    def job(crossover: int) -> GenerateJob:
-        return GenerateJob.model_validate({"registry": {"url": url}, "generate": {
-            "model": version, "output": str(tmp_path / "faces"), "mix_seed_offset": 1, "crossover": crossover}})
-
-    assert plan_job(job(8)).model.version == version  # num_ws = 8 at 32 px: crossover 8 is the last one
-    with pytest.raises(GenerateError, match="generate.crossover must be a w index from 0 to 8 .* got 9"):
-        plan_job(job(9))
-    assert not (tmp_path / "faces").exists()
-
-
-def test_style_mixing_over_http_is_the_bulk_jobs_bytes(service, registry, stylegan2_bulk, stylegan2_mixed_bulk,
-                                                       main):
-    reg, _, _ = registry
-    version, _ = stylegan2_bulk
-    rows, _, _ = stylegan2_mixed_bulk
+    conditions = [resolve_conditions(generator, {"age": "old"}, seed) for seed in seeds]  # smile from the seed
+    mixed = expected_pngs(reg, version, seeds, 0.7, {"age": "old"}, mix_seeds=MIX_SEEDS, crossover=CROSSOVER)
+    assert mixed != expected_pngs(reg, version, seeds, 0.7, {"age": "old"})  # the mix shows
     reg.promote(version, "arch")  # (the hot-reload test has done so already when the whole module runs)
     with httpx.Client(base_url=service["arch"], headers={"X-API-Key": ENV_KEY}, timeout=30) as client:
         wait_for(lambda: client.get("/v1/model").json()["version"] == version, what="the StyleGAN2 version")
         assert client.get("/v1/model").json()["num_ws"] == 8
-        for row in rows:
-            r = client.get(f"/v1/faces/{row['seed']}.png",
-                           params={"psi": 0.7, "age": "old", "mix_seed": row["mix_seed"], "crossover": 3})
+        for seed, mix_seed, face_conditions, png in zip(seeds, MIX_SEEDS, conditions, mixed):
+            r = client.get(f"/v1/faces/{seed}.png",
+                           params={"psi": 0.7, "age": "old", "mix_seed": mix_seed, "crossover": CROSSOVER})
             assert r.status_code == 200, r.text
-            assert r.headers["x-mix-seed"] == str(row["mix_seed"]) and r.headers["x-crossover"] == "3"
-            assert dict(parse_qsl(r.headers["x-conditions"])) == json.loads(row["conditions"])
-            assert r.content == row["image"]
-        body = {"seeds": [r["seed"] for r in rows], "mix_seeds": [r["mix_seed"] for r in rows], "crossover": 3,
+            assert r.headers["x-mix-seed"] == str(mix_seed) and r.headers["x-crossover"] == str(CROSSOVER)
+            assert dict(parse_qsl(r.headers["x-conditions"])) == face_conditions
+            assert r.content == png
+        body = {"seeds": seeds, "mix_seeds": MIX_SEEDS, "crossover": CROSSOVER,
                 "psi": 0.7, "conditions": {"age": "old"}}
         faces = client.post("/v1/faces", json=body).json()["faces"]
-        assert [base64.b64decode(f["image_base64"]) for f in faces] == [r["image"] for r in rows]
-        assert [(f["mix_seed"], f["crossover"]) for f in faces] == [(r["mix_seed"], 3) for r in rows]
+        assert [base64.b64decode(f["image_base64"]) for f in faces] == mixed
+        assert [(f["mix_seed"], f["crossover"]) for f in faces] == [(m, CROSSOVER) for m in MIX_SEEDS]
         urls = client.post("/v1/faces", json={**body, "format": "png"}).json()["faces"]
-        assert [client.get(f["url"]).content for f in urls] == [r["image"] for r in rows]
+        assert [client.get(f["url"]).content for f in urls] == mixed
         # Crossover 0 is the mix seed's own face; crossover num_ws the seed's.
-        first = {"psi": 0.7, **json.loads(rows[0]["conditions"])}
-        alone = client.get(f"/v1/faces/{rows[0]['mix_seed']}.png", params=first)
-        at_zero = client.get(f"/v1/faces/{rows[0]['seed']}.png",
-                             params={**first, "mix_seed": rows[0]["mix_seed"], "crossover": 0})
+        first = {"psi": 0.7, **conditions[0]}
+        alone = client.get(f"/v1/faces/{MIX_SEEDS[0]}.png", params=first)
+        at_zero = client.get(f"/v1/faces/{seeds[0]}.png", params={**first, "mix_seed": MIX_SEEDS[0], "crossover": 0})
         assert at_zero.content == alone.content
 
         # Bad mixes: a 422 naming the field, and the message says why.
@@ -748,3 +642,128 @@ def test_app_args_accept_sections_and_dotted_keys():
     with pytest.raises(ConfigError, match="api.max_count"):
         parse_app_args({"api.max_count": "0"})
     assert json.loads(config.model_dump_json())["generator"]["max_replicas"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator's batches and replicas (no Ray needed)
+
+
+def test_pngs_are_encoded_off_the_thread_that_runs_the_forward_pass(registry, monkeypatch):
+    """A batch's forward pass does not wait for PNG encoding, and the bytes stay the bulk job's."""
+    import asyncio
+    import sys
+
+    import ray.serve.batching
+
+    from ganray.serve.app import FaceGenerator
+    from ganray.serve.schemas import RenderRequest
+
+    reg, url, versions = registry
+    generator_class = FaceGenerator.func_or_class
+    generator_module = sys.modules[generator_class.__module__]
+    # Outside a replica, the batch queue's warning about max_ongoing_requests has no replica to read.
+    monkeypatch.setattr(ray.serve.batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
+                        lambda self: None)
+    # @serve.batch keeps one queue per class (a replica holds one instance): put it back as it was
+    # after the test, so that the deployment still pickles for the applications built later.
+    for method in vars(generator_class).values():
+        if hasattr(method, "set_max_batch_size"):
+            queue_wrapper = method.set_max_batch_size.__self__
+            for name in ("_queue", "max_batch_size", "batch_wait_timeout_s"):
+                monkeypatch.setattr(queue_wrapper, name, getattr(queue_wrapper, name))
+    forward_threads: set[int] = set()
+    encode_threads: set[int] = set()
+    render_faces_, encode_png_ = generator_module.render_faces, generator_module.encode_png
+
+    def recorded_render_faces(*args, **kwargs):
+        forward_threads.add(threading.get_ident())
+        return render_faces_(*args, **kwargs)
+
+    def recorded_encode_png(image):
+        encode_threads.add(threading.get_ident())
+        return encode_png_(image)
+
+    monkeypatch.setattr(generator_module, "render_faces", recorded_render_faces)
+    monkeypatch.setattr(generator_module, "encode_png", recorded_encode_png)
+    seeds = list(range(20, 26))
+
+    async def render_concurrently():
+        replica = FaceGenerator.func_or_class(device="cpu")
+        await replica.reconfigure({"model": {"registry": url, "poll_interval_s": 0}, "max_batch_size": 16,
+                                   "batch_wait_timeout_s": 0.05, "max_gather_s": 0.05})
+        forward_threads.clear(), encode_threads.clear()  # only the requests' (not the load's test render)
+        return await asyncio.gather(*(replica.render(RenderRequest((seed,), 0.7)) for seed in seeds))
+
+    results = asyncio.run(render_concurrently())
+    assert [result.pngs[0] for result in results] == expected_pngs(reg, versions[0], seeds, 0.7)
+    assert forward_threads and encode_threads
+    assert not forward_threads & encode_threads, "PNGs were encoded on the thread of the forward pass"
+
+
+def shipped_serve_configs() -> dict[str, FaceServiceConfig]:
+    """Every Serve application config the repository ships, by where it is."""
+    from ganray.serve.app import parse_app_args
+
+    manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice-face-api.yaml").read_text())
+    configs: dict[str, FaceServiceConfig] = {
+        "defaults": FaceServiceConfig(),
+        "configs/serve_local.yaml": load_config(ServeJob, REPO / "configs" / "serve_local.yaml"),
+    }
+    for where, serve_config in [("configs/serve.yaml", yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())),
+                                ("rayservice-face-api.yaml", yaml.safe_load(manifest["spec"]["serveConfigV2"]))]:
+        for app in serve_config["applications"]:
+            configs[f"{where}:{app['name']}"] = parse_app_args(app["args"])
+    return configs
+
+
+def test_every_shipped_generator_can_fill_its_batches():
+    # Serve sends a replica at most max_ongoing_requests requests, and the generator runs one batch
+    # at a time (@serve.batch's max_concurrent_batches=1): below max_batch_size, single-face requests
+    # can never fill a batch (Ray's own rule: max_ongoing_requests >= max_batch_size * max_concurrent_batches).
+    for where, config in shipped_serve_configs().items():
+        gen = config.generator
+        assert gen.max_ongoing_requests >= gen.max_batch_size, (
+            f"{where}: generator.max_ongoing_requests ({gen.max_ongoing_requests}) is below "
+            f"generator.max_batch_size ({gen.max_batch_size})")
+
+
+def test_accelerator_type_pins_the_generator_replicas_and_needs_gpus():
+    from ganray.config import ConfigError
+    from ganray.serve.app import build_app
+
+    def generator_actor_options(**generator) -> tuple[dict, dict]:
+        app = build_app(load_config(FaceServiceConfig, base={"generator": generator}))
+        ingress = app._bound_deployment
+        return ingress.init_args[0]._bound_deployment.ray_actor_options, ingress.ray_actor_options
+
+    pinned, ingress = generator_actor_options(num_gpus=1, accelerator_type="A100")
+    assert pinned["accelerator_type"] == "A100" and pinned["num_gpus"] == 1
+    assert "accelerator_type" not in ingress
+    assert "accelerator_type" not in generator_actor_options(num_gpus=1)[0]  # any GPU when not pinned
+    with pytest.raises(ConfigError, match=r"generator.accelerator_type \('A100'\) needs generator.num_gpus > 0"):
+        load_config(FaceServiceConfig, base={"generator": {"accelerator_type": "A100"}})
+    with pytest.raises(ConfigError, match="generator.accelerator_type"):
+        load_config(FaceServiceConfig, base={"generator": {"num_gpus": 1, "accelerator_type": "A100 80GB"}})
+
+
+def test_shipped_gpu_generators_are_pinned_to_one_gpu_kind():
+    # A face's bytes depend on the GPU kind: replicas on mixed kinds answer one request differently.
+    gpu_configs = {where: c for where, c in shipped_serve_configs().items() if c.generator.num_gpus > 0}
+    assert gpu_configs, "no shipped config serves on GPUs"
+    for where, config in gpu_configs.items():
+        assert config.generator.accelerator_type, f"{where}: GPU replicas without generator.accelerator_type"
+    # The RayService's GPU group runs on that kind and tells the autoscaler so.
+    manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice-face-api.yaml").read_text())
+    (service,) = [c for where, c in gpu_configs.items() if where.startswith("rayservice-face-api.yaml")]
+    (group,) = manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    declared = json.loads(json.loads(group["rayStartParams"]["resources"]))
+    assert declared == {f"accelerator_type:{service.generator.accelerator_type}": 1}
+    assert group["template"]["spec"]["nodeSelector"]["cloud.google.com/gke-accelerator"].removeprefix(
+        "nvidia-").lower() == service.generator.accelerator_type.lower()
+    # A launcher cluster with several GPU kinds declares each node type's kind, so that a pinned
+    # replica can start the node type it needs.
+    gcp = yaml.safe_load((REPO / "cluster" / "gcp.yaml").read_text())
+    kinds = {name: [k for k in node["resources"] if k.startswith("accelerator_type:")]
+             for name, node in gcp["available_node_types"].items() if node.get("resources", {}).get("GPU")}
+    assert len(kinds) > 1 and all(len(k) == 1 for k in kinds.values()), kinds
+    assert len({k[0] for k in kinds.values()}) == len(kinds), kinds

@@ -59,6 +59,11 @@ class GeneratorDeploymentConfig(ReplicaOptions):
         0.05, ge=0, description="while a batch renders, the next one gathers for about as long as a render "
         "takes, at most this long (0: always batch_wait_timeout_s)"
     )
+    accelerator_type: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="pin the replicas to one GPU kind, as Ray "
+        "names it (ray.util.accelerators: L4, A100, A10G, H100...): GPU kinds render different bytes for one "
+        "face. Needs num_gpus > 0; set it when the cluster has more than one GPU kind"
+    )
 
 
 class IngressDeploymentConfig(ReplicaOptions):
@@ -118,6 +123,9 @@ class FaceServiceConfig(Section):
                              f"({self.generator.max_batch_size}): one request's faces must fit in one batch")
         if self.model.precision == "fp16" and self.generator.num_gpus == 0:
             raise ValueError("model.precision 'fp16' needs generator.num_gpus > 0 (use bf16 on CPU)")
+        if self.generator.accelerator_type is not None and self.generator.num_gpus == 0:
+            raise ValueError(f"generator.accelerator_type ({self.generator.accelerator_type!r}) needs "
+                             "generator.num_gpus > 0: it pins the replicas to a kind of GPU")
         return self
 
 

@@ -1,4 +1,8 @@
-"""The face API on Ray Serve (ganray/serve/app.py; `ganray serve`, or `serve deploy configs/serve.yaml`).
+"""The face API on Ray Serve (`ganray serve`, or `serve deploy configs/serve.yaml`).
+
+app.py: build_app, the application (import_path ganray.serve.app:build_app); ingress.py: the FastAPI
+routes; request_guard.py: API key and body size before any route; generator.py: the batched model
+deployment; schemas.py: what goes over the wire.
 
 Endpoints (OpenAPI docs at /docs):
 

@@ -2,8 +2,7 @@
 
 One definition per message. The two messages of every face request (RenderRequest, RenderResult)
 are plain dataclasses: the ingress has validated everything in them already, and a dataclass is
-about 2 us cheaper to build and 6 us cheaper to pickle than a pydantic model (noise next to the
-~11 ms of CPU a GET costs, but there is nothing to gain). Everything else is one pydantic model,
+cheaper to build and to pickle than a pydantic model. Everything else is one pydantic model,
 used by both deployments: the generator answers GET /v1/model with a ServedModelInfo, which the
 ingress extends into the ModelResponse.
 """
