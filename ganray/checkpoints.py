@@ -1,6 +1,7 @@
 """The folder layout both training runs share, the GAN's (ganray.train.checkpoint) and the attribute
 classifier's (ganray.labels.checkpoint): which checkpoints a run has, which of them are whole, and which
-one a restarted worker group resumes from. What a checkpoint's state holds is theirs.
+one a restarted worker group resumes from, and the digest of a training state. What a checkpoint's
+state holds is theirs.
 
     {run.storage_path}/{run.name}/checkpoint_{step:08d}/   (Ray Train's checkpoint_dir_name)
         state.pt    torch.save of the full state, weights_only-loadable
@@ -13,6 +14,7 @@ with the size it names (`is_complete`).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -112,18 +114,46 @@ def read_meta(checkpoint_url: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def restore(offered, run: str, map_location: str | torch.device,
-            say: Callable[[str], None]) -> dict[str, Any] | None:
-    """The state a (re)started worker resumes from: that of `offered` (`ray.train.get_checkpoint()`,
+def restore(offered, run: str, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The state a (re)started worker resumes from, on CPU: that of `offered` (`ray.train.get_checkpoint()`,
     None on a fresh run) when it is complete in storage, else that of the newest complete checkpoint
-    before it (`resumable_checkpoint`), announced through `say`; None to start from the beginning."""
+    before it (`resumable_checkpoint`), announced through `say`; None to start from the beginning.
+    CPU, whatever the worker's device: RNG states must be CPU tensors, and optimizers place their
+    own state on load (ganray.worker)."""
     if offered is None:
         return None
     name = posixpath.basename(offered.path.rstrip("/"))
     usable = resumable_checkpoint(run, name)
     if usable is not None and posixpath.basename(usable) == name:
         with offered.as_directory() as directory:
-            return load_state(directory, map_location=map_location)
+            return load_state(directory)
     say(f"[ganray] {name} is incomplete in storage; resuming from "
         f"{posixpath.basename(usable) if usable else 'the start'} instead")
-    return load_state(usable, map_location=map_location) if usable is not None else None
+    return load_state(usable) if usable is not None else None
+
+
+def state_digest(state: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """A SHA-256 over the training state under `keys` (every tensor's dtype, shape and bytes, every
+    other value's repr, every key): equal digests mean bit-identical models, optimizers, scalers,
+    RNGs and data position, whichever device they were on."""
+    h = hashlib.sha256()
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(str(k).encode())
+                visit(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                visit(v)
+        else:
+            h.update(repr(obj).encode())
+
+    for key in keys:
+        h.update(key.encode())
+        visit(state[key])
+    return h.hexdigest()

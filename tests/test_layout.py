@@ -19,14 +19,16 @@ ALLOWED = {
     "ganray.console": set(),
     "ganray.runtime": {"ganray.console"},
     "ganray.checkpoints": {"ganray.storage"},
+    "ganray.worker": {"ganray.checkpoints"},
     "ganray.models": {"ganray.config", "ganray.images", "ganray.console"},
     "ganray.data": BASE,
     "ganray.registry": BASE | {"ganray.models"},
-    "ganray.train": BASE | {"ganray.runtime", "ganray.checkpoints", "ganray.models", "ganray.data", "ganray.registry"},
+    "ganray.train": BASE | {"ganray.runtime", "ganray.checkpoints", "ganray.worker", "ganray.models", "ganray.data",
+                            "ganray.registry"},
     "ganray.generate": BASE | {"ganray.runtime", "ganray.models", "ganray.registry", "ganray.labels"},
     "ganray.serve": BASE | {"ganray.runtime", "ganray.models", "ganray.registry"},
     "ganray.eval": BASE | {"ganray.runtime", "ganray.models", "ganray.data", "ganray.registry", "ganray.labels"},
-    "ganray.labels": BASE | {"ganray.runtime", "ganray.checkpoints", "ganray.models", "ganray.data",
+    "ganray.labels": BASE | {"ganray.runtime", "ganray.checkpoints", "ganray.worker", "ganray.models", "ganray.data",
                              "ganray.registry"},
     "ganray.cli": None,  # the top: may import every room
 }

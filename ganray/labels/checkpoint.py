@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ganray import runtime
+from ganray import checkpoints
 from ganray.checkpoints import (  # noqa: F401  (this module's public names: docs/CONTRACTS.md)
     CHECKPOINT_PREFIX, FILES_KEY, META_FILE, STATE_FILE, checkpoint_dir_name, is_complete, latest_checkpoint,
     list_checkpoints, load_state, read_meta, restore, resumable_checkpoint, run_url, write_meta)
@@ -25,4 +25,4 @@ TRAINING_STATE_KEYS = ("model", "opt", "rng", "data_position", "step")
 
 def state_digest(state: dict[str, Any], keys: tuple[str, ...] = TRAINING_STATE_KEYS) -> str:
     """SHA-256 over the training state: equal digests mean a bit-identical training state."""
-    return runtime.state_digest(state, keys)
+    return checkpoints.state_digest(state, keys)

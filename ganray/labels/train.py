@@ -4,14 +4,14 @@ Reproducible and resumable like the GAN's loop (ganray/train/loop.py): the data 
 come from `EpochSampler` (a pure function of seed and position, saved in each checkpoint), every
 rank's RNG state is saved, kernels are deterministic; a run that is stopped and re-run, or whose
 worker is killed and restarted by Ray Train from the latest checkpoint, ends bit-identical to one
-that was never interrupted. Loss: the sum over attributes of each head's cross-entropy.
+that was never interrupted. Loss: the sum over attributes of each head's cross-entropy. The worker's
+device, resuming, RNG states, collectives and checkpoint reports are the GAN loop's (ganray.worker).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import random
-import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -26,7 +26,7 @@ from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
 from ganray.labels import checkpoint as ckpt
 from ganray.models.classifier import build_classifier
 from ganray.models.face import resolve_precision
-from ganray.runtime import gather_from_all, mean_over_workers, rng_state, set_rng_state
+from ganray.worker import TrainWorker, rng_state
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -39,16 +39,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rows: IndexedRows = loop_config["rows"]
     cfg = job.train
 
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads_per_worker)
-    if cfg.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
+    worker = TrainWorker.start(cfg.threads_per_worker, cfg.deterministic)
+    rank, world_size, device = worker.rank, worker.world_size, worker.device
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
@@ -62,19 +54,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             print(message, flush=True)
 
-    # Only a complete checkpoint (checkpoints.restore): Ray can offer one whose upload failed.
-    state = ckpt.restore(ray.train.get_checkpoint(), loop_config["run_url"], device, say)
+    # Only a complete checkpoint: Ray can offer one whose upload failed. On CPU, RNGs restored.
+    state = worker.resume(ray.train.get_checkpoint(), loop_config["run_url"], say)
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])  # copies onto the device
         step, history = state["step"], list(state["history"])
         sampler.load_state_dict(state["data_position"])
-        if len(state["rng"]) == world_size:
-            set_rng_state(state["rng"][rank])
 
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])  # moments to the parameters' device, `step` stays on CPU
         history.append({"event": "resume", "step": step})
         say(f"[ganray labeler] resumed at step {step}")
         del state
@@ -103,19 +93,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         if step % cfg.log_every == 0 or at_checkpoint:
-            metrics = mean_over_workers({k: v / count for k, v in sums.items()})
+            metrics = worker.mean({k: v / count for k, v in sums.items()})
             metrics.update(step=step, images_per_s=count * cfg.batch_size / max(time.perf_counter() - started, 1e-9))
             history.append(dict(metrics))
-            rngs = gather_from_all(rng_state())  # a collective: every rank, every report
-            checkpoint = None
-            with tempfile.TemporaryDirectory() as tmp:
-                if at_checkpoint and rank == 0:
-                    training = {"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "rng": rngs,
-                                "data_position": sampler.state_dict(), "step": step}
-                    _write_checkpoint(tmp, job, attributes, loop_config["manifest_hash"], history, metrics, training)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=checkpoint,
-                                 checkpoint_dir_name=ckpt.checkpoint_dir_name(step) if at_checkpoint else None)
+            rngs = worker.gather(rng_state())  # a collective: every rank, every report
+
+            def write(folder: str) -> None:  # rank 0, at a checkpoint
+                training = {"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "rng": rngs,
+                            "data_position": sampler.state_dict(), "step": step}
+                _write_checkpoint(folder, job, attributes, loop_config["manifest_hash"], history, metrics, training)
+
+            worker.report(metrics, step if at_checkpoint else None, write)
             if rank == 0 and loop_config.get("progress") is not None:
                 loop_config["progress"].post.remote(metrics)  # the driver's console line; fire and forget
             sums, count, started = {k: 0.0 for k in sums}, 0, time.perf_counter()

@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,12 +31,12 @@ import ray.train.torch
 import torch
 
 from ganray.config import TrainJob
-from ganray.runtime import gather_from_all, mean_over_workers, rng_state, set_rng_state
 from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.report import save_loss_plot, save_sample_grid
 from ganray.train.steps import DStepResult, GANSteps, unwrap
+from ganray.worker import TrainWorker, gather_from_all, rng_state
 
 
 class GeneratorEvaluator(Protocol):
@@ -59,14 +58,15 @@ def evaluation_due(images_before: int, images_seen: int, every: int | None) -> b
     return every is not None and images_seen // every > images_before // every
 
 
-def evaluate_on_rank_zero(evaluator: GeneratorEvaluator, generator: torch.nn.Module, rank: int) -> dict[str, float]:
+def evaluate_on_rank_zero(evaluator: GeneratorEvaluator, generator: torch.nn.Module,
+                          worker: TrainWorker) -> dict[str, float]:
     """Rank 0 evaluates while the others wait; every rank gets its numbers (one collective)."""
     result = None
-    if rank == 0:
+    if worker.rank == 0:
         started = time.perf_counter()
         result = dict(evaluator(generator))
         result["eval_s"] = time.perf_counter() - started
-    return gather_from_all(result)[0]
+    return worker.gather(result)[0]
 
 
 @dataclass
@@ -76,23 +76,9 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)  # reported metrics, in order
 
 
-def use_deterministic_kernels(use_gpu: bool) -> None:
-    """Make every kernel bit-reproducible run to run (train.deterministic).
-
-    On CPU, with a fixed torch thread count, the kernels this model uses already are; the flag makes
-    torch raise on any op that has no deterministic version instead of silently varying. On GPU it
-    also needs cuBLAS's fixed workspace (the variable must be set before cuBLAS starts) and turns
-    off cuDNN's autotuner, which may pick different algorithms in different runs.
-    """
-    if use_gpu:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True)
-
-
 def gather_per_rank_state(steps: GANSteps) -> tuple[list[dict], list[tuple[float, int]]]:
     """Every rank's RNG states and ADA statistics since p was last adjusted: one collective."""
-    gathered = gather_from_all((rng_state(), steps.ada_pending()))
+    gathered = gather_from_all((rng_state(), steps.ada_pending()), steps.device)
     return [rng for rng, _ in gathered], [tuple(pending) for _, pending in gathered]
 
 
@@ -117,13 +103,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     evaluator: GeneratorEvaluator | None = loop_config.get("evaluator")  # job.eval.every_images
     cfg, resolution = job.train, job.data.resolution
 
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads_per_worker)
-    if cfg.deterministic:
-        use_deterministic_kernels(device.type == "cuda")
+    # Device, threads and deterministic kernels, resuming, RNG states, collectives and checkpoint
+    # reports: the labeler's loop does them the same way (ganray.worker).
+    worker = TrainWorker.start(cfg.threads_per_worker, cfg.deterministic)
+    rank, world_size, device = worker.rank, worker.world_size, worker.device
 
     # Same seed on every rank: G and D start identical everywhere (DDP also broadcasts them).
     torch.manual_seed(cfg.seed)
@@ -149,25 +132,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if progress_board is not None:
                 progress_board.say.remote(message)
 
-    # Only a complete checkpoint (checkpoints.restore): Ray can offer one whose upload failed.
-    state = ckpt.restore(ray.train.get_checkpoint(), loop_config["run_url"], device, say)
+    # Only a complete checkpoint: Ray can offer one whose upload failed. Loaded on CPU; this rank's
+    # RNG states restored (with another worker count the fresh per-rank seeds above stand instead).
+    state = worker.resume(ray.train.get_checkpoint(), loop_config["run_url"], say)
     if state is not None:
-        G.load_state_dict(state["G"])
+        G.load_state_dict(state["G"])  # load_state_dict copies onto the device
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
         progress = Progress(state["step"], state["images_seen"], list(state["history"]))
         # The data stream continues at the saved position, whatever the worker count now: its
         # global batches do not depend on it.
         sampler.load_state_dict(state["data_position"])
-        # With another worker count the old noise streams do not map onto the new ranks: the
-        # fresh per-rank seeds above stand, and everything else is restored exactly.
-        if len(state["rng"]) == world_size:
-            set_rng_state(state["rng"][rank])
 
     steps = GANSteps(ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D), G_ema, cfg,
                      job.model.z_dim, device)
     if state is not None:
-        steps.load_optimizer_state(state, rank)
+        steps.load_optimizer_state(state, rank)  # Adam: moments to the device, `step` stays on CPU
         # A collective (all ranks gather the RNG states), like the one at every report.
         digest = ckpt.state_digest(training_state(steps, progress, gather_per_rank_state(steps), sampler))
         progress.history.append({"event": "resume", "step": progress.step, "state_digest": digest})
@@ -201,22 +181,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         eval_due = evaluator is not None and evaluation_due(images_before, progress.images_seen,
                                                             job.eval.every_images)
         if progress.step % cfg.log_every == 0 or at_checkpoint or eval_due:
-            metrics = mean_over_workers(window.means(), device)
+            metrics = worker.mean(window.means())
             metrics.update(step=progress.step, images_seen=progress.images_seen, images_per_s=window.rate())
             if steps.augment.enabled:  # the same on every rank
                 metrics.update(ada_p=steps.augment.p, ada_rt=steps.augment.rt)
             if eval_due:
-                metrics.update(evaluate_on_rank_zero(evaluator, steps.G_ema, rank))
+                metrics.update(evaluate_on_rank_zero(evaluator, steps.G_ema, worker))
             progress.history.append(dict(metrics))
             per_rank = gather_per_rank_state(steps)  # a collective: all ranks, every report
-            checkpoint = None
-            with tempfile.TemporaryDirectory() as tmp:
-                if at_checkpoint and rank == 0:
-                    write_checkpoint(tmp, job, attributes, manifest_hash, progress, metrics,
-                                     training_state(steps, progress, per_rank, sampler), steps.G_ema)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=checkpoint,
-                                 checkpoint_dir_name=ckpt.checkpoint_dir_name(progress.step) if at_checkpoint else None)
+
+            def write(folder: str) -> None:  # rank 0, at a checkpoint
+                write_checkpoint(folder, job, attributes, manifest_hash, progress, metrics,
+                                 training_state(steps, progress, per_rank, sampler), steps.G_ema)
+
+            worker.report(metrics, progress.step if at_checkpoint else None, write)
             if rank == 0 and progress_board is not None:
                 progress_board.post.remote(metrics)
             window = MetricsWindow()
