@@ -120,6 +120,31 @@ def encode_result(pixels: RenderedPixels) -> RenderResult:
     return RenderResult(pixels.model_version, pixels.conditions, [encode_png(image) for image in pixels.images])
 
 
+def encode_results(pixels: list[RenderedPixels]) -> list[RenderResult]:
+    return [encode_result(p) for p in pixels]
+
+
+def split_by_faces(pixels: list[RenderedPixels], parts: int) -> list[list[RenderedPixels]]:
+    """Consecutive runs of requests with about the same number of faces each, at most `parts` of them."""
+    per_part = max(1, -(-sum(len(p.images or ()) for p in pixels) // parts))
+    runs, run, faces = [], [], 0
+    for p in pixels:
+        run.append(p)
+        faces += len(p.images or ())
+        if faces >= per_part:
+            runs.append(run)
+            run, faces = [], 0
+    return runs + [run] if run else runs
+
+
+@dataclass(frozen=True)
+class EncodingSlot:
+    """Where a request finds its PNGs: item `index` of what the encoding of its part of the batch returns."""
+
+    encoding: asyncio.Future
+    index: int
+
+
 @serve.deployment
 class FaceGenerator:
     """Renders faces with the model behind a registry alias, and follows the alias when it moves."""
@@ -137,8 +162,8 @@ class FaceGenerator:
         self._batches = self._faces = 0  # rendered since start (GET /v1/model)
         self._poller: asyncio.Task | None = None
         # PNG encoding (zlib, outside the GIL) on threads of its own, beside the next forward pass.
-        self._encoder = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
-                                           thread_name_prefix=ENCODER_THREAD_PREFIX)
+        self._encoder_threads = min(8, os.cpu_count() or 1)
+        self._encoder = ThreadPoolExecutor(self._encoder_threads, thread_name_prefix=ENCODER_THREAD_PREFIX)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this before the first request and whenever user_config changes."""
@@ -207,12 +232,13 @@ class FaceGenerator:
 
     async def render(self, request: RenderRequest) -> RenderResult:
         """One request's faces as PNGs: rendered in a shared batch, encoded on the encoder threads."""
-        pixels = await self.render_batch(request)
-        return await asyncio.get_running_loop().run_in_executor(self._encoder, encode_result, pixels)
+        slot: EncodingSlot = await self.render_batch(request)
+        return (await slot.encoding)[slot.index]
 
     @serve.batch(batch_size_fn=count_faces)
-    async def render_batch(self, requests: list[RenderRequest]) -> list[RenderedPixels]:
-        """Called with one RenderRequest; Serve gathers concurrent calls into `requests`."""
+    async def render_batch(self, requests: list[RenderRequest]) -> list[EncodingSlot]:
+        """Called with one RenderRequest; Serve gathers concurrent calls into `requests`. Returns once
+        the batch is rendered, with its encoding started: the next batch renders meanwhile."""
         model, precision = self._model, self._precision()  # one model for the whole batch
         # Serve gathers the next batch while this one renders, for batch_wait_timeout_s after its
         # first request. A short wait would split the requests that arrive during this render into
@@ -225,11 +251,16 @@ class FaceGenerator:
         start = time.perf_counter()
         try:
             # In a thread: the event loop stays free to take the next requests while this batch renders.
-            return await asyncio.to_thread(render_pixels, model, precision, requests)
+            pixels = await asyncio.to_thread(render_pixels, model, precision, requests)
         finally:
             self._render_s = min(RENDER_EMA * self._render_s + (1 - RENDER_EMA) * (time.perf_counter() - start),
                                  self._settings.max_gather_s)
             self.render_batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+        loop, slots = asyncio.get_running_loop(), []
+        for run in split_by_faces(pixels, self._encoder_threads):  # one hand-off per run, not per request
+            encoding = loop.run_in_executor(self._encoder, encode_results, run)
+            slots += [EncodingSlot(encoding, i) for i in range(len(run))]
+        return slots
 
     async def describe(self, request: RenderRequest) -> RenderResult:
         """The faces' resolved conditions and model version, without rendering them."""
