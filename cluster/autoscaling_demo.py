@@ -60,7 +60,8 @@ def free_port() -> int:
 class FakeCluster:
     """A head with the fake multi-node autoscaler; knows every process it started by MARKER_ENV."""
 
-    def __init__(self, work: Path, idle_timeout_s: float, max_workers: int):
+    def __init__(self, work: Path, idle_timeout_s: float, max_workers: int, worker_types: dict | None = None):
+        """`worker_types`: the worker node types instead of the config's `cpu_worker` (e.g. a fake GPU type)."""
         self.work = work
         self.marker = uuid.uuid4().hex
         self.port = free_port()
@@ -72,7 +73,12 @@ class FakeCluster:
         config = yaml.safe_load(CONFIG.read_text())
         config["provider"]["gcs_address"] = self.address
         config["idle_timeout_minutes"] = idle_timeout_s / 60
-        config["max_workers"] = config["available_node_types"]["cpu_worker"]["max_workers"] = max_workers
+        if worker_types is not None:
+            head = config["head_node_type"]
+            config["available_node_types"] = {head: config["available_node_types"][head], **worker_types}
+        else:
+            config["available_node_types"]["cpu_worker"]["max_workers"] = max_workers
+        config["max_workers"] = max_workers
         self.config_file = work / "autoscaling.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
         base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

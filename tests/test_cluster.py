@@ -229,13 +229,48 @@ def test_launcher_config_installs_ganray_with_a_cuda_torch(path):
     commands = config["setup_commands"]
     pinned = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     torch_install = [c for c in commands if f"torch=={pinned}" in c]
-    assert torch_install and re.search(r"--index-url https://download\.pytorch\.org/whl/cu\d+", torch_install[0])
+    assert torch_install and cuda_torch_from_both_indexes(torch_install[0])
     repo_on_node = next(remote for remote, local in config["file_mounts"].items() if local == ".")
     assert commands.index(torch_install[0]) < commands.index(f"pip install -q -e {repo_on_node}")
+    # Setup fails on a node whose torch is not a CUDA build, after everything is installed.
+    check = [c for c in commands if "torch.version.cuda" in c]
+    assert check and commands.index(check[-1]) == len(commands) - 1
+    assert_cuda_check_fails_on_a_cpu_torch(check[-1])
     assert ".gitignore" in config["rsync_filter"]
     assert config["docker"]["image"].startswith("rayproject/ray:2.60.0-") and "gpu" in config["docker"]["image"]
     # Token authentication: one token on every node, the one `ray get-auth-token --generate` made here.
     assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def cuda_torch_from_both_indexes(command: str) -> bool:
+    """torch from the CUDA index, its own dependencies (setuptools, sympy, ...) from PyPI: the CUDA
+    index alone does not hold them all, so `--index-url` (which drops PyPI) is refused."""
+    return bool(re.search(r"--extra-index-url\s+\S*download\.pytorch\.org/whl/cu\d+", command)
+                or re.search(r"--extra-index-url\s+\$\{TORCH_INDEX_URL\}", command)) and " --index-url" not in command
+
+
+def assert_cuda_check_fails_on_a_cpu_torch(command: str) -> None:
+    """The check, run here on this CPU torch, must fail with a message naming the build."""
+    import subprocess
+    import sys
+
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "-c"], command
+    done = subprocess.run([sys.executable, "-c", argv[2]], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "is not a CUDA build" in done.stderr, done.stderr
+
+
+def test_dockerfile_installs_a_cuda_torch_with_its_dependencies_and_checks_it():
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    runs = [line[len("RUN "):] for line in dockerfile.splitlines() if line.startswith("RUN ")]
+    pinned = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    torch_install = next(i for i, r in enumerate(runs) if f"torch=={pinned}" in r)
+    assert cuda_torch_from_both_indexes(runs[torch_install])
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+$", dockerfile, re.M)
+    ganray_install = next(i for i, r in enumerate(runs) if "pip install" in r and "-e /home/ray/ganray" in r)
+    check = [i for i, r in enumerate(runs) if "torch.version.cuda" in r]
+    assert torch_install < ganray_install < check[-1]  # the image as it ships is checked
+    assert_cuda_check_fails_on_a_cpu_torch(runs[check[-1]])
 
 
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS + KUBERAY, ids=lambda p: p.name)
@@ -354,3 +389,107 @@ def test_cluster_readme_names_every_file():
     for path in sorted(CLUSTER.rglob("*")):
         if path.is_file() and path.name != "README.md":
             assert str(path.relative_to(CLUSTER)) in readme, path
+
+
+# ---------------------------------------------------------------------------------------------
+# What the jobs ask of Ray fits the shipped clusters, and a job's GPU actors land on one GPU kind
+
+
+ACCELERATOR = "accelerator_type:"
+GENERATE_1M = REPO / "configs" / "cluster" / "generate_1m.yaml"
+
+
+def cluster_node_types(path: Path) -> dict[str, dict[str, float]]:
+    """Node type -> the Ray resources it declares to the autoscaler (KubeRay: as Ray's own operator
+    glue derives them from the manifest)."""
+    tree = yaml.safe_load(path.read_text())
+    if "available_node_types" in tree:
+        return {name: dict(t.get("resources") or {}) for name, t in tree["available_node_types"].items()}
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    cr = {"metadata": {"name": tree["metadata"]["name"], "namespace": "default"}, "spec": cluster_spec(tree)}
+    return {name: t["resources"] for name, t in _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"].items()}
+
+
+def overrides_in_header(path: Path) -> list[str]:
+    """The `--set key=value` a cluster file's usage comment adds to the jobs it names."""
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    return re.findall(r"--set\s+(\S+=\S+)", header)
+
+
+def jobs_of(path: Path) -> list:
+    """The jobs a cluster file runs: a RayJob's entrypoint config; every cluster config otherwise
+    (with the overrides the file's usage comment names)."""
+    tree = yaml.safe_load(path.read_text())
+    if tree.get("kind") == "RayJob":
+        argv = shlex.split(tree["spec"]["entrypoint"])
+        config = REPO / argv[3]
+        return [load_config(job_class(yaml.safe_load(config.read_text())), config)]
+    overrides = overrides_in_header(path)
+    jobs = []
+    for config in CLUSTER_CONFIGS:
+        cls = job_class(yaml.safe_load(config.read_text()))
+        if cls is not ImportJob:  # the import runs as Ray Data tasks of one CPU
+            section = "generate." if cls is GenerateJob else "train."
+            jobs.append(load_config(cls, config, [o for o in overrides if o.startswith(section)]))
+    return jobs
+
+
+def requests_of(job) -> list[tuple[str, dict[str, float], bool]]:
+    """(what, Ray resource request, whether it must stay on one GPU kind) of every actor of `job`."""
+    from ganray.generate.placement import pinned_kind, stage_resources
+
+    if isinstance(job, TrainJob):  # ganray/train/trainer.py's ScalingConfig
+        worker = {"CPU": 0 if job.train.use_gpu else job.train.threads_per_worker, "GPU": int(job.train.use_gpu)}
+        return [("train worker", worker, False)]
+    cfg = job.generate
+    stages = stage_resources(cfg, 8.0, labeled=cfg.labeler is not None or cfg.quality is not None
+                             or cfg.closed_loop is not None, closed_loop=cfg.closed_loop is not None,
+                             accelerator_type=pinned_kind(cfg))
+    out = []
+    for what, options in (("generator actor", stages.generator), ("label actor", stages.labeler)):
+        if options is None:
+            continue
+        request = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0),
+                   "memory": options.get("memory", 0)}
+        if options.get("accelerator_type"):
+            request[ACCELERATOR + options["accelerator_type"]] = 0.001  # what Ray's accelerator_type asks
+        out.append((what, request, bool(options.get("num_gpus"))))
+    return out
+
+
+def fits(request: dict[str, float], resources: dict[str, float]) -> bool:
+    return all(resources.get(k, 0) >= v for k, v in request.items() if v > 0)
+
+
+def kinds_of(resources: dict[str, float]) -> set[str]:
+    return {k[len(ACCELERATOR):] for k in resources if k.startswith(ACCELERATOR)}
+
+
+CLUSTER_FILES = LAUNCHER_CONFIGS + [p for p in KUBERAY if yaml.safe_load(p.read_text())["kind"] in ("RayCluster", "RayJob")]
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_every_actor_fits_a_node_type_and_gpu_actors_land_on_one_kind(path):
+    types = cluster_node_types(path)
+    gpu_types = {name: r for name, r in types.items() if r.get("GPU", 0) > 0}
+    assert gpu_types, path
+    for name, resources in gpu_types.items():  # auto-pinning and the autoscaler both read it
+        assert len(kinds_of(resources)) == 1, f"{path.name}: GPU node type {name} must declare its one accelerator kind"
+    jobs = jobs_of(path)
+    assert jobs
+    for job in jobs:
+        for what, request, one_kind in requests_of(job):
+            landing = [name for name, resources in types.items() if fits(request, resources)]
+            assert landing, f"{path.name}: no node type holds a {what} asking {request}"
+            if one_kind:
+                kinds = {kind for name in landing for kind in kinds_of(types[name])}
+                assert len(kinds) == 1, f"{path.name}: {what}s could land on GPU kinds {sorted(kinds)}"
+
+
+def test_the_million_face_job_pins_its_gpu_kind_and_aws_names_its_own():
+    job = load_config(GenerateJob, GENERATE_1M)
+    assert job.generate.device == "cuda" and job.generate.accelerator_type not in (None, "auto")
+    gcp_kinds = set().union(*map(kinds_of, cluster_node_types(CLUSTER / "gcp.yaml").values()))
+    assert len(gcp_kinds) > 1 and job.generate.accelerator_type in gcp_kinds  # two kinds: the pin decides
+    assert overrides_in_header(CLUSTER / "aws.yaml") == ["generate.accelerator_type=A10G"]

@@ -62,6 +62,14 @@ class GenerateConfig(Section):
         "auto", description="autocast dtype (fp16 needs cuda); auto is resolved on a generator actor and "
         "recorded resolved in job.json")
     device: Literal["cpu", "cuda"] = "cpu"
+    accelerator_type: str | None = Field(
+        "auto", min_length=1, description="the one GPU kind every GPU actor of the job runs on (Ray's "
+        "accelerator_type: L4, A100, A10G, ...; the cluster's GPU node types declare it as the resource "
+        "accelerator_type:<kind>); auto: the kind of the first GPU the job gets; null: no pin (a cluster with "
+        "one GPU kind only). Read only when a stage runs on cuda")
+    gpu_wait_s: float = Field(
+        900.0, gt=0, description="on cuda: seconds to wait for a GPU of that kind before failing (an "
+                                 "autoscaling cluster starts GPU nodes on demand; a new one takes minutes)")
     # Style mixing (style-based models only): both or neither.
     mix_seed_offset: int | None = Field(
         None, ge=0, description="style mixing: face i's styles from `crossover` on come from seed "

@@ -104,6 +104,12 @@ class ExtractFeatures:
         return out
 
 
+def check_extractor(cfg: ExtractorConfig) -> None:
+    """Build the extractor once, on the driver's CPU (its weights are read and checked): the driver
+    may run on a GPU cluster's head, which has no GPU; the actors build it on `cfg.device`."""
+    build_extractor(cfg.model_copy(update={"device": "cpu"}))
+
+
 def extract(dataset: ray.data.Dataset, cfg: ExtractorConfig) -> dict[str, np.ndarray]:
     """Features (and logits, sizes) of every image of `dataset`, in its order."""
     resources = {"num_gpus": 1} if cfg.device == "cuda" else {"num_cpus": cfg.actor_num_cpus}
@@ -359,7 +365,7 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
     _check_groups(cfg, manifest, info)
     identity = extractor_identity(cfg.extractor)
     if cfg.extractor.name in ("inception_v3", "classifier"):
-        build_extractor(cfg.extractor)  # a missing or mismatching weights file fails here, before Ray
+        check_extractor(cfg.extractor)  # a missing or mismatching weights file fails here, before Ray
     init_ray(job.ray_address)
     with _ordered_rows():
         real, cache = reference_features(storage.normalize_url(cfg.reference), manifest, cfg.reference_count,

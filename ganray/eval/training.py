@@ -25,7 +25,7 @@ from ganray import storage
 from ganray.config import TrainEvalConfig, TrainJob
 from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor, extractor_identity
-from ganray.eval.job import EvalError, reference_features, reference_manifest
+from ganray.eval.job import EvalError, check_extractor, reference_features, reference_manifest
 from ganray.models.face import labels_for_conditions, render_faces, sample_precision
 
 
@@ -49,7 +49,7 @@ class TrainingEvaluator:
             raise EvalError(f"eval.reference_count: {cfg.reference_count} images asked, but {self.reference} "
                             f"holds {available}")
         if cfg.extractor.name == "inception_v3":
-            build_extractor(cfg.extractor)  # a missing or mismatching weights file fails now, not mid-run
+            check_extractor(cfg.extractor)  # a missing or mismatching weights file fails now, not mid-run
         self.identity = extractor_identity(cfg.extractor)
         self.real: np.ndarray | None = None
         self._extractor = None

@@ -34,6 +34,7 @@ from ganray.generate.output import (
 )
 from ganray.generate.closedloop import ClosedLoopPlan, target_shares
 from ganray.generate.lease import LeaseHeld, OutputLease
+from ganray.generate.placement import GPUWaitTimeout, StageResources, pinned_kind, run_on_gpu, stage_resources
 from ganray.generate.plan import (
     LABELS_LAYOUT,
     ConditionPlan,
@@ -65,6 +66,7 @@ class GeneratePlan:
     # {"label_attributes", "quality", "closed_loop", "labeler" (its identity)}.
     labeling: dict[str, Any] | None = None
     closed: ClosedLoopPlan | None = None  # closed-loop quotas (then `shards` are its shards)
+    accelerator_type: str | None = None  # the GPU kind every GPU stage is pinned to (placement.py)
 
     @property
     def job_id(self) -> str:
@@ -125,7 +127,8 @@ def _plan_labels(cfg, model: VersionInfo, registry_url: str) -> tuple[dict[str, 
     values: dict[str, list[str]] = {}
     if labeler_cfg is not None:
         try:
-            labeler = build_labeler(labeler_cfg, registry_url)
+            # On the driver's CPU: the head of a GPU cluster has no GPU; the actors run it on its device.
+            labeler = build_labeler(labeler_cfg.model_copy(update={"device": "cpu"}), registry_url)
         except (LabelerError, ValueError) as e:
             raise GenerateError(f"generate.labeler: {e}") from None
         if labeler_cfg.name == "conditions":
@@ -186,49 +189,52 @@ def _check_style_mix(crossover: int, model: VersionInfo) -> None:
                             f"{model.version}, {model.resolution} px), got {crossover}")
 
 
-def with_environment(plan: GeneratePlan) -> GeneratePlan:
+def with_environment(plan: GeneratePlan, log: Callable[[str], None] = print) -> GeneratePlan:
     """The plan with its identity: the torch build and device kind a generator actor renders on are
-    part of it (they can change the bytes), so they are asked of Ray, on an actor's resources."""
+    part of it (they can change the bytes), so they are asked of Ray, on an actor's resources. A stage
+    on cuda waits for its GPU (an autoscaling cluster starts one) and fixes the GPU kind of the job."""
     import ray
 
     cfg = plan.job.generate
-    if cfg.device == "cuda" and not ray.cluster_resources().get("GPU"):
-        raise GenerateError("generate.device is 'cuda', but the Ray cluster has no GPU")
-    actor_options, _ = _resources(plan)
-    environment = ray.get(ray.remote(render_environment).options(**actor_options).remote(cfg.device, cfg.precision))
+    stages = _resources(plan, pinned_kind(cfg))
+    kind = None
+    try:
+        if stages.generator.get("num_gpus"):
+            environment, kind = run_on_gpu(render_environment, (cfg.device, cfg.precision), stages.generator,
+                                           cfg.gpu_wait_s, log)
+        else:
+            environment = ray.get(ray.remote(render_environment).options(**stages.generator).remote(
+                cfg.device, cfg.precision))
+            if stages.labeler is not None and stages.labeler.get("num_gpus"):
+                _, kind = run_on_gpu(_no_op, (), stages.labeler, cfg.gpu_wait_s, log)
+    except GPUWaitTimeout as e:
+        raise GenerateError(str(e)) from None
+    if cfg.accelerator_type != "auto":
+        kind = cfg.accelerator_type
+    if stages.gpu_stages():
+        log(f"generate: GPU stages pinned to accelerator_type {kind}" if kind else
+            "generate: GPU stages not pinned to a GPU kind (the node declares none; generate.accelerator_type)")
     parameters = job_parameters(cfg, plan.model, environment)
     if plan.labeling is not None:  # only then: the identity of a job without labels is unchanged
         parameters["labels_layout"] = LABELS_LAYOUT
         parameters["labeler"] = plan.labeling["labeler"]
         parameters["quality"] = cfg.quality.model_dump() if cfg.quality is not None else None
         parameters["closed_loop"] = plan.closed.identity() if plan.closed is not None else None
-    return dataclasses.replace(plan, environment=environment,
+    return dataclasses.replace(plan, environment=environment, accelerator_type=kind,
                                identity={"job_id": job_id(parameters), "parameters": parameters})
 
 
-def _resources(plan: GeneratePlan) -> tuple[dict[str, Any], float]:
-    """(generator actor options, CPUs per encode/write task).
+def _no_op() -> None:
+    return None
 
-    On CPU the actors get fractional CPUs that leave one CPU for encoding and writing: with whole
-    CPUs, actors can take every CPU and the tasks after them never run (Ray Data then waits
-    forever). A CPU actor needs at most one CPU: render_faces runs its forward pass on one thread
-    (byte-identical faces whatever the batch), so more replicas, not threads, use more cores.
-    Sized from the cluster as it is now, the actors always fit in it, so an autoscaling cluster
-    would never grow for them: `generate.cpus_per_replica` asks for a fixed share instead.
-    """
+
+def _resources(plan: GeneratePlan, accelerator_type: str | None) -> StageResources:
+    """Every stage's Ray options (ganray/generate/placement.py), on the cluster's CPUs as they are now."""
     import ray
 
-    cfg = plan.job.generate
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    task_cpus = 1.0 if cpus >= 2 else 0.5
-    # A separate label stage (labels without closed loop) shares the actors' CPUs with the generator.
-    pools = 2 if plan.labeling is not None and plan.closed is None else 1
-    actor_cpus = cfg.cpus_per_replica or round(min(1.0, max(cpus - task_cpus, 0.5) / (cfg.replicas * pools)), 3)
-    actor = {"num_cpus": actor_cpus}
-    if cfg.device == "cuda":
-        labeler_on_gpu = pools == 2 and cfg.labeler is not None and cfg.labeler.device == "cuda"
-        actor["num_gpus"] = 0.5 if labeler_on_gpu else 1
-    return actor, task_cpus
+    return stage_resources(plan.job.generate, ray.cluster_resources().get("CPU", 1.0),
+                           labeled=plan.labeling is not None, closed_loop=plan.closed is not None,
+                           accelerator_type=accelerator_type)
 
 
 def _closed_loop_items(plan: GeneratePlan, missing: list[ShardRange]) -> list[dict[str, Any]]:
@@ -260,7 +266,8 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease)
     from ganray.generate.pipeline import FaceLabeler, FaceRenderer, StratumSearcher, encode_pngs, write_shard
 
     cfg = plan.job.generate
-    actor_options, task_cpus = _resources(plan)
+    stages = _resources(plan, plan.accelerator_type)
+    actor_options, task_cpus = stages.generator, stages.task_cpus
     verifier_args = dict(labeler=cfg.labeler if cfg.labeler is not None or plan.closed is None else
                          _default_labeler(), quality=cfg.quality, registry_url=plan.registry_url,
                          label_attributes=plan.labeling["label_attributes"]) if plan.labeling else {}
@@ -295,7 +302,7 @@ def _pipeline(plan: GeneratePlan, missing: list[ShardRange], lease: OutputLease)
                 fn_constructor_kwargs=dict(plan=plan.conditions, seed_offset=cfg.seed_offset, **verifier_args),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
-                **_labeler_resources(plan),
+                **stages.labeler,
             )
     return (
         faces
@@ -317,23 +324,12 @@ def _default_labeler():
     return LabelerConfig()
 
 
-def _labeler_resources(plan: GeneratePlan) -> dict[str, Any]:
-    """The label stage's actors: as many as the generator's, with the CPU share the generator's actors
-    leave (fractional: two whole-CPU pools on 2 cores leave the encode/write tasks none, and hang);
-    a GPU share when the labeler runs on cuda."""
-    labeler = plan.job.generate.labeler
-    options: dict[str, Any] = {"num_cpus": _resources(plan)[0]["num_cpus"]}
-    if labeler is not None and labeler.device == "cuda":
-        options["num_gpus"] = 0.5
-    return options
-
-
 def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a generation job to completion; returns the summary (also in summary.json)."""
     started = time.monotonic()
     plan = plan_job(job)
     init_ray(job.ray_address)
-    plan = with_environment(plan)
+    plan = with_environment(plan, log)
     check_output(plan.layout, plan.identity)  # refuse another job's output before writing anything to it
     try:
         lease = OutputLease.acquire(plan.layout.url, plan.job_id, job.generate.lease_expiry_s)
