@@ -3,7 +3,8 @@
 `labeler.model` names the version (id or alias); it is resolved once, when the labeler is built, so
 a moving alias never changes labels mid-job. Each attribute's value is the classifier's most
 probable one, its confidence that softmax probability. Deterministic per image whatever the batch:
-images run through the network one at a time on one CPU thread (ganray.labels.evaluate.predict_probabilities).
+images run through the network in passes of one fixed size on one CPU thread
+(ganray.labels.evaluate.predict_probabilities).
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 `predict` is the one definition of "what the classifier says about this image", used by the
 held-out evaluation and by the `classifier` labeler: the image is resized to the classifier's
 resolution with PIL's Lanczos filter (as imports and `decode_png` resize), scaled to [-1, 1], and
-run through the network in float32 ONE IMAGE AT A TIME on the calling thread, so an image's
-probabilities are the same bits whatever batch it arrives in (CPU conv kernels pick
-batch-size-dependent code paths; see docs/CONTRACTS.md).
+run through the network in float32 on the calling thread in passes of exactly PREDICT_BATCH images
+(the last one padded with blank images). Conv kernels pick batch-size-dependent code paths, so every
+pass has the one shape: an image's probabilities are then the same bits whatever batch, position or
+neighbours it arrives with (see docs/CONTRACTS.md).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from PIL import Image
 
 from ganray.labels.dataset import HELDOUT_RULE
 from ganray.models.face import one_cpu_thread
+
+PREDICT_BATCH = 32  # images per forward pass; changing it changes the last bits of the probabilities
 
 
 def to_input(images: np.ndarray, resolution: int) -> torch.Tensor:
@@ -30,18 +33,21 @@ def to_input(images: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 def predict_probabilities(classifier: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray]:
-    """{attribute: float32 (N, number of values)} softmax probabilities, image by image (see above)."""
+    """{attribute: float32 (N, number of values)} softmax probabilities, in passes of PREDICT_BATCH (see above)."""
     device = next(classifier.parameters()).device
     x = to_input(images, classifier.resolution)
     out: dict[str, list[np.ndarray]] = {name: [] for name in classifier.attribute_names}
     with torch.inference_mode(), one_cpu_thread(device):
-        for i in range(len(x)):
-            logits = {k: v.cpu() for k, v in classifier(x[i:i + 1].to(device)).items()}
-            for name, values in logits.items():
-                out[name].append(torch.softmax(values.float(), dim=1)[0].numpy())
+        for start in range(0, len(x), PREDICT_BATCH):
+            batch = x[start:start + PREDICT_BATCH]
+            rows = len(batch)
+            if rows < PREDICT_BATCH:
+                batch = torch.cat([batch, batch.new_zeros(PREDICT_BATCH - rows, *batch.shape[1:])])
+            for name, values in classifier(batch.to(device)).items():
+                out[name].append(torch.softmax(values.float(), dim=1)[:rows].cpu().numpy())
     width = {name: len(values) for name, values in classifier.attribute_values.items()}
-    return {name: (np.stack(rows).astype(np.float32) if rows else np.zeros((0, width[name]), np.float32))
-            for name, rows in out.items()}
+    return {name: (np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, width[name]), np.float32))
+            for name, parts in out.items()}
 
 
 def heldout_report(classifier: torch.nn.Module, heldout: dict[str, np.ndarray], fraction: float,
