@@ -9,6 +9,7 @@
   that node's kind; asked for a kind no node type has, it fails after generate.gpu_wait_s, saying so.
   The scenario runs in a subprocess (this file, run as a script) with a head of its own, never
   beside the pytest session's Ray.
+- benchmarks/gpu_check.py's CPU mode, and its refusal where a GPU is required.
 """
 from __future__ import annotations
 
@@ -246,6 +247,28 @@ def _gpu_wait_scenario(out: Path) -> None:
         cluster.stop()
         result["left_running"] = [p.pid for p in cluster.processes()]
         (out / "result.json").write_text(json.dumps(result, indent=1))
+
+
+# -- benchmarks/gpu_check.py ------------------------------------------------------------------------
+
+
+def test_gpu_check_runs_its_cpu_mode_and_refuses_without_a_gpu(tmp_path):
+    script = REPO / "benchmarks" / "gpu_check.py"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    refused = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path / "gpu")],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode == 2 and not (tmp_path / "gpu").exists()
+    assert len(refused.stderr.strip().splitlines()) == 1 and "needs a CUDA GPU" in refused.stderr
+    done = subprocess.run([sys.executable, str(script), "--cpu", "--out-dir", str(tmp_path / "cpu")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    result = json.loads((tmp_path / "cpu" / "gpu_check.json").read_text())
+    assert {"figures", "command", "commit", "date", "machine"} <= set(result)
+    assert {"cpu", "bf16", "cores", "gpu"} <= set(result["machine"]) and result["mode"] == "cpu"
+    figures = {f["name"]: f["value"] for f in result["figures"]}
+    assert figures["render bytes equal, fixed batch sizes 1/5/16"] == "true"
+    assert figures["render bytes equal, varying batch sizes"] == "true"
+    assert figures["DDP 4 steps = 2 + resumed 2, fp32"] == "true"
 
 
 if __name__ == "__main__":
