@@ -180,6 +180,14 @@ def test_accelerator_type_is_a_kind_auto_or_null():
     assert pinned_kind(generate_cfg(device="cuda", accelerator_type="L4")) == "L4"
 
 
+def test_eval_extractor_actors_ask_for_a_gpu_only_for_a_network_on_cuda():
+    from ganray.config import ExtractorConfig
+    from ganray.eval.job import extractor_resources
+
+    assert extractor_resources(ExtractorConfig(name="pixels", device="cuda")) == {"num_cpus": 0.5}
+    assert extractor_resources(ExtractorConfig(name="classifier", labeler="v1", device="cuda")) == {"num_gpus": 1}
+
+
 # -- waiting for the autoscaler's GPU node (fake multi-node cluster, in a subprocess) -------------
 
 

@@ -110,9 +110,16 @@ def check_extractor(cfg: ExtractorConfig) -> None:
     build_extractor(cfg.model_copy(update={"device": "cpu"}))
 
 
+def extractor_resources(cfg: ExtractorConfig) -> dict[str, float]:
+    """An extractor actor's Ray options: a GPU for a network on cuda; the pixels extractor has none."""
+    if cfg.device == "cuda" and cfg.name != "pixels":
+        return {"num_gpus": 1}
+    return {"num_cpus": cfg.actor_num_cpus}
+
+
 def extract(dataset: ray.data.Dataset, cfg: ExtractorConfig) -> dict[str, np.ndarray]:
     """Features (and logits, sizes) of every image of `dataset`, in its order."""
-    resources = {"num_gpus": 1} if cfg.device == "cuda" else {"num_cpus": cfg.actor_num_cpus}
+    resources = extractor_resources(cfg)
     features = dataset.map_batches(ExtractFeatures, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                                    compute=ray.data.ActorPoolStrategy(size=cfg.actors), **resources)
     parts: dict[str, list[np.ndarray]] = {}
