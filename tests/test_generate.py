@@ -382,9 +382,12 @@ def test_cuda_render_is_deterministic_whatever_the_batch(registry_url):
     g = Registry(registry_url).load_generator("v1", device="cuda").generator
     seeds = list(range(40))
     labels = labels_for_conditions(g, {"gender": "male", "age": "adult"}, len(seeds))
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+             torch.backends.cuda.matmul.allow_tf32)
     whole = render_faces(g, seeds, psi=0.8, labels=labels, precision="fp32")
-    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    # Deterministic kernels only while rendering: the process's own flags are back afterwards.
+    assert flags == (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     parts = np.concatenate([render_faces(g, seeds[i:i + 7], psi=0.8, labels=labels[i:i + 7], precision="fp32")
                             for i in range(0, len(seeds), 7)])
     np.testing.assert_array_equal(whole, parts)

@@ -41,10 +41,20 @@ def check_labels(labels: Tensor | None, condition_values: dict[str, list[str]], 
                          f"got {tuple(labels.shape)}")
     if batch_size == 0:
         return
-    lowest, highest = labels.amin(0).tolist(), labels.amax(0).tolist()  # one device sync for all columns
-    for name, lo, hi in zip(names, lowest, highest):
-        n = len(condition_values[name])
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"label {bad} for attribute {name!r} is out of range: it has {n} values "
-                             f"{condition_values[name]}")
+    # The range check stays on the labels' device: no host sync per forward pass on a GPU (where a
+    # bad index fails as a device-side assert); on CPU it raises at once and is explained here.
+    sizes = [len(condition_values[name]) for name in names]
+    in_range = labels.amin() >= 0  # python bounds only: a tensor of them would be a host-to-device copy
+    for column, n in enumerate(sizes):
+        in_range = in_range & (labels[:, column].amax() < n)
+    try:
+        torch._assert_async(in_range, f"labels out of range for columns {names} with {sizes} values each")
+    except RuntimeError:
+        lowest, highest = labels.amin(0).tolist(), labels.amax(0).tolist()
+        for name, lo, hi in zip(names, lowest, highest):
+            n = len(condition_values[name])
+            if lo < 0 or hi >= n:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"label {bad} for attribute {name!r} is out of range: it has {n} values "
+                                 f"{condition_values[name]}") from None
+        raise

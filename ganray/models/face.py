@@ -125,17 +125,33 @@ def _device(generator: nn.Module) -> torch.device:
     return next(generator.parameters()).device
 
 
-def use_deterministic_cuda() -> None:
-    """Pin CUDA to bit-reproducible kernels: cuDNN deterministic, no autotuning, no TF32.
+CUDA_KERNEL_FLAGS = (
+    (torch.backends.cudnn, "deterministic", True),
+    (torch.backends.cudnn, "benchmark", False),
+    (torch.backends.cudnn, "allow_tf32", False),
+    (torch.backends.cuda.matmul, "allow_tf32", False),
+)
+
+
+@contextlib.contextmanager
+def deterministic_cuda_kernels():
+    """Bit-reproducible CUDA kernels for the duration of a render: cuDNN deterministic, no
+    autotuning, no TF32; the process's own settings are restored afterwards.
 
     cuDNN autotuning picks the fastest kernel per run (which can differ between runs and round
-    differently), and TF32 rounds fp32 matmuls and convolutions to 10-bit mantissas. Process-wide,
-    as torch's flags are; render-only processes (generate actors, Serve replicas) are what set them.
+    differently), and TF32 rounds fp32 matmuls and convolutions to 10-bit mantissas. The flags are
+    process-wide, so they are scoped: a training rank that renders sample grids or evaluates must
+    go on training with the kernels its own settings choose, like every other rank. On CPU they
+    change nothing.
     """
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in CUDA_KERNEL_FLAGS]
+    try:
+        for owner, name, value in CUDA_KERNEL_FLAGS:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 @contextlib.contextmanager
@@ -298,11 +314,9 @@ def render_faces(generator: nn.Module, seeds: Sequence[int], psi: float = 1.0, l
     device = _device(generator)
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("precision 'fp16' needs a GPU: use 'bf16' or 'fp32' on CPU")
-    if device.type == "cuda":
-        use_deterministic_cuda()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     labels = None if labels is None else labels.to(device)
-    with torch.inference_mode(), one_cpu_thread(device):
+    with torch.inference_mode(), one_cpu_thread(device), deterministic_cuda_kernels():
         if not is_style_based(generator):
             z = truncate(latents_for_seeds(seeds, generator.z_dim), psi, latent_mean(generator))
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

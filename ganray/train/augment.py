@@ -49,7 +49,8 @@ CONTRAST_STD = 0.5     # scale about 0 by 2^N(0, CONTRAST_STD^2)
 SATURATION_STD = 1.0   # chroma scaled by 2^N(0, SATURATION_STD^2)
 
 
-def _geometry(batch: int, size: int, transforms: tuple[str, ...], p: float, device: torch.device) -> Tensor:
+def _geometry(batch: int, size: int, transforms: tuple[str, ...], p: float | Tensor,
+              device: torch.device) -> Tensor:
     """(B, 2, 3) matrices taking an output pixel's offset from the image centre to its source
     position (x, y) in pixel units, offset from the centre. Identity where no transform was drawn."""
     matrix = torch.eye(3, device=device).repeat(batch, 1, 1)
@@ -127,7 +128,7 @@ def resample(images: Tensor, matrix: Tensor) -> Tensor:
     return (top * (1 - fy) + bottom * fy).reshape(b, c, h, w)
 
 
-def _color(images: Tensor, transforms: tuple[str, ...], p: float) -> tuple[Tensor, Tensor]:
+def _color(images: Tensor, transforms: tuple[str, ...], p: float | Tensor) -> tuple[Tensor, Tensor]:
     """(images with the colour transforms, (B,) which images drew at least one)."""
     batch, device = images.shape[0], images.device
     touched = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -154,8 +155,9 @@ def _color(images: Tensor, transforms: tuple[str, ...], p: float) -> tuple[Tenso
     return x, touched
 
 
-def augment(images: Tensor, pipeline: str, p: float) -> Tensor:
-    """Each image of (B, C, H, W) gets each transform of `pipeline` with probability p."""
+def augment(images: Tensor, pipeline: str, p: float | Tensor) -> Tensor:
+    """Each image of (B, C, H, W) gets each transform of `pipeline` with probability p (a number,
+    or a 0-dim tensor on the images' device)."""
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown augmentation pipeline {pipeline!r}; choose one of {list(PIPELINES)}")
     transforms = PIPELINES[pipeline]
@@ -164,7 +166,7 @@ def augment(images: Tensor, pipeline: str, p: float) -> Tensor:
         return _augment(images, transforms, p)
 
 
-def _augment(images: Tensor, transforms: tuple[str, ...], p: float) -> Tensor:
+def _augment(images: Tensor, transforms: tuple[str, ...], p: float | Tensor) -> Tensor:
     x = images
     if any(t in GEOMETRIC for t in transforms):
         matrix = _geometry(images.shape[0], images.shape[-1], transforms, p, images.device)
@@ -179,43 +181,67 @@ class AdaptiveAugment:
 
     State (saved in checkpoints, `state_dict`): p; the sum of sign(D(real)) and the number of
     logits since p was last adjusted (totals over all ranks); the last r_t. All ranks hold the same p.
+    p, r_t and the sign sum live on the training device and are adjusted there: a training step
+    never waits for the GPU on their account; reading `p`, `rt` or `sign_sum` does (reports only).
     """
 
     def __init__(self, pipeline: str, p: float, target: float | None, interval: int, kimg: float,
-                 global_batch: int):
+                 global_batch: int, device: torch.device | str = "cpu"):
         if pipeline != "none" and pipeline not in PIPELINES:
             raise ValueError(f"unknown augmentation pipeline {pipeline!r}; choose none or one of {list(PIPELINES)}")
-        self.pipeline, self.p, self.target = pipeline, float(p), target
+        self.pipeline, self.target, self.device = pipeline, target, torch.device(device)
         self.interval, self.kimg, self.global_batch = interval, kimg, global_batch
-        self.sign_sum, self.count, self.rt = 0.0, 0, None  # this rank's share since the last adjustment
+        self.p = p
+        # This rank's share since the last adjustment (count: logits, known on the host).
+        self._sign_sum, self.count, self._rt = self._scalar(0.0), 0, None
+
+    def _scalar(self, value: float) -> Tensor:
+        # torch.full fills on the device: no host-to-device copy (which would wait for the GPU).
+        return torch.full((), float(value), dtype=torch.float64, device=self.device)
+
+    @property
+    def p(self) -> float:
+        return float(self._p)
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = self._scalar(value)
+
+    @property
+    def rt(self) -> float | None:
+        return None if self._rt is None else float(self._rt)
+
+    @property
+    def sign_sum(self) -> float:
+        return float(self._sign_sum)
 
     @property
     def enabled(self) -> bool:
         return self.pipeline != "none"
 
     def __call__(self, images: Tensor) -> Tensor:
-        return augment(images, self.pipeline, self.p) if self.enabled else images
+        return augment(images, self.pipeline, self._p) if self.enabled else images
 
     def accumulate(self, real_logits: Tensor) -> None:
         """Note D's logits on (augmented) real images of one minibatch."""
         if self.enabled and self.target is not None:
-            self.sign_sum += float(real_logits.detach().sign().sum())
+            # Sums of +-1 in float64: exact, as the host-side sums they replace.
+            self._sign_sum = self._sign_sum + real_logits.detach().sign().sum(dtype=torch.float64)
             self.count += real_logits.numel()
 
     def end_minibatch(self, d_index: int, device: torch.device) -> None:
         """After D minibatch `d_index` (0-based): every `interval` of them, r_t over all ranks
-        (a collective: every rank calls this in step) and one adjustment of p."""
+        (a collective: every rank calls this in step) and one adjustment of p, on the device."""
         if not (self.enabled and self.target is not None) or (d_index + 1) % self.interval:
             return
-        totals = torch.tensor([self.sign_sum, float(self.count)], dtype=torch.float64, device=device)
+        totals = torch.stack([self._sign_sum, self._scalar(self.count)]).to(device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)  # sums of +-1 in float64: exact in any order
-        sign_sum, count = totals.tolist()
-        self.sign_sum, self.count = 0.0, 0
-        self.rt = sign_sum / max(count, 1.0)
-        direction = (self.rt > self.target) - (self.rt < self.target)  # sign(r_t - target)
+        self._sign_sum, self.count = self._scalar(0.0), 0
+        self._rt = totals[0] / totals[1].clamp(min=1.0)
+        direction = torch.sign(self._rt - self.target)  # -1, 0 or 1
         step = self.global_batch * self.interval / (self.kimg * 1000)
-        self.p = min(max(self.p + direction * step, 0.0), 1.0)
+        self._p = (self._p + direction * step).clamp(0.0, 1.0)
 
     def state_dict(self, pending: list[tuple[float, int]] | None = None) -> dict[str, Any]:
         """`pending`: every rank's (sign_sum, count) (gathered by the caller); default this rank's."""
@@ -224,5 +250,7 @@ class AdaptiveAugment:
 
     def load_state_dict(self, state: dict[str, Any], rank: int) -> None:
         """The totals go to rank 0 (only their sum over ranks is ever used), whatever the worker count."""
-        self.p, self.rt = float(state["p"]), state["rt"]
-        self.sign_sum, self.count = (float(state["sign_sum"]), int(state["count"])) if rank == 0 else (0.0, 0)
+        self.p = float(state["p"])
+        self._rt = None if state["rt"] is None else self._scalar(state["rt"])
+        sign_sum, self.count = (float(state["sign_sum"]), int(state["count"])) if rank == 0 else (0.0, 0)
+        self._sign_sum = self._scalar(sign_sum)

@@ -31,7 +31,8 @@ import ray.train.torch
 import torch
 
 from ganray.config import TrainJob
-from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
+from ganray.data.batches import BatchPrefetcher
+from ganray.data.dataset import EpochSampler, IndexedRows
 from ganray.models import build_models
 from ganray.train import checkpoint as ckpt
 from ganray.train.report import save_loss_plot, save_sample_grid
@@ -83,7 +84,7 @@ def gather_per_rank_state(steps: GANSteps) -> tuple[list[dict], list[tuple[float
 
 
 def training_state(steps: GANSteps, progress: Progress, per_rank: tuple[list[dict], list[tuple[float, int]]],
-                   sampler: EpochSampler) -> dict[str, Any]:
+                   sampler: EpochSampler | BatchPrefetcher) -> dict[str, Any]:
     """Everything `ckpt.TRAINING_STATE_KEYS` names: what must be equal for two runs to be the same.
     `per_rank`: `gather_per_rank_state(steps)`."""
     rngs, ada_pending = per_rank
@@ -157,15 +158,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     local_batch = cfg.batch_size // world_size
     probabilities = cfg.loss in ("minimax", "non_saturating")  # D outputs read as P(real)
     window = MetricsWindow()
+    # From the restored position on; its state_dict is the position of the batch not yet trained on.
+    batches = BatchPrefetcher(rows, sampler, label_columns, device)
 
     while progress.step < cfg.max_steps:
         images_before = progress.images_seen
         # --- Discriminator: d_steps_per_g_step updates, each on a fresh real batch.
         for k in range(cfg.d_steps_per_g_step):
-            indices, flip = sampler.next()
-            real, labels = to_training_batch(rows.read(indices), flip, label_columns)
-            real = real.to(device, non_blocking=True)
-            labels = labels.to(device) if job.model.conditional else None
+            real, labels = batches.next()  # the batch after it is read while this step computes
+            labels = labels if job.model.conditional else None
             # The D minibatch's index schedules lazy R1 and ADA's adjustments of p.
             d = steps.discriminator_step(real, labels, d_index=progress.step * cfg.d_steps_per_g_step + k)
             progress.images_seen += cfg.batch_size
@@ -192,33 +193,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
             def write(folder: str) -> None:  # rank 0, at a checkpoint
                 write_checkpoint(folder, job, attributes, manifest_hash, progress, metrics,
-                                 training_state(steps, progress, per_rank, sampler), steps.G_ema)
+                                 training_state(steps, progress, per_rank, batches), steps.G_ema)
 
             worker.report(metrics, progress.step if at_checkpoint else None, write)
             if rank == 0 and progress_board is not None:
                 progress_board.post.remote(metrics)
             window = MetricsWindow()
+    batches.close()
 
 
 class MetricsWindow:
-    """Running sums of the metrics between two reports."""
+    """Running sums of the metrics between two reports, kept on the training device: adding a
+    step's metrics does not wait for the GPU; `means` (at a report) reads them once."""
+
+    KEYS = ("loss_D", "loss_G", "D_real", "D_fake")
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.images = 0
         self.steps = 0
-        self.sums = {"loss_D": 0.0, "loss_G": 0.0, "D_real": 0.0, "D_fake": 0.0}
+        self.sums: torch.Tensor | None = None  # float64, in KEYS order
 
     def add(self, d: DStepResult, loss_G: torch.Tensor, probabilities: bool) -> None:
         score = torch.sigmoid if probabilities else (lambda t: t)
-        self.sums["loss_D"] += d.loss.item()
-        self.sums["loss_G"] += loss_G.item()
-        self.sums["D_real"] += score(d.real_logits).mean().item()
-        self.sums["D_fake"] += score(d.fake_logits).mean().item()
+        # float64 sums of the float32 values: the same numbers as summing them as Python floats.
+        values = torch.stack([d.loss.float(), loss_G.float(), score(d.real_logits).mean(),
+                              score(d.fake_logits).mean()]).double()
+        self.sums = values if self.sums is None else self.sums + values
         self.steps += 1
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        sums = [0.0] * len(self.KEYS) if self.sums is None else self.sums.tolist()
+        return {k: v / max(self.steps, 1) for k, v in zip(self.KEYS, sums)}
 
     def rate(self) -> float:
         return self.images / max(time.perf_counter() - self.start, 1e-9)

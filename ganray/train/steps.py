@@ -80,7 +80,7 @@ class GANSteps:
         self.opt_G = lazy_adam(G.parameters(), cfg.g_lr, cfg.betas, cfg.pl_interval if lazy_pl else None)
         self.opt_D = lazy_adam(D.parameters(), cfg.d_lr, cfg.betas, cfg.r1_interval if self.lazy_r1 else None)
         self.augment = AdaptiveAugment(cfg.augment, cfg.augment_p, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg,
-                                       cfg.batch_size)
+                                       cfg.batch_size, device)
         self.pl_mean = torch.zeros((), device=device)  # running mean of path lengths (same on every rank)
         # "auto" is resolved here, on the worker's own device (a CPU without native bf16: fp32).
         self.precision = resolve_precision(cfg.precision, device)
