@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ganray.config import LabelerConfig
 from ganray.data.bands import age_band_starts_from_names
-from ganray.data.importer import read_manifest, shard_paths
+from ganray.data.manifest import read_manifest, shard_paths
 from ganray.images import decode_png
 from ganray.labels import build_labeler
 from ganray.labels.dataset import heldout_mask

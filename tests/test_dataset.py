@@ -162,3 +162,41 @@ def test_to_training_batch_picks_and_orders_the_label_columns_a_model_conditions
     assert labels.tolist() == [[10 + i, i % 2] for i in range(4)]
     with pytest.raises(KeyError, match="skin"):
         to_training_batch(batch, flip=None, label_columns=["skin"])
+
+
+def test_the_shard_reader_reads_rows_by_index_across_shards_and_row_groups(tmp_path):
+    """rows_at (eval's closest pairs) and first_rows (the human-evaluation page) over shards of
+    several row groups: the rows asked for, in global row order, whatever their shard and group."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ganray.data.manifest import column_names, first_rows, read_columns, rows_at
+
+    paths = []
+    for shard, rows in enumerate(([0, 1, 2, 3, 4], [5, 6], [7, 8, 9, 10])):
+        paths.append(str(tmp_path / f"shard-{shard}.parquet"))
+        pq.write_table(pa.table({"image": [f"row{i}".encode() for i in rows], "smile": rows}), paths[-1],
+                       row_group_size=2)
+    fs = fsspec.filesystem("file")
+    assert rows_at(fs, paths, [9, 0, 4, 5, 4]) == {0: b"row0", 4: b"row4", 5: b"row5", 9: b"row9"}
+    assert rows_at(fs, paths, [6], column="smile") == {6: 6}
+    assert first_rows(fs, paths, "smile", 7) == [0, 1, 2, 3, 4, 5, 6]
+    assert first_rows(fs, paths, "smile", 99) == list(range(11))
+    assert column_names(fs, paths[0]) == ["image", "smile"]
+    assert read_columns(fs, paths[2], ["smile"])["smile"].to_pylist() == [7, 8, 9, 10]
+
+
+def test_shards_are_read_only_through_the_manifest_module():
+    """One owner of the dataset format: no other module of the package opens Parquet shards itself.
+    The importer and the bulk job write shards; ganray.generate (which sits beside ganray.data, not
+    above it) verifies and reports on its own output."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "ganray"
+    readers = ("read_table(", "ParquetFile(", "read_parquet(", "read_schema(")
+    allowed = {package / "data" / "manifest.py"}
+    offenders = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+                 if path not in allowed and not path.is_relative_to(package / "generate")
+                 and any(reader in path.read_text() for reader in readers)]
+    assert not offenders

@@ -20,7 +20,8 @@ from PIL import Image
 from ganray import storage
 from ganray.cli import main as cli
 from ganray.config import DCGANConfig, ExtractorConfig, ImportConfig, LabelConfig
-from ganray.data.importer import run_import, shard_paths
+from ganray.data.importer import run_import
+from ganray.data.manifest import shard_paths
 from ganray.data.synthetic import render_face
 from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ganray.data.importer import UTKFACE_ATTRIBUTES
+from ganray.data.source_labels import UTKFACE_ATTRIBUTES
 from ganray.data.synthetic import ATTRIBUTES as SYNTHETIC_ATTRIBUTES
 from ganray.generate.plan import ConditionPlan
 

@@ -22,7 +22,8 @@ from ganray.storage import UnsafePathError, sha256_hex, url_to_fs
 from ganray.config import ConfigError, DataConfig, ImportConfig
 from ganray.data import importer, preprocess
 from ganray.data.dataset import build_train_dataset, dataset_manifest_hash
-from ganray.data.importer import read_manifest, run_import
+from ganray.data.importer import run_import
+from ganray.data.manifest import read_manifest
 from ganray.data.synthetic import render_face
 
 from conftest import UTKFACE_ZIP

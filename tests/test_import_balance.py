@@ -16,7 +16,8 @@ from ganray.cli import main as cli
 from ganray.config import ConfigError, DataConfig, ImportBalanceConfig, ImportConfig
 from ganray.data.balance import balance
 from ganray.data.dataset import EpochSampler, build_indexed_rows, row_weights
-from ganray.data.importer import read_manifest, run_import, shard_paths
+from ganray.data.importer import run_import
+from ganray.data.manifest import read_manifest, shard_paths
 from ganray.data.synthetic import render_face
 
 RES = 32

@@ -23,7 +23,8 @@ from ganray.cli import main as cli
 from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, GenerateJob, ImportConfig, ImportJob, \
     LabelConfig, LabelerConfig, LabelerTrainJob, load_config
 from ganray.data.bands import age_band_index, age_band_names, age_band_starts_from_names
-from ganray.data.importer import UTKFACE_ATTRIBUTES, make_labeler, run_import
+from ganray.data.importer import run_import
+from ganray.data.source_labels import UTKFACE_ATTRIBUTES, make_source_labels
 from ganray.data.synthetic import ATTRIBUTES, render_face
 from ganray.eval import job as eval_job
 from ganray.generate.job import run_generate
@@ -310,11 +311,11 @@ def test_age_bands_default_names_and_configurable_starts():
     starts = [0, 18, 65]
     assert age_band_names(starts) == ["0-17", "18-64", "65+"]
     assert [age_band_index(a, starts) for a in (0, 17, 17.9, 18, 64, 65, 116, -1)] == [0, 0, 0, 1, 1, 2, 2, 0]
-    labeler = make_labeler(LabelConfig(preset="utkface", age_band_starts=starts))
-    assert labeler.values["age_group"] == ["0-17", "18-64", "65+"]
-    assert labeler.lookup("17_1_2_20170116174525125.jpg.chip.jpg") == {"age_group": "0-17", "gender": "female",
-                                                                       "race": "asian"}
-    assert labeler.lookup("65_0_0_20170116174525125.jpg.chip.jpg")["age_group"] == "65+"
+    source_labels = make_source_labels(LabelConfig(preset="utkface", age_band_starts=starts))
+    assert source_labels.values["age_group"] == ["0-17", "18-64", "65+"]
+    assert source_labels.lookup("17_1_2_20170116174525125.jpg.chip.jpg") == {"age_group": "0-17", "gender": "female",
+                                                                             "race": "asian"}
+    assert source_labels.lookup("65_0_0_20170116174525125.jpg.chip.jpg")["age_group"] == "65+"
     for bad in ([3, 10], [0, 10, 10], [0, 5, 2]):
         with pytest.raises(ConfigError, match="age_band_starts must start at 0 and increase"):
             load_config(ImportJob, None, ["import.src=x", "import.dst=y", "import.labels.preset=utkface",

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import UTKFACE_ZIP
 from ganray.config import LabelerConfig
 from ganray.data.bands import age_band_index, age_band_names
-from ganray.data.importer import UTKFACE_ATTRIBUTES, UTKFACE_PATTERN
+from ganray.data.source_labels import UTKFACE_ATTRIBUTES, UTKFACE_PATTERN
 from ganray.data.synthetic import render_face
 from ganray.labels import LabelerError, build_labeler
 

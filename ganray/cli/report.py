@@ -9,7 +9,7 @@ from ganray.cli.common import UsageError, add_verbose_arg
 
 def _report(args: argparse.Namespace) -> int:
     from ganray import storage
-    from ganray.data.importer import read_manifest
+    from ganray.data.manifest import read_manifest
     from ganray.generate.output import JOB_FILE, GenerateError, json_bytes
     from ganray.generate.report import generated_report
     from ganray.labels.report import CHART_FILE, REPORT_FILE, draw_report, format_report, import_report

@@ -15,15 +15,14 @@ import hashlib
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
 
 from ganray.config import ConfigError, DataConfig
 from ganray.data import preprocess
-from ganray.storage import pyarrow_filesystem, url_to_fs
-from ganray.data.importer import MANIFEST_NAME, WEIGHT_COLUMN, read_manifest, shard_paths
+from ganray.storage import url_to_fs
+from ganray.data.manifest import MANIFEST_NAME, WEIGHT_COLUMN, read_columns, read_dataset, read_manifest, shard_paths
 from ganray.data.synthetic import ATTRIBUTES, RENDERER_VERSION, synthetic_dataset
 
 
@@ -44,9 +43,7 @@ def build_train_dataset(cfg: DataConfig) -> ray.data.Dataset:
     fs, root = url_to_fs(cfg.url)
     label_names = list(manifest["attributes"])
     shards = shard_paths(root, manifest)  # exactly the listed files; one outside data.url is refused
-    return ray.data.read_parquet(
-        shards, filesystem=pyarrow_filesystem(fs), columns=["image", *label_names]
-    ).map_batches(
+    return read_dataset(fs, shards, ["image", *label_names]).map_batches(
         preprocess.decode_png_batch, batch_format="pyarrow",
         fn_kwargs={"resolution": cfg.resolution, "label_names": label_names},
     )
@@ -168,8 +165,7 @@ def row_weights(cfg: DataConfig) -> np.ndarray | None:
     fs, root = url_to_fs(cfg.url)
     parts = []
     for path in shard_paths(root, manifest):  # the shards in the order their rows are numbered
-        with fs.open(path, "rb") as f:
-            parts.append(pq.read_table(f, columns=[WEIGHT_COLUMN])[WEIGHT_COLUMN].to_numpy())
+        parts.append(read_columns(fs, path, [WEIGHT_COLUMN])[WEIGHT_COLUMN].to_numpy())
     weights = np.concatenate(parts).astype(np.float64)
     if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
         raise ConfigError(f"data.url: the import at {cfg.url} has a {WEIGHT_COLUMN} column that is not finite, "

@@ -1,8 +1,8 @@
 """`ganray data import SRC DST`: a folder or ZIP of images (any fsspec URL) -> training shards.
 
 The steps, and where each runs:
-1. driver: list the image files (names only, never bytes) and look up their labels (file name
-   regex, preset or sidecar); files without labels are dropped as `bad_label`.
+1. driver: list the image files (names only, never bytes: ganray.data.sources) and look up their
+   labels (ganray.data.source_labels); files without labels are dropped as `bad_label`.
 2. Ray Data: `from_items(paths)` -> `map_batches` that reads each file with fsspec (ZIP members
    through fsspec too), hashes it and preprocesses it (ganray.data.preprocess) -> materialized.
 3. driver: pulls only (path, hash, drop reason, labels) back to find exact duplicates: the first
@@ -21,6 +21,7 @@ Layout of dst:
     manifest.json                           the import: counts, labels, "shards": [{"file", "rows"}]
     imports/<import id>/shard-00000.parquet the shards it names (paths relative to dst)
 
+The manifest and the shard paths it names are read by ganray.data.manifest.
 Every path read from a manifest goes through `storage.child`: an absolute path, '..', or a URL
 is refused (UnsafePathError), never read or deleted. An import written by an older ganray
 (shards at the top of dst) still reads, and is replaced by the next import.
@@ -30,203 +31,28 @@ the first one's unreferenced prefix as a crash leftover.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
-import re
 import time
 import uuid
-import zipfile
-import zlib
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from ganray.config import UTKFACE_AGE_BAND_STARTS, ConfigError, ImportConfig, LabelConfig
+from ganray.config import ConfigError, ImportConfig
 from ganray.data import balance as balancing
 from ganray.data import preprocess
-from ganray.data.bands import age_band_index, age_band_names
+from ganray.data.manifest import (FORMAT, IMPORT_ID, IMPORTS_DIR, MANIFEST_NAME, SHARD_NAME, WEIGHT_COLUMN,
+                                  manifest_hash, read_manifest, shard_paths)
+from ganray.data.source_labels import infer_values, make_source_labels
+from ganray.data.sources import list_images, read_sources
 from ganray.images import encode_png
 from ganray import storage
 from ganray.storage import sha256_hex, atomic_write, join, to_url, url_to_fs
-
-MANIFEST_NAME = "manifest.json"
-FORMAT = "ganray-shards/1"
-SHARD_NAME = "shard-{:05d}.parquet"
-WEIGHT_COLUMN = "weight"  # import.balance.mode weights: a row's sampling weight
-IMPORTS_DIR = "imports"  # each import's shards live under IMPORTS_DIR/<import id>/
-# An import id: UTC start time (sorts by age for a reader of the folder) and a random part (unique).
-IMPORT_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
-# Folder sources are fetched this many files per request batch: concurrency on object stores,
-# bounded memory for large photos.
-FETCH_CHUNK = 32
-
-# UTKFace names are AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (one real file lacks the dot before "jpg").
-UTKFACE_PATTERN = re.compile(r"(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_[^_]+")
-UTKFACE_GENDERS = ["male", "female"]
-UTKFACE_RACES = ["white", "black", "asian", "indian", "other"]
-
-
-def utkface_attributes(age_band_starts=UTKFACE_AGE_BAND_STARTS) -> dict[str, list[str]]:
-    """The UTKFace preset's label vocabulary, with age bands from `import.labels.age_band_starts`."""
-    return {"age_group": age_band_names(age_band_starts), "gender": list(UTKFACE_GENDERS),
-            "race": list(UTKFACE_RACES)}
-
-
-UTKFACE_ATTRIBUTES = utkface_attributes()  # with the default bands
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels (driver side: they come from names and a small sidecar, never from image bytes)
-
-
-@dataclass
-class Labeler:
-    """Maps a path inside the source to {attribute: value}, or None when its labels cannot be found."""
-
-    names: list[str]
-    lookup: Callable[[str], dict[str, str] | None]
-    values: dict[str, list[str]] | None = None  # fixed vocabularies (presets); None = infer from the data
-
-
-def _basename(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
-
-
-def _utkface_labeler(age_band_starts: list[int]) -> Labeler:
-    attributes = utkface_attributes(age_band_starts)
-
-    def lookup(path: str) -> dict[str, str] | None:
-        m = UTKFACE_PATTERN.fullmatch(_basename(path))
-        if m is None:
-            return None
-        return {
-            "age_group": attributes["age_group"][age_band_index(int(m["age"]), age_band_starts)],
-            "gender": attributes["gender"][int(m["gender"])],
-            "race": attributes["race"][int(m["race"])],
-        }
-
-    return Labeler(list(attributes), lookup, attributes)
-
-
-def _pattern_labeler(pattern: str) -> Labeler:
-    regex = re.compile(pattern)
-
-    def lookup(path: str) -> dict[str, str] | None:
-        m = regex.fullmatch(_basename(path))
-        if m is None or any(v is None for v in m.groupdict().values()):
-            return None
-        return m.groupdict()
-
-    return Labeler(list(regex.groupindex), lookup)
-
-
-def load_sidecar(url: str, key: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """A CSV (header row) or JSON (list of records, or {file: {label: value}}) -> (label names, table)."""
-    try:
-        with fsspec.open(url, "rt", encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"import.labels.sidecar: {url} not found") from None
-    if url.lower().endswith(".json"):
-        data = json.loads(text)
-        records = data if isinstance(data, list) else [{key: name, **labels} for name, labels in data.items()]
-    else:
-        records = list(csv.DictReader(io.StringIO(text)))
-    if not records or key not in records[0]:
-        raise ConfigError(f"import.labels.sidecar: {url} has no '{key}' column (import.labels.sidecar_key)")
-    names = [k for k in records[0] if k != key]
-    table = {str(r[key]): {n: "" if r.get(n) is None else str(r[n]).strip() for n in names} for r in records}
-    return names, table
-
-
-def _sidecar_labeler(url: str, key: str) -> Labeler:
-    names, table = load_sidecar(url, key)
-
-    def lookup(path: str) -> dict[str, str] | None:
-        labels = table.get(path) or table.get(_basename(path))
-        if labels is None or any(v == "" for v in labels.values()):
-            return None
-        return labels
-
-    return Labeler(names, lookup)
-
-
-def make_labeler(cfg: LabelConfig) -> Labeler:
-    if cfg.preset == "utkface":
-        return _utkface_labeler(cfg.age_band_starts)
-    if cfg.pattern is not None:
-        return _pattern_labeler(cfg.pattern)
-    if cfg.sidecar is not None:
-        return _sidecar_labeler(cfg.sidecar, cfg.sidecar_key)
-    return Labeler([], lambda path: {})
-
-
-def infer_values(names: list[str], labels: list[dict[str, str]]) -> dict[str, list[str]]:
-    """Each attribute's values in sorted order (numeric order when every value is an integer)."""
-    values = {}
-    for name in names:
-        seen = {lab[name] for lab in labels}
-        numeric = all(re.fullmatch(r"-?\d+", v) for v in seen)
-        values[name] = sorted(seen, key=int) if numeric else sorted(seen)
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Source listing and reading
-
-
-def is_image_name(path: str) -> bool:
-    parts = path.split("/")
-    # Hidden files and macOS archive debris (__MACOSX/, ._name) are never images of the set.
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return False
-    return parts[-1].lower().endswith(preprocess.IMAGE_EXTENSIONS)
-
-
-def list_images(src: str) -> list[str]:
-    """Sorted paths of the image files inside `src` (a folder, or a .zip file), relative to it."""
-    fs, root = url_to_fs(src)
-    fs.invalidate_cache(root)
-    if not fs.exists(root):
-        raise ConfigError(f"import.src: {src} does not exist")
-    if root.lower().endswith(".zip") and fs.isfile(root):
-        with fs.open(root, "rb") as f, zipfile.ZipFile(f) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    elif fs.isdir(root):
-        names = [p[len(root) + 1:] for p in fs.find(root)]
-    else:
-        raise ConfigError(f"import.src: {src} is neither a folder nor a .zip file")
-    return sorted(n for n in names if is_image_name(n))
-
-
-def read_sources(src: str, paths: list[str]) -> Iterator[bytes | None]:
-    """The bytes of each path inside `src`, one at a time; None for a ZIP member that cannot be extracted.
-
-    Storage errors (missing object, network) raise: they are not a property of the file and
-    must not silently shrink the dataset.
-    """
-    fs, root = url_to_fs(src)
-    if root.lower().endswith(".zip"):
-        with fs.open(root, "rb") as f, zipfile.ZipFile(f) as archive:
-            for p in paths:
-                try:
-                    yield archive.read(p)
-                except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError):
-                    yield None  # corrupt member (bad CRC, broken deflate) or unknown compression
-        return
-    for start in range(0, len(paths), FETCH_CHUNK):
-        full = [join(root, p) for p in paths[start:start + FETCH_CHUNK]]
-        blobs = fs.cat(full)  # one call per chunk: concurrent requests on object stores
-        for p in full:
-            yield blobs[fs._strip_protocol(p)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,32 +120,6 @@ def write_shard(url: str, *tables: pa.Table) -> int:
 # Destination and manifest
 
 
-def read_manifest(url: str) -> dict | None:
-    """The manifest of the import at `url`, or None if there is no (ganray) manifest there."""
-    fs, root = url_to_fs(url)
-    path = join(root, MANIFEST_NAME)
-    fs.invalidate_cache(root)
-    if not fs.exists(path):
-        return None
-    try:
-        manifest = json.loads(fs.cat_file(path))
-    except ValueError:
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
-
-
-def shard_paths(root: str, manifest: dict) -> list[str]:
-    """The shard files a manifest names, under `root` (a URL or a filesystem path), in order.
-
-    Each name goes through storage.child: a manifest naming anything outside `root` raises
-    UnsafePathError before a single file is opened or deleted.
-    """
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
-        raise ValueError(f"the {MANIFEST_NAME} under {root} has no list of shards")
-    return [storage.child(root, shard.get("file")) for shard in shards]
-
-
 def _previous_import(cfg: ImportConfig) -> dict | None:
     """The manifest already at dst (to be replaced), or None; refuses a foreign non-empty dst, and
     a manifest whose shard paths leave dst (its files are never touched)."""
@@ -362,16 +162,6 @@ def _holds_only_crash_leftovers(fs, root: str) -> bool:
     return True
 
 
-def manifest_hash(manifest: dict, rows_digest: str) -> str:
-    """Identity of the imported data: what was kept, its labels and how it was preprocessed.
-
-    The source URL is left out on purpose: the same data imported from another place is the same
-    dataset.
-    """
-    identity = {k: manifest[k] for k in ("format", "resolution", "attributes", "settings")}
-    identity["rows"] = rows_digest
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------
 
@@ -383,12 +173,12 @@ def run_import(cfg: ImportConfig) -> dict:
     storage.check_reachable(storage.normalize_url(cfg.dst), "import.dst")
     previous = _previous_import(cfg)
     paths = list_images(cfg.src)
-    labeler = make_labeler(cfg.labels)
-    labels = {p: labeler.lookup(p) for p in paths}
+    source_labels = make_source_labels(cfg.labels)
+    labels = {p: source_labels.lookup(p) for p in paths}
     dropped: dict[str, list[str]] = {reason: [] for reason in preprocess.DROP_REASONS}
     dropped["bad_label"] = [p for p in paths if labels[p] is None]
     labeled = [p for p in paths if labels[p] is not None]
-    attributes = labeler.values or infer_values(labeler.names, [labels[p] for p in labeled])
+    attributes = source_labels.values or infer_values(source_labels.names, [labels[p] for p in labeled])
     value_index = {n: {v: i for i, v in enumerate(vs)} for n, vs in attributes.items()}
     items = [{"path": p, **{n: value_index[n][labels[p][n]] for n in attributes}} for p in labeled]
     if cfg.balance is not None:

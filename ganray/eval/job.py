@@ -30,14 +30,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
 
 from ganray import storage
 from ganray.config import EvalJob, ExtractorConfig
-from ganray.data.importer import read_manifest, shard_paths
+from ganray.data.manifest import (GENERATED_MANIFEST, column_names, generated_parquet_paths, read_dataset,
+                                  read_generated_manifest, read_manifest, rows_at, shard_paths)
 from ganray.eval import metrics
 from ganray.eval.extractors import build_extractor, extractor_identity
 from ganray.eval.groups import per_group_metrics
@@ -49,7 +49,6 @@ from ganray.runtime import init_ray
 
 CACHE_DIR = "eval_cache"
 CACHE_FORMAT = 2  # bump when the cached content changes meaning (2: label columns cached too)
-GENERATED_MANIFEST = "manifest.json"  # a finished `ganray generate` output's manifest
 RENDER_ACTOR_CPUS = 0.5  # below 1: on a small machine the read tasks and the extractors keep a CPU
 LABEL_PREFIX = "label__"  # cached reference label columns: npz entry LABEL_PREFIX + attribute
 PAIRS_SUFFIX = "-closest-pairs.png"  # the memorization grid: eval.output without .json + this
@@ -194,8 +193,7 @@ def reference_features(reference: str, manifest: dict[str, Any], count: int, cfg
         raise EvalError(f"eval.reference_count: {count} images asked, but {reference} holds {available}")
     fs, root = storage.url_to_fs(reference)
     attributes = list(manifest.get("attributes") or {})
-    dataset = ray.data.read_parquet(shard_paths(root, manifest), filesystem=storage.pyarrow_filesystem(fs),
-                                    columns=["image", *attributes]).limit(count)
+    dataset = read_dataset(fs, shard_paths(root, manifest), ["image", *attributes]).limit(count)
     log(f"reference features: extracting {count} images of {reference}")
     extracted = extract(dataset, cfg)
     arrays = {k: v for k, v in extracted.items() if k in ("features", "logits")}
@@ -225,16 +223,14 @@ def generated_from_model(job: EvalJob, registry: Registry) -> tuple[ray.data.Dat
 
 def generated_shards(url: str) -> tuple[dict[str, Any], list[str]]:
     """A finished generate output's manifest and its Parquet shards' paths, in face order."""
-    try:
-        manifest = json.loads(storage.read_bytes(storage.join(url, GENERATED_MANIFEST)))
-    except (FileNotFoundError, ValueError):
+    manifest = read_generated_manifest(url)
+    if manifest is None:
         raise EvalError(f"eval.generated: {url} is not a finished `ganray generate` output "
-                        f"(no readable {GENERATED_MANIFEST})") from None
-    parquet = [rel for shard in manifest.get("shards", []) for rel in shard.get("files", {})
-               if rel.endswith(".parquet")]
-    if not parquet:
+                        f"(no readable {GENERATED_MANIFEST})")
+    paths = generated_parquet_paths(url, manifest)
+    if not paths:
         raise EvalError(f"eval.generated: {url} has no Parquet shards (generated with format png?)")
-    return manifest, [storage.url_to_fs(storage.child(url, rel))[1] for rel in sorted(parquet)]
+    return manifest, paths
 
 
 def generated_from_output(job: EvalJob) -> tuple[ray.data.Dataset, dict[str, Any]]:
@@ -245,13 +241,12 @@ def generated_from_output(job: EvalJob) -> tuple[ray.data.Dataset, dict[str, Any
         raise EvalError(f"eval.count: {cfg.count} faces asked, but {url} holds {manifest.get('faces', 0)}")
     fs, _ = storage.url_to_fs(url)
     if cfg.groups:
-        columns = set(pq.read_schema(paths[0], filesystem=storage.pyarrow_filesystem(fs)).names)
+        columns = set(column_names(fs, paths[0]))
         missing = [name for name in cfg.groups if name not in columns]
         if missing:
             raise EvalError(f"eval.groups: the generated output {url} has no condition column for {missing} "
                             "(its model does not condition on them)")
-    faces = ray.data.read_parquet(paths, filesystem=storage.pyarrow_filesystem(fs),
-                                  columns=["image", *cfg.groups]).limit(cfg.count)
+    faces = read_dataset(fs, paths, ["image", *cfg.groups]).limit(cfg.count)
     parameters = manifest.get("parameters") or {}  # what the generate job rendered (ganray.generate.plan)
     return faces, {"generated": url, "model_version": parameters.get("model_version"),
                    "resolution": parameters.get("resolution"), "psi": parameters.get("psi"),
@@ -316,24 +311,9 @@ def reference_labels(real: dict[str, np.ndarray], manifest: dict[str, Any], name
     return out
 
 
-def _rows_from_parquet(fs, paths: list[str], indices: list[int]) -> dict[int, bytes]:
-    """The `image` bytes of the given global row indices of shards read in `paths` order."""
-    wanted, found, start = sorted(set(indices)), {}, 0
-    for path in paths:
-        if len(found) == len(wanted):
-            break
-        rows = pq.ParquetFile(path, filesystem=storage.pyarrow_filesystem(fs)).metadata.num_rows
-        here = [i for i in wanted if start <= i < start + rows]
-        if here:
-            column = pq.read_table(path, filesystem=storage.pyarrow_filesystem(fs), columns=["image"])["image"]
-            found.update({i: column[i - start].as_py() for i in here})
-        start += rows
-    return found
-
-
 def reference_images(reference: str, manifest: dict[str, Any], indices: list[int]) -> np.ndarray:
     fs, root = storage.url_to_fs(reference)
-    rows = _rows_from_parquet(fs, shard_paths(root, manifest), indices)
+    rows = rows_at(fs, shard_paths(root, manifest), indices)
     return np.stack([decode_png(rows[i]) for i in indices])
 
 
@@ -347,7 +327,7 @@ def generated_images(job: EvalJob, registry: Registry, source: dict[str, Any], i
         return render_faces(generator, seeds, cfg.psi, labels, cfg.precision)
     url = storage.normalize_url(cfg.generated)
     fs, _ = storage.url_to_fs(url)
-    rows = _rows_from_parquet(fs, generated_shards(url)[1], indices)
+    rows = rows_at(fs, generated_shards(url)[1], indices)
     return np.stack([decode_png(rows[i]) for i in indices])
 
 

@@ -19,10 +19,10 @@ import ray.data
 
 from ganray.config import ConfigError, DataConfig, HeldoutConfig
 from ganray.data.dataset import IndexedRows, dataset_attributes, shards_manifest
-from ganray.data.importer import shard_paths
+from ganray.data.manifest import read_dataset, shard_paths
 from ganray.data.synthetic import render_batch
 from ganray.images import decode_png
-from ganray.storage import pyarrow_filesystem, url_to_fs
+from ganray.storage import url_to_fs
 
 HELDOUT_RULE = "sha256-unit-interval/1"  # int(content sha256[:16], 16) / 2**64 < fraction: held out
 
@@ -65,10 +65,7 @@ def labeled_dataset(cfg: DataConfig, label_names: list[str]) -> ray.data.Dataset
             fn_kwargs={"resolution": cfg.resolution, "seed": cfg.synthetic.seed, "label_names": label_names})
     manifest = shards_manifest(cfg)
     fs, root = url_to_fs(cfg.url)
-    return ray.data.read_parquet(
-        shard_paths(root, manifest), filesystem=pyarrow_filesystem(fs),
-        columns=["image", *label_names, "content_hash"],
-    ).map_batches(_shard_batch, batch_format="pyarrow",
+    return read_dataset(fs, shard_paths(root, manifest), ["image", *label_names, "content_hash"]).map_batches(_shard_batch, batch_format="pyarrow",
                   fn_kwargs={"resolution": cfg.resolution, "label_names": label_names})
 
 

@@ -16,10 +16,8 @@ from ganray.config import STRATUM_SEPARATOR
 
 def import_joint_counts(url: str, attributes: Sequence[str]) -> dict[str, int]:
     """Joint label counts of the imported dataset at `url` (`ganray data import` output)."""
-    import pyarrow.parquet as pq
-
     from ganray import storage
-    from ganray.data.importer import read_manifest, shard_paths
+    from ganray.data.manifest import read_columns, read_manifest, shard_paths
 
     manifest = read_manifest(url)
     if manifest is None:
@@ -31,7 +29,7 @@ def import_joint_counts(url: str, attributes: Sequence[str]) -> dict[str, int]:
     counts: Counter[str] = Counter()
     fs, root = storage.url_to_fs(url)
     for path in shard_paths(root, manifest):
-        table = pq.read_table(path, columns=list(attributes), filesystem=fs)
+        table = read_columns(fs, path, list(attributes))
         columns = [table.column(a).to_pylist() for a in attributes]
         for row in zip(*columns):
             counts[STRATUM_SEPARATOR.join(values[a][int(i)] for a, i in zip(attributes, row))] += 1

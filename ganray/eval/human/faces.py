@@ -10,21 +10,17 @@ storage. Every face is a uint8 (H, W, 3) array; all items of one evaluation must
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ganray import storage
-from ganray.data.importer import read_manifest, shard_paths
+from ganray.data.manifest import (GENERATED_MANIFEST, first_rows, generated_parquet_paths, read_generated_manifest,
+                                  read_manifest, shard_paths)
 from ganray.images import decode_png
 from ganray.models.face import labels_for_conditions, render_faces
 from ganray.registry import Registry
 from ganray.eval.human.store import REAL_ITEM
-
-GENERATED_MANIFEST = "manifest.json"  # a finished `ganray generate` output's manifest
-
 
 class HumanEvalError(ValueError):
     """An evaluation that cannot start as configured (missing folder, mismatched resolutions)."""
@@ -79,16 +75,6 @@ def model_faces(registry: Registry, ref: str, psi: float, precision: str, seeds:
                       {"source": "model", "registry": registry.url, "version": loaded.version})
 
 
-def _read_pngs(paths: list[str], fs, max_rows: int) -> list[bytes]:
-    pngs: list[bytes] = []
-    for path in paths:
-        if len(pngs) >= max_rows:
-            break
-        with fs.open(path, "rb") as f:
-            pngs += pq.read_table(f, columns=["image"])["image"].to_pylist()[: max_rows - len(pngs)]
-    return pngs
-
-
 def dataset_faces(url: str, max_rows: int, key: str = "human.real") -> StoredFaces:
     """The first `max_rows` faces of an imported dataset (the real side)."""
     url = storage.normalize_url(url)
@@ -97,7 +83,7 @@ def dataset_faces(url: str, max_rows: int, key: str = "human.real") -> StoredFac
         raise HumanEvalError(f"{key}: no imported dataset at {url} (no ganray manifest.json); "
                              "make one with `ganray data import`")
     fs, root = storage.url_to_fs(url)
-    pngs = _read_pngs(shard_paths(root, manifest), fs, max_rows)
+    pngs = first_rows(fs, shard_paths(root, manifest), "image", max_rows)
     if not pngs:
         raise HumanEvalError(f"{key}: the dataset at {url} has no rows")
     return StoredFaces(REAL_ITEM, pngs, int(manifest["resolution"]),
@@ -107,17 +93,15 @@ def dataset_faces(url: str, max_rows: int, key: str = "human.real") -> StoredFac
 def output_faces(url: str, max_rows: int, key: str = "human.generated") -> StoredFaces:
     """The first `max_rows` faces of a finished `ganray generate` output (its Parquet shards)."""
     url = storage.normalize_url(url)
-    try:
-        manifest = json.loads(storage.read_bytes(storage.join(url, GENERATED_MANIFEST)))
-    except (FileNotFoundError, ValueError):
+    manifest = read_generated_manifest(url)
+    if manifest is None:
         raise HumanEvalError(f"{key}: {url} is not a finished `ganray generate` output "
-                             f"(no readable {GENERATED_MANIFEST})") from None
-    parquet = sorted(rel for shard in manifest.get("shards", []) for rel in shard.get("files", {})
-                     if rel.endswith(".parquet"))
-    if not parquet:
+                             f"(no readable {GENERATED_MANIFEST})")
+    paths = generated_parquet_paths(url, manifest)
+    if not paths:
         raise HumanEvalError(f"{key}: {url} has no Parquet shards (generated with format png?)")
     fs, _ = storage.url_to_fs(url)
-    pngs = _read_pngs([storage.url_to_fs(storage.child(url, rel))[1] for rel in parquet], fs, max_rows)
+    pngs = first_rows(fs, paths, "image", max_rows)
     parameters = manifest.get("parameters") or {}
     name = url.rstrip("/").rsplit("/", 1)[-1]
     return StoredFaces(f"output:{name}", pngs, int(parameters.get("resolution") or decode_png(pngs[0]).shape[0]),

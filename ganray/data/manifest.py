@@ -1,0 +1,137 @@
+"""The dataset format: an import's manifest, its shard list, and the one Parquet shard reader.
+
+An imported dataset (`ganray data import`, docs/CONTRACTS.md "Imported datasets") is a
+`manifest.json` naming Parquet shards by paths relative to its folder; a finished `ganray generate`
+output has its own manifest (ganray/generate/output.py) whose shards are Parquet files as well.
+Every reader of either (training, the labeler's dataset, eval, the human-evaluation page) reads the
+manifest and the shards through this module, so paths are checked (`storage.child`) and shards are
+opened the same way everywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ganray import storage
+from ganray.storage import join, url_to_fs
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "ganray-shards/1"
+SHARD_NAME = "shard-{:05d}.parquet"
+WEIGHT_COLUMN = "weight"  # import.balance.mode weights: a row's sampling weight
+IMPORTS_DIR = "imports"  # each import's shards live under IMPORTS_DIR/<import id>/
+# An import id: UTC start time (sorts by age for a reader of the folder) and a random part (unique).
+IMPORT_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}")
+GENERATED_MANIFEST = "manifest.json"  # a finished `ganray generate` output's manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+
+
+def read_manifest(url: str) -> dict | None:
+    """The manifest of the import at `url`, or None if there is no (ganray) manifest there."""
+    fs, root = url_to_fs(url)
+    path = join(root, MANIFEST_NAME)
+    fs.invalidate_cache(root)
+    if not fs.exists(path):
+        return None
+    try:
+        manifest = json.loads(fs.cat_file(path))
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def shard_paths(root: str, manifest: dict) -> list[str]:
+    """The shard files a manifest names, under `root` (a URL or a filesystem path), in order.
+
+    Each name goes through storage.child: a manifest naming anything outside `root` raises
+    UnsafePathError before a single file is opened or deleted.
+    """
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise ValueError(f"the {MANIFEST_NAME} under {root} has no list of shards")
+    return [storage.child(root, shard.get("file")) for shard in shards]
+
+
+def manifest_hash(manifest: dict, rows_digest: str) -> str:
+    """Identity of the imported data: what was kept, its labels and how it was preprocessed.
+
+    The source URL is left out on purpose: the same data imported from another place is the same
+    dataset.
+    """
+    identity = {k: manifest[k] for k in ("format", "resolution", "attributes", "settings")}
+    identity["rows"] = rows_digest
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def read_generated_manifest(url: str) -> dict[str, Any] | None:
+    """A finished `ganray generate` output's manifest, or None when it is missing or unreadable."""
+    try:
+        return json.loads(storage.read_bytes(join(url, GENERATED_MANIFEST)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def generated_parquet_paths(url: str, manifest: dict[str, Any]) -> list[str]:
+    """The Parquet shards a generate output's manifest names, as filesystem paths in face order
+    (each checked by storage.child); empty for an output written as PNG files only."""
+    parquet = sorted(rel for shard in manifest.get("shards", []) for rel in shard.get("files", {})
+                     if rel.endswith(".parquet"))
+    return [url_to_fs(storage.child(url, rel))[1] for rel in parquet]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shard reader (fs: the fsspec filesystem of the dataset's URL; paths from the functions above)
+
+
+def read_columns(fs, path: str, columns: list[str]) -> pa.Table:
+    """The given columns of one shard."""
+    return pq.read_table(path, columns=columns, filesystem=storage.pyarrow_filesystem(fs))
+
+
+def column_names(fs, path: str) -> list[str]:
+    """The columns of one shard (its schema only: no rows are read)."""
+    return list(pq.read_schema(path, filesystem=storage.pyarrow_filesystem(fs)).names)
+
+
+def first_rows(fs, paths: list[str], column: str, count: int) -> list:
+    """Up to `count` values of `column` from the start of the shards, in order; shards after the last
+    one needed are not opened."""
+    values: list = []
+    for path in paths:
+        if len(values) >= count:
+            break
+        values += read_columns(fs, path, [column])[column].to_pylist()[: count - len(values)]
+    return values
+
+
+def rows_at(fs, paths: list[str], indices: list[int], column: str = "image") -> dict[int, Any]:
+    """{global row index: value of `column`} for the given rows of the shards read in `paths` order.
+    Only the row groups holding a wanted row are read; shards after the last wanted row are not opened."""
+    wanted, found, start = sorted(set(indices)), {}, 0
+    for path in paths:
+        if len(found) == len(wanted):
+            break
+        shard = pq.ParquetFile(path, filesystem=storage.pyarrow_filesystem(fs))
+        for group in range(shard.metadata.num_row_groups):
+            rows = shard.metadata.row_group(group).num_rows
+            here = [i for i in wanted if start <= i < start + rows]
+            if here:
+                values = shard.read_row_group(group, columns=[column])[column]
+                found.update({i: values[i - start].as_py() for i in here})
+            start += rows
+    return found
+
+
+def read_dataset(fs, paths: list[str], columns: list[str]):
+    """The shards as a lazy Ray Dataset of `columns`, rows in shard order (ray.data.read_parquet)."""
+    import ray.data
+
+    return ray.data.read_parquet(paths, filesystem=storage.pyarrow_filesystem(fs), columns=columns)
