@@ -299,7 +299,8 @@ def test_s3_access_comes_from_instance_identities():
 
 
 def cluster_spec(manifest: dict) -> dict:
-    return manifest["spec"] if manifest["kind"] == "RayCluster" else manifest["spec"]["rayClusterSpec"]
+    field = {"RayCluster": None, "RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}[manifest["kind"]]
+    return manifest["spec"][field] if field else manifest["spec"]
 
 
 def pod_specs(spec: dict) -> list[dict]:
