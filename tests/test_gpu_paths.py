@@ -83,7 +83,7 @@ def test_generate_driver_checks_of_a_cuda_job_stay_off_cuda(no_cuda, gpu_registr
 
 def fake_reference(root: Path) -> str:
     """An imported dataset's manifest alone: all the driver reads before Ray starts."""
-    from ganray.data.importer import FORMAT
+    from ganray.data.manifest import FORMAT
 
     folder = root / "reference"
     folder.mkdir()
