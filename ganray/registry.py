@@ -10,7 +10,8 @@ Layout under the registry URL (a local folder or s3://bucket/prefix):
     versions/v1/evaluations/NAME.json  results recorded for the version (e.g. by `ganray eval`), one per name
     aliases/NAME.json                  {"alias": NAME, "version": "v1", "updated_at": ...}
     labelers/...                       labeler versions and aliases, the same way (LabelerRegistry)
-    gates/NAME.json                    the promotion gate of alias NAME (its policy: ganray/eval/gate.py)
+    gates/NAME.json                    the promotion gate of alias NAME (its policy: ganray/eval/gate.py),
+                                       or {"removed": true}: no gate, not even a built-in one
     decisions/d-00000001.json          append-only log of gated promotions, one exclusively created file each
 
 Version ids and alias names are checked wherever they come from (a caller, a folder listing, an
@@ -291,14 +292,11 @@ class Registry(VersionStore):
         return version
 
     def set_gate(self, alias: str, gate: dict[str, Any] | None) -> None:
-        """Store (or with None remove) the promotion gate of `alias`: opaque JSON for ganray.eval.gate."""
+        """Store the promotion gate of `alias` (opaque JSON for ganray.eval.gate); None removes it, and
+        is stored too, so that an alias with a built-in gate stays ungated once its gate is removed."""
         self._check_alias(alias)
-        url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
-        if gate is None:
-            if storage.exists(url):
-                storage.remove(url)
-        else:
-            storage.atomic_write(url, _json_bytes(gate))
+        storage.atomic_write(storage.child(self.url, f"{GATES_DIR}/{alias}.json"),
+                             _json_bytes(gate if gate is not None else {"removed": True, "removed_at": _now()}))
 
     def append_decision(self, entry: dict[str, Any]) -> str:
         """Append `entry` to the decisions log: a new file per entry, created exclusively, never
@@ -309,10 +307,14 @@ class Registry(VersionStore):
             number += 1  # another writer took this number: take the next
         return f"d-{number:08d}"
 
-    def gate(self, alias: str) -> dict[str, Any] | None:
+    def gate(self, alias: str, default: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The stored gate of `alias`; None if it was removed; `default` if none was ever set."""
         self._check_alias(alias)
         url = storage.child(self.url, f"{GATES_DIR}/{alias}.json")
-        return self._read_json(url) if storage.exists(url) else None
+        if not storage.exists(url):
+            return default
+        gate = self._read_json(url)
+        return None if gate.get("removed") is True else gate
 
     def _decision_numbers(self) -> list[int]:
         numbers = []

@@ -179,8 +179,10 @@ def test_push_from_run_and_cli(tmp_path, capsys, monkeypatch):
     _write_checkpoint(str(tmp_path / "runs"), "demo", g)
     monkeypatch.setenv("GANRAY_REGISTRY", str(tmp_path / "registry"))
 
-    assert cli(["registry", "push", "--from-run", str(tmp_path / "runs"), "demo", "--promote", "production"]) == 0
+    push = ["registry", "push", "--from-run", str(tmp_path / "runs"), "demo", "--promote", "production"]
+    assert cli(push + ["--force"]) == 0  # an unevaluated model: production's built-in gate needs --force
     assert "pushed demo as v1" in capsys.readouterr().out
+    assert Registry().decisions()[-1]["outcome"] == "forced"
     info = Registry().show("production")
     assert info.provenance["step"] == 300 and info.provenance["dataset_manifest_hash"] == "abc123"
     assert info.provenance["metrics"] == {"loss_G": 1.5}
@@ -198,6 +200,40 @@ def test_push_from_run_and_cli(tmp_path, capsys, monkeypatch):
     assert "unknown model 'v9'" in capsys.readouterr().err
     assert cli(["registry", "push", "--from-run", str(tmp_path / "runs"), "missing"]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_production_is_gated_from_a_fresh_registry_and_other_aliases_move_freely(tmp_path, capsys):
+    url = str(tmp_path / "registry")
+    registry = Registry(url)
+    for seed in (1, 2):
+        registry.push(generator(seed).state_dict(), MODEL, 32, ATTRIBUTES, {"seed": seed})
+    promote = ["registry", "promote", "--registry", url]
+    assert cli(["registry", "gate", "production", "--registry", url]) == 0
+    assert json.loads(capsys.readouterr().out) == {"metric": "fid", "margin": 0.0, "evaluation": "default",
+                                                   "built_in": True}
+
+    assert cli(promote + ["v2", "production"]) == 1  # nobody evaluated v2
+    err = capsys.readouterr().err
+    assert "refused: production stays unset: v2 has no recorded fid in evaluation 'default'" in err
+    assert "The gate of production: fid lower than the holder's by at least 0" in err and "--force" in err
+    assert registry.aliases() == {}
+
+    registry.record("v1", "default", {"metrics": {"fid": 10.0}, "comparable": {"extractor": "pixels"}})
+    assert cli(promote + ["v1", "production"]) == 0  # evaluated: the first holder needs only that
+    assert "production -> v1: allowed" in capsys.readouterr().out
+    assert cli(promote + ["v2", "production", "--force"]) == 0
+    assert "production -> v2: forced" in capsys.readouterr().out and registry.resolve("production") == "v2"
+    forced = registry.decisions()[-1]
+    assert (forced["outcome"], forced["holder"], forced["candidate"]) == ("forced", "v1", "v2")
+    assert forced["gate"]["built_in"] and "has no recorded fid" in forced["reason"]
+    assert [d["outcome"] for d in registry.decisions()] == ["refused", "allowed", "forced"]
+
+    assert cli(promote + ["v1", "staging"]) == 0 and registry.resolve("staging") == "v1"  # no gate, no log
+    assert cli(["registry", "gate", "production", "--remove", "--registry", url]) == 0
+    assert cli(promote + ["v1", "production"]) == 0 and registry.resolve("production") == "v1"  # removed: free
+    assert len(registry.decisions()) == 3
+    assert cli(["registry", "gate", "production", "--registry", url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "null"
 
 
 def test_push_a_chosen_checkpoint_of_a_run(tmp_path, capsys):

@@ -31,7 +31,7 @@ def _push(args: argparse.Namespace) -> int:
     version = push_run(registry, storage_path, run_name, args.step)
     print(f"pushed {run_name} as {version} to {registry.url}")
     if args.promote:
-        return _promote_through_gate(registry, version, args.promote, force=False)
+        return _promote_through_gate(registry, version, args.promote, force=args.force)
     return 0
 
 
@@ -58,12 +58,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _promote_through_gate(registry, ref: str, alias: str, force: bool) -> int:
-    from ganray.eval.gate import promote
+    from ganray.eval.gate import describe, promote
 
     decision = promote(registry, ref, alias, force=force)
     logged = f" (decision {decision.decision_id})" if decision.decision_id else ""
     if not decision.moved:
-        print(f"refused: {alias} stays at {decision.holder}: {decision.reason}{logged}", file=sys.stderr)
+        stays = f"stays at {decision.holder}" if decision.holder else "stays unset"
+        print(f"refused: {alias} {stays}: {decision.reason}. The gate of {alias}: {describe(decision.gate)}; "
+              f"--force moves it anyway, recorded as forced in its decisions{logged}", file=sys.stderr)
         return EXIT_REFUSED
     print(f"{alias} -> {decision.candidate}" + ("" if decision.outcome == "ungated"
                                                  else f": {decision.outcome}: {decision.reason}{logged}"))
@@ -75,7 +77,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from ganray.eval.gate import make_gate
+    from ganray.eval.gate import gate_of, make_gate
 
     registry = _registry(args)
     if args.remove:
@@ -83,7 +85,7 @@ def _gate(args: argparse.Namespace) -> int:
         print(f"{args.alias}: no gate")
         return 0
     if args.metric is None and args.margin is None:
-        print(json.dumps(registry.gate(args.alias)))  # show it (null: no gate)
+        print(json.dumps(gate_of(registry, args.alias)))  # show it (null: no gate)
         return 0
     gate = make_gate(args.metric or "fid", args.margin or 0.0, args.evaluation)
     registry.set_gate(args.alias, gate)
@@ -129,24 +131,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="the run's storage_path (local or s3://) and name")
     push.add_argument("--step", type=int, default=None, metavar="N",
                       help="push the checkpoint of step N instead of the newest")
-    push.add_argument("--promote", metavar="ALIAS", help="then point ALIAS at the new version")
+    push.add_argument("--promote", metavar="ALIAS", help="then point ALIAS at the new version, through its gate")
+    push.add_argument("--force", action="store_true",
+                      help="with --promote: move a gated alias even if the gate refuses (logged in the decisions log)")
     add("list", _list, "list versions with their aliases")
     show = add("show", _show, "print a version's config, provenance and aliases as JSON")
     show.add_argument("ref", help="version id (v3), alias, or 'latest'")
     promote = add("promote", _promote, "point an alias at a version (an atomic move); an alias with a gate "
-                                       f"moves only to a version that beats its holder (else exit {EXIT_REFUSED})")
+                                       "(production has one from the start) moves only to a version that beats "
+                                       f"its holder (else exit {EXIT_REFUSED})")
     promote.add_argument("ref", help="version id (v3), alias, or 'latest'")
     promote.add_argument("alias")
     promote.add_argument("--force", action="store_true",
                          help="move a gated alias even if the gate refuses (logged in the decisions log)")
-    gate = add("gate", _gate, "set, show or remove the promotion gate of an alias")
+    gate = add("gate", _gate, "set, show or remove the promotion gate of an alias (production: lower fid, "
+                              "margin 0, until set or removed)")
     gate.add_argument("alias")
     gate.add_argument("--metric", choices=["fid", "kid_mean", "precision", "recall"], default=None,
                       help="metric compared (default fid; fid and kid_mean: lower is better)")
     gate.add_argument("--margin", type=float, default=None, help="how much better the candidate must be (default 0)")
     gate.add_argument("--evaluation", default="default", metavar="NAME",
                       help="the recorded evaluation compared (eval.record_as; default: default)")
-    gate.add_argument("--remove", action="store_true", help="remove the gate")
+    gate.add_argument("--remove", action="store_true",
+                      help="remove the gate (a built-in one too: the alias then moves freely)")
     decisions = add("decisions", _decisions, "print the log of gated promotion decisions, oldest first")
     decisions.add_argument("--alias", default=None, help="only this alias's decisions")
     decisions.add_argument("--json", action="store_true", help="one JSON object per line, with both results")

@@ -11,6 +11,11 @@ A gate (stored per alias in the registry, `ganray registry gate ALIAS ...`):
 - `margin`: lower-is-better metrics need candidate <= holder - margin; higher-is-better
   candidate >= holder + margin.
 
+`production`, the alias Serve follows by default, is gated from a registry's creation: until a gate
+is set or removed for it, its gate is the built-in one in DEFAULT_GATES (lower FID in the
+evaluation `default`, margin 0), so a version nobody evaluated cannot take it without `force`.
+Other aliases have no gate unless one is set.
+
 Rules, in order: an alias without a gate moves as always (nothing is logged); moving an alias to
 the version it already names is allowed; the candidate must have the evaluation; an alias with
 no holder yet is allowed; the holder must have it too, measured the same way (same extractor and
@@ -44,6 +49,7 @@ class Decision:
     outcome: str  # allowed | refused | forced | ungated
     reason: str
     decision_id: str | None = None
+    gate: dict[str, Any] | None = None
 
     @property
     def moved(self) -> bool:
@@ -63,6 +69,23 @@ def make_gate(metric: str = "fid", margin: float = 0.0, evaluation: str = DEFAUL
     if not margin >= 0:
         raise RegistryError(f"the gate margin must be >= 0, got {margin}")
     return {"metric": metric, "margin": float(margin), "evaluation": evaluation}
+
+
+# Built-in gates, marked as such ("built_in"), of aliases for which no gate was ever set or removed.
+DEFAULT_GATES = {"production": {**make_gate("fid", 0.0, DEFAULT_EVALUATION), "built_in": True}}
+
+
+def gate_of(registry: Registry, alias: str) -> dict[str, Any] | None:
+    """The gate `alias` is promoted through: its stored one, else its built-in one (None: no gate)."""
+    built_in = DEFAULT_GATES.get(alias)
+    return registry.gate(alias, default=dict(built_in) if built_in else None)
+
+
+def describe(gate: dict[str, Any]) -> str:
+    """A gate in words, for messages."""
+    lower = LOWER_IS_BETTER[gate["metric"]]
+    return (f"{gate['metric']} {'lower' if lower else 'higher'} than the holder's by at least {float(gate['margin']):g}"
+            f" in evaluation {gate['evaluation']!r}" + (" (built in)" if gate.get("built_in") else ""))
 
 
 def _metric(result: dict[str, Any] | None, metric: str) -> float | None:
@@ -98,7 +121,7 @@ def judge(gate: dict[str, Any], candidate: str, holder: str | None, candidate_re
 def promote(registry: Registry, ref: str, alias: str, force: bool = False) -> Decision:
     """Move `alias` to `ref` if its gate allows (or `force`); returns the decision, logged if gated."""
     candidate = registry.resolve(ref)
-    gate = registry.gate(alias)
+    gate = gate_of(registry, alias)
     if gate is None:
         registry.promote(candidate, alias)
         return Decision(alias, candidate, None, "ungated", "the alias has no gate")
@@ -118,4 +141,4 @@ def promote(registry: Registry, ref: str, alias: str, force: bool = False) -> De
     })
     if outcome != "refused":
         registry.promote(candidate, alias)
-    return Decision(alias, candidate, holder, outcome, reason, decision_id)
+    return Decision(alias, candidate, holder, outcome, reason, decision_id, gate)
