@@ -114,9 +114,8 @@ def run_on_gpu(fn: Callable, args: tuple, options: dict[str, Any], wait_s: float
     ready, _ = ray.wait([ref], timeout=min(2.0, wait_s))
     if not ready:
         have = ray.cluster_resources().get("GPU", 0)
-        log(f"generate: waiting up to {wait_s:g} s for {what} (the cluster has {have:g} GPUs, none free for "
-            "this job; an autoscaling cluster starts GPU nodes on demand, which takes minutes). "
-            "generate.gpu_wait_s sets how long")
+        log(f"generate: waiting up to {wait_s:g} s for {what} (the cluster has {have:g} GPUs now; an autoscaling "
+            "cluster starts GPU nodes on demand, which takes minutes). generate.gpu_wait_s sets how long")
         ready, _ = ray.wait([ref], timeout=max(0.0, wait_s - 2.0))
     if not ready:
         ray.cancel(ref, force=True)
