@@ -85,3 +85,14 @@ def test_demo_runs_end_to_end_from_any_directory_and_fits_on_one_screen(tmp_path
     assert (workdir / "registry" / "aliases" / "demo.json").is_file()
     manifest = json.loads((workdir / "out" / "demo-faces-v1" / "manifest.json").read_text())
     assert manifest["faces"] == 100
+    # It ends by saying where each thing is, one a line, and each place it names exists.
+    out = proc.stdout.splitlines()
+    end = out.index(next(line for line in out if line.startswith("ganray demo: done")))
+    made = dict(line.strip().split(":", 1) for line in out[end + 1:])
+    assert list(made) == ["checkpoint", "sample grid", "loss plot", "model", "faces", "balance report"], console
+    where = {what: workdir / text.split()[0] for what, text in made.items()}  # absolute stays absolute
+    assert (where["checkpoint"] / "meta.json").is_file() and where["sample grid"].name == "samples.png"
+    assert where["sample grid"].is_file() and where["loss plot"].is_file() and where["balance report"].is_file()
+    assert where["faces"].resolve() == (workdir / "out" / "demo-faces-v1").resolve()
+    assert "100 labeled faces" in made["faces"]
+    assert made["model"].split()[:3] == ["v1", "in", str(workdir / "registry")]

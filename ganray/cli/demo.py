@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="end to end on the built-in faces: train, register, generate (a few minutes on 2 cores)",
         description=f"Train a small conditional DCGAN ({DEMO_CONFIG.name}) on a local Ray and the built-in "
                     "procedural faces, push it to the registry, and generate a balanced set of labeled "
-                    "faces with it. Prints where the checkpoint, samples, loss plot and faces are.")
+                    "faces with it. Ends by printing where the checkpoint, sample grid, loss plot, faces and "
+                    "balance report are.")
     add_config_args(demo, default_config=DEMO_CONFIG)
     demo.add_argument("--registry", default="./registry", metavar="URL", help="registry to push the model to")
     demo.add_argument("--faces", type=int, default=2000, metavar="N", help="faces to generate (0: skip)")
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ganray.cli.train import train_and_report
+    from ganray.cli.train import training_evaluator
+    from ganray.train.trainer import run_training
 
     job = load_config(TrainJob, args.config or DEMO_CONFIG, args.overrides)
     generate_job = None
@@ -35,11 +37,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"generate.balance={list(job.model.condition_on or []) or ['age_group', 'skin_tone']}"
             if job.model.conditional else "generate.balance=[]",
         ])
-    outcome = train_and_report(job)
-    if generate_job is None:
-        return 0
+    outcome = run_training(job, training_evaluator(job))
+    made = [("checkpoint", outcome.checkpoint), ("sample grid", outcome.samples_png),
+            ("loss plot", outcome.loss_png)]
+    if generate_job is not None:
+        made += _register_and_generate(args, job, generate_job)
+    # The last thing printed: what a newcomer looks at next, one location a line.
+    print(f"\nganray demo: done (run '{job.run.name}', step {outcome.step}). What it made:")
+    for what, where in made:
+        print(f"  {what + ':':<16}{where}")
+    return 0
 
+
+def _register_and_generate(args: argparse.Namespace, job: TrainJob, generate_job: GenerateJob) -> list[tuple[str, str]]:
+    """Push the run's newest checkpoint, alias it 'demo', render the faces; returns (what, where) lines."""
+    from ganray import storage
     from ganray.generate.job import run_generate
+    from ganray.labels.report import CHART_FILE
     from ganray.registry import Registry
     from ganray.train.publish import push_run
     from ganray.train.trainer import storage_root
@@ -47,10 +61,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     registry = Registry(args.registry)
     version = push_run(registry, storage_root(job), job.run.name)
     registry.promote(version, "demo")
-    print(f"\npushed step {outcome.step} of run '{job.run.name}' to {args.registry} as {version} (alias 'demo')")
     # One output folder per model version: a folder belongs to exactly one generation job.
     output = f"{args.output.rstrip('/')}/demo-faces-{version}"
     generate_job.generate = generate_job.generate.model_copy(update={"model": version, "output": output})
     summary = run_generate(generate_job)
-    print(f"\ngenerated {summary['faces']} labeled faces with {version}: {output}")
-    return 0
+    faces = summary["output"]
+    return [("model", f"{version} in {storage.normalize_url(args.registry)} (alias 'demo')"),
+            ("faces", f"{faces} ({summary['faces']} labeled faces, {summary['format']} shards)"),
+            ("balance report", storage.join(faces, CHART_FILE))]
