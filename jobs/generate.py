@@ -1,7 +1,7 @@
 """Entry point for `ray job submit --working-dir . -- python jobs/generate.py --config configs/cluster/generate_1m.yaml`.
 
 On a cluster, give the registry and the output as s3:// URLs (or absolute paths on storage every
-node shares): in a submitted job a relative path is refused (README, "On a cluster").
+node shares): in a submitted job a relative path is refused (docs/clusters.md).
 """
 import sys
 

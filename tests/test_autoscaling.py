@@ -1,4 +1,4 @@
-"""Autoscaling on one machine, for real: cluster/autoscaling_demo.py (README, "Several nodes and autoscaling").
+"""Autoscaling on one machine, for real: cluster/autoscaling_demo.py (docs/clusters.md, "Autoscaling").
 
 The demo runs as a subprocess: it starts a `ray start --head` of its own with Ray's fake
 multi-node provider (cluster/fake_multinode.yaml), so it never meets the session's Ray

@@ -1,4 +1,4 @@
-"""`ray job submit` against a real `ray start --head` cluster, as a user types it (README, "On a cluster").
+"""`ray job submit` against a real `ray start --head` cluster, as a user types it (docs/clusters.md).
 
 One head node on ports of its own, in a temporary HOME whose token (`ray get-auth-token --generate`)
 turns Ray 2.60's token authentication on; the client submits with RAY_AUTH_MODE=token. The head gets

@@ -1,4 +1,4 @@
-"""Several nodes on one machine (README, "Several nodes and autoscaling"): DDP training across nodes,
+"""Several nodes on one machine (docs/clusters.md, "Several nodes"): DDP training across nodes,
 and a generation job that loses a node half way and still ends byte-identical to a single-node run.
 
 The cluster (`ray.cluster_utils.Cluster`: a head with no CPUs and four worker nodes of 1 CPU) and the jobs

@@ -17,7 +17,7 @@ def faces() -> np.ndarray:
 def test_built_in_faces_pass_noise_and_blank_images_fail_counted_by_reason(faces):
     gate = QualityGate(QualityGateConfig())
     verdicts = gate.check(faces)
-    # The Haar cascade finds a face in about half of the built-in faces (README: measured pass rates).
+    # The Haar cascade finds a face in about half of the built-in faces (docs/benchmarks.md: measured pass rates).
     assert 0.3 <= verdicts.passed.mean() <= 0.8
     assert set(verdicts.reasons) <= {None, "no_face", "low_contrast", "low_sharpness"}
 

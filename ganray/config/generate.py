@@ -92,7 +92,7 @@ class GenerateConfig(Section):
     labeler: LabelerConfig | None = Field(None, description="label every face (columns label_<attr>, "
                                                             "label_<attr>_confidence); closed_loop's verifier")
     quality: QualityGateConfig | None = Field(None, description="face-quality gate: rejects are counted, never written")
-    closed_loop: ClosedLoopConfig | None = Field(None, description="exact quotas per stratum, verified (see README)")
+    closed_loop: ClosedLoopConfig | None = Field(None, description="exact quotas per stratum, verified (see docs/labels-and-balance.md)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "GenerateConfig":

@@ -34,7 +34,7 @@ class QualityGateConfig(Section):
 
     detector: Literal["haar", "none"] = Field(
         "haar", description="haar: OpenCV's frontal-face Haar cascade must find a face (it misses many tight "
-                            "crops: see README for measured pass rates); none: scores only")
+                            "crops: see docs/benchmarks.md for measured pass rates); none: scores only")
     min_contrast: float = Field(8.0, ge=0, description="reject below this grey-level standard deviation")
     min_sharpness: float = Field(10.0, ge=0, description="reject below this variance of the grey-level Laplacian")
     haar_side: int = Field(96, ge=24, le=512, description="haar: the face is resized to this side before detection")

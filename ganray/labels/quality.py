@@ -7,7 +7,7 @@ Per image, on its grey levels (ITU-R 601 luma, 0-255) at the image's own resolut
 - face      = OpenCV's frontal-face Haar cascade (alt2, shipped inside opencv-python-headless 4.x)
   finds at least one face of at least a quarter of the side, on the image resized to `haar_side`
   and histogram-equalised. Switchable (`detector: none`): Haar cascades miss many tight face
-  crops (README gives the pass rates measured on the built-in faces and on UTKFace).
+  crops (docs/benchmarks.md gives the pass rates measured on the built-in faces and on UTKFace).
 
 A face fails on the first of no_face, low_contrast, low_sharpness (in that order, the reason it is
 counted under). Every step is a function of one image alone, so verdicts never depend on batching.
