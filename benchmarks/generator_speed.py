@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
     parser.add_argument("--quick", action="store_true", help="64 px only, no determinism checks")
     args = parser.parse_args()
-    run = BenchmarkRun(RESULT_NAME, mode="quick" if args.quick else "full")
+    result = BenchmarkRun(RESULT_NAME, mode="quick" if args.quick else "full")
 
     threads = torch.get_num_threads()
     # Measured before, in every round and after the generators (the best of all): on a shared machine
@@ -267,13 +267,13 @@ def main() -> None:
         print(f"| {arch} | {resolution} | {name} | {b} | {flops / 1e9:.3f} | {rate:,.1f} | {achieved / 1e9:,.1f} | "
               f"{achieved / peak[used_threads]:.2f} ({used_threads} thr) | {independent} |")
 
-    run.settings = {"threads": threads, "repeats": args.repeats, "seconds": args.seconds, "batch": args.batch,
+    result.settings = {"threads": threads, "repeats": args.repeats, "seconds": args.seconds, "batch": args.batch,
                     "compile": args.compile, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    run.note("Random weights; faces/s are the best of the rounds; FLOPs counted with "
+    result.note("Random weights; faces/s are the best of the rounds; FLOPs counted with "
              "torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions, 2 x MACs). "
              "`render` rows are the product path (prepare_for_render, then render_faces on one thread).")
-    run.figure(f"bf16 matmul peak (4096^3), {threads} threads", peak[threads] / 1e9, "GFLOP/s")
-    run.figure("bf16 matmul peak (4096^3), 1 thread", peak[1] / 1e9, "GFLOP/s")
+    result.figure(f"bf16 matmul peak (4096^3), {threads} threads", peak[threads] / 1e9, "GFLOP/s")
+    result.figure("bf16 matmul peak (4096^3), 1 thread", peak[1] / 1e9, "GFLOP/s")
     by_name = {(a, r, n, b): rate for a, r, n, b, _, rate, *_ in rows}
     for arch in ("dcgan", "stylegan2"):
         prepared = by_name.get((arch, 64, "render bf16 (bulk job and Serve)", args.batch if arch == "dcgan"
@@ -281,13 +281,13 @@ def main() -> None:
         plain = by_name.get((arch, 64, "render bf16, unprepared (before)", args.batch if arch == "dcgan"
                              else max(args.batch // 8, 1)))
         if prepared and plain:
-            run.figure(f"{arch}-64 render bf16: prepared ÷ unprepared", prepared / plain)
-    run.table("Faces/s and achieved FLOP/s by variant", [
+            result.figure(f"{arch}-64 render bf16: prepared ÷ unprepared", prepared / plain)
+    result.table("Faces/s and achieved FLOP/s by variant", [
         "arch", "px", "variant", "batch", "GFLOP/face", "faces/s", "GFLOP/s", "÷ bf16 peak (same threads)",
         "threads", "batch-independent"], [
         [arch, resolution, name, b, flops / 1e9, rate, achieved / 1e9, achieved / peak[used_threads], used_threads,
          independent] for arch, resolution, name, b, flops, rate, achieved, used_threads, independent in rows])
-    run.write()
+    result.write()
 
 
 if __name__ == "__main__":
