@@ -98,7 +98,7 @@ def number(value: Any) -> str:
             return f"{value:.1f}"
         if size >= 1 or size == 0:
             return f"{value:.2f}"
-        return f"{value:.3g}"
+        return f"{value:#.3g}"
     return str(value)
 
 
