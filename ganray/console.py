@@ -3,9 +3,10 @@
 - One live progress line per long job (`ProgressLine`): redrawn in place on a terminal; in a log
   file or CI (not a terminal), a full line at most every `interval_s` and one at the end.
 - Ray's internal chatter (worker stdout, Ray Train's and Ray Data's INFO/WARNING logs, the driver's
-  Ray logger) goes to the log files of the Ray session (`<session>/logs/`), not to the console;
-  `--verbose` (or GANRAY_VERBOSE=1) brings it back. ganray's own messages and Python warnings raised
-  by ganray code stay on the console.
+  Ray logger, and the native lines Ray's C++ core worker in the driver writes to stderr) goes to the
+  log files of the Ray session (`<session>/logs/`), not to the console; `--verbose` (or
+  GANRAY_VERBOSE=1) brings it back. ganray's own messages and Python warnings raised by ganray code
+  stay on the console.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ VERBOSE_ENV = "GANRAY_VERBOSE"
 _RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
 RAY_DATA_QUIET_LOGGING = Path(__file__).resolve().parent / "ray_data_quiet_logging.yaml"
 DRIVER_LOG_NAME = "ganray-driver.log"
+NATIVE_STDERR_NAME = "ganray-driver.err"
 
 
 def verbose() -> bool:
@@ -63,6 +65,41 @@ def route_driver_logs(session_logs_dir: str | None) -> str | None:
         for h in logger.handlers:  # Ray's own console handlers: errors only
             if h is not handler and isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 h.setLevel(logging.ERROR)
+    return path
+
+
+def route_native_stderr(session_logs_dir: str | None) -> str | None:
+    """Point file descriptor 2 at `<session logs>/ganray-driver.err`; Python's sys.stderr stays on the console.
+
+    The driver's core worker logs ERROR lines both to its log file (python-core-driver-*.log) and to
+    fd 2, and Ray offers no setting for the second (src/ray/util/logging.cc). Ray Data starts every
+    actor-pool worker with its transform and context by ObjectRef and with restarts on, so each job
+    meets core_worker.cc's "constructor arguments in the object store and max_restarts > 0" error.
+    Call after ray.init, in a command's own process only; returns the file's path.
+    """
+    if verbose() or not session_logs_dir:
+        return None
+    old = sys.stderr
+    try:
+        python_on_fd2 = old is not None and old.fileno() == 2
+        old.flush()
+        console_fd = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no fd 2, or sys.stderr is not a file: leave both
+        return None
+    path = os.path.join(session_logs_dir, NATIVE_STDERR_NAME)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    if not python_on_fd2:
+        os.close(console_fd)
+        return path
+    new = os.fdopen(console_fd, "w", buffering=1, encoding=old.encoding, errors=old.errors)
+    sys.stderr = new
+    # Handlers made on the old sys.stderr (Ray's, Serve's: errors only, see route_driver_logs) follow it.
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in getattr(logger, "handlers", ()):
+            if isinstance(h, logging.StreamHandler) and h.stream is old:
+                h.setStream(new)
     return path
 
 

@@ -28,6 +28,7 @@ def init_ray(address: str | None = None, **local_kwargs) -> None:
         local_kwargs.setdefault("include_dashboard", False)
         ray.init(**options, **local_kwargs)
     log = console.route_driver_logs(_session_logs_dir())
+    console.route_native_stderr(_session_logs_dir())
     if log:
         print(f"[ganray] Ray logs: {os.path.dirname(log)} (--verbose shows them here)", flush=True)
 

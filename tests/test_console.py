@@ -84,3 +84,51 @@ def test_verbose_brings_ray_output_back_and_quiet_routes_it_to_files(monkeypatch
     console.configure(verbose_flag=True)
     assert console.verbose() and console.ray_init_options() == {"log_to_driver": True}
     assert console.route_driver_logs(str(tmp_path)) is None
+
+
+ACTOR_POOL_JOB = """
+import sys
+from ganray import console
+console.configure(verbose_flag=False)
+import ray, ray.data
+from ganray.runtime import init_ray
+
+class AddOne:
+    def __call__(self, batch):
+        return {"id": batch["id"] + 1}
+
+init_ray(num_cpus=2)
+rows = ray.data.range(4, override_num_blocks=2).map_batches(
+    AddOne, batch_size=2, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1).count()
+print("python's stderr is still the console", file=sys.stderr)
+print("rows", rows)
+"""
+
+
+def test_driver_core_worker_errors_go_to_the_session_logs_not_the_console(tmp_path):
+    # Ray Data starts pool actors with ObjectRef arguments and restarts on: the driver's core worker
+    # then writes a core_worker.cc ERROR line to fd 2 (and to its own log file) once per process.
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from ganray import console
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in (console.VERBOSE_ENV, "RAY_ADDRESS", "RAY_DATA_LOGGING_CONFIG")}
+    ray_tmp = tempfile.mkdtemp(prefix="ganray-console-")  # short socket paths
+    env.update(TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
+    try:
+        proc = subprocess.run([sys.executable, "-c", ACTOR_POOL_JOB], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        seen = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "rows 4" in proc.stdout, seen[-4000:]
+        assert "core_worker.cc" not in seen and "constructor arguments" not in seen, seen
+        assert "python's stderr is still the console" in proc.stderr
+        logs = next(line.split()[3] for line in proc.stdout.splitlines() if line.startswith("[ganray] Ray logs: "))
+        native = open(os.path.join(logs, console.NATIVE_STDERR_NAME)).read()
+        assert "constructor arguments in the object store" in native, native
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -25,7 +25,8 @@ TINY = ["--set", "data.resolution=32", "--set", "data.synthetic.count=256", "--s
 # What Ray prints when its chatter reaches the console (seen before the console work: 282 lines of
 # the first, one per report of the second, and the rest once each).
 RAY_CHATTER = ("PlacementGroupCleaner", "TrainingReport", "RayTrainWorker pid=", "TrainController pid=",
-               "Starting execution of Dataset", "Started a local Ray instance", "SplitCoordinator")
+               "Starting execution of Dataset", "Started a local Ray instance", "SplitCoordinator",
+               "core_worker.cc")
 ONE_SCREEN = 30  # lines
 IMPORTED_FROM = """
 import os, ray
