@@ -157,7 +157,10 @@ class EqualConv2d(nn.Module):
 
 def _label_codes(labels: Tensor, value_counts: list[int]) -> Tensor:
     """(B, n_cond) value indices -> (B, sum of value counts) concatenated one-hot codes, float32."""
-    return torch.cat([F.one_hot(labels[:, i].long(), n) for i, n in enumerate(value_counts)], dim=1).float()
+    # Comparisons rather than F.one_hot, which reads the labels' range back to the host on CPU: these
+    # read nothing back on any device (tests/test_train_gpu_paths.py counts such reads per step).
+    codes = [labels[:, i, None] == torch.arange(n, device=labels.device) for i, n in enumerate(value_counts)]
+    return torch.cat(codes, dim=1).float()
 
 
 class MappingNetwork(nn.Module):
