@@ -755,7 +755,7 @@ def test_shipped_gpu_generators_are_pinned_to_one_gpu_kind():
     # The RayService's GPU group runs on that kind and tells the autoscaler so.
     manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice-face-api.yaml").read_text())
     (service,) = [c for where, c in gpu_configs.items() if where.startswith("rayservice-face-api.yaml")]
-    (group,) = manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    (group,) = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     declared = json.loads(json.loads(group["rayStartParams"]["resources"]))
     assert declared == {f"accelerator_type:{service.generator.accelerator_type}": 1}
     assert group["template"]["spec"]["nodeSelector"]["cloud.google.com/gke-accelerator"].removeprefix(

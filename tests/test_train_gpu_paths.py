@@ -160,6 +160,35 @@ def test_a_step_that_does_not_log_never_waits_for_the_device(model):
     assert "tolist" in at_log.calls and "__float__" in at_log.calls
 
 
+def test_a_labeler_step_that_does_not_report_never_waits_for_the_device():
+    """The attribute classifier's loop: its step and metric sums stay on the device between reports."""
+    import contextlib
+
+    from ganray.config import ClassifierModelConfig
+    from ganray.labels.train import StepMetrics, classifier_step
+    from ganray.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierModelConfig(width=8, max_channels=16, feature_dim=16, dropout=0.1), 32,
+                             ATTRIBUTES)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    names, window = list(ATTRIBUTES), StepMetrics()
+
+    def step(i: int) -> None:
+        x, labels = batch_of(i)
+        window.add(classifier_step(model, opt, x, labels, names, contextlib.nullcontext()))
+
+    step(0)  # the optimizer creates its state
+    with HostSyncs([s["step"] for s in opt.state.values()]) as syncs:
+        for i in range(1, 5):
+            step(i)
+    assert syncs.calls == []
+    with HostSyncs([]) as at_report:
+        means = window.means()
+    assert at_report.calls == ["tolist"] and sorted(means) == sorted(["loss", "train_acc_gender", "train_acc_age"])
+    assert window.count == 0 and 0 <= means["train_acc_age"] <= 1
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Batches: uint8 until on the device, the next one read while a step runs
 

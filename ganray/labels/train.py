@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ganray.config import LabelerTrainJob
-from ganray.data.dataset import EpochSampler, IndexedRows, to_training_batch
+from ganray.data.batches import BatchPrefetcher
+from ganray.data.dataset import EpochSampler, IndexedRows
 from ganray.labels import checkpoint as ckpt
 from ganray.models.classifier import build_classifier
 from ganray.models.face import resolve_precision
@@ -73,40 +74,68 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # "auto": bf16 where this worker's device computes it, else fp32 (this loop has no fp16 loss scaling).
     bf16 = resolve_precision(cfg.precision, device, fp16=False) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    sums, count, started = {"loss": 0.0, **{f"train_acc_{n}": 0.0 for n in names}}, 0, time.perf_counter()
+    window, started = StepMetrics(), time.perf_counter()
+    # From the restored position on; its state_dict is the position of the batch not yet trained on.
+    batches = BatchPrefetcher(rows, sampler, None, device)
     while step < cfg.max_steps:
-        indices, flip = sampler.next()
-        x, labels = to_training_batch(rows.read(indices), flip)
-        x, labels = x.to(device), labels.to(device)
-        model.train()
-        with autocast:
-            logits = model(x)
-        loss = sum(F.cross_entropy(logits[n].float(), labels[:, j]) for j, n in enumerate(names))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        x, labels = batches.next()  # the batch after it is read while this step computes
+        window.add(classifier_step(model, opt, x, labels, names, autocast))
         step += 1
-        sums["loss"] += loss.item()
-        for j, n in enumerate(names):
-            sums[f"train_acc_{n}"] += (logits[n].argmax(1) == labels[:, j]).float().mean().item()
-        count += 1
 
         at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         if step % cfg.log_every == 0 or at_checkpoint:
-            metrics = worker.mean({k: v / count for k, v in sums.items()})
+            count = window.count
+            metrics = worker.mean(window.means())
             metrics.update(step=step, images_per_s=count * cfg.batch_size / max(time.perf_counter() - started, 1e-9))
             history.append(dict(metrics))
             rngs = worker.gather(rng_state())  # a collective: every rank, every report
 
             def write(folder: str) -> None:  # rank 0, at a checkpoint
                 training = {"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "rng": rngs,
-                            "data_position": sampler.state_dict(), "step": step}
+                            "data_position": batches.state_dict(), "step": step}
                 _write_checkpoint(folder, job, attributes, loop_config["manifest_hash"], history, metrics, training)
 
             worker.report(metrics, step if at_checkpoint else None, write)
             if rank == 0 and loop_config.get("progress") is not None:
                 loop_config["progress"].post.remote(metrics)  # the driver's console line; fire and forget
-            sums, count, started = {k: 0.0 for k in sums}, 0, time.perf_counter()
+            started = time.perf_counter()
+    batches.close()
+
+
+def classifier_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
+                    names: list[str], autocast) -> dict[str, torch.Tensor]:
+    """One update on (x, labels); the loss and each head's batch accuracy as 0-d tensors on the
+    device, so that a step that does not log never waits for the device."""
+    model.train()
+    with autocast:
+        logits = model(x)
+    loss = sum(F.cross_entropy(logits[n].float(), labels[:, j]) for j, n in enumerate(names))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        return {"loss": loss.detach(), **{f"train_acc_{n}": (logits[n].argmax(1) == labels[:, j]).float().mean()
+                                          for j, n in enumerate(names)}}
+
+
+class StepMetrics:
+    """Sums of the steps' metrics since the last report, on the device (float64, as Python floats
+    would sum them); `means` reads them back once and starts a new window."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v.double() if k in self.sums else v.double()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        keys = list(self.sums)
+        values = (torch.stack([self.sums[k] for k in keys]) / self.count).tolist() if keys else []
+        self.sums, self.count = {}, 0
+        return dict(zip(keys, values))
 
 
 def _write_checkpoint(directory: str, job: LabelerTrainJob, attributes: dict, manifest_hash: str,
