@@ -90,9 +90,10 @@ def test_labeler_beats_the_majority_class_on_faces_it_never_trained_on(ray_sessi
                                         "rows": recording(split.train), "manifest_hash": "test",
                                         "run_url": str(tmp_path / "learns")}, tmp_path, "learns", monkeypatch)
 
-    # The held-out faces were never in a batch the loop trained on (what it read, not what the split says).
+    # The held-out faces were never in a batch the loop read (what it read, not what the split says);
+    # the loop reads one batch ahead, so the batch after the last step may have been read too.
     trained_on = set(RecordingRows.read_hashes)
-    assert len(RecordingRows.read_hashes) == 120 * 32 and len(trained_on) > 300
+    assert len(RecordingRows.read_hashes) in (120 * 32, 121 * 32) and len(trained_on) > 300
     assert trained_on.isdisjoint(split.heldout["content_hash"])
 
     state = torch.load(checkpoints[-1] / ckpt.STATE_FILE, map_location="cpu", weights_only=True)
