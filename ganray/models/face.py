@@ -159,10 +159,8 @@ def one_cpu_thread(device: torch.device):
     """Run the forward pass on one intra-op thread on CPU.
 
     With more threads, oneDNN may split the work of a batch differently for different batch sizes,
-    and then a face's pixels depend on the batch it was rendered in: measured here with 2 threads,
-    a DCGAN-64 face differed by one level between batches of 7 and 16 (3 of 20 random models in
-    fp32, 1 of 20 in bf16; never with one thread). Byte-identical faces come first; more cores are
-    used by more renderers (bulk job replicas, Serve replicas), not by more threads per forward pass.
+    and then a face's pixels can depend on the batch it was rendered in. Byte-identical faces come
+    first; more cores are used by more renderers (bulk job and Serve replicas), not more threads.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
@@ -178,8 +176,7 @@ def one_cpu_thread(device: torch.device):
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16), so that oneDNN's bf16
     kernels are its fast ones. Without (AVX2-only CPUs such as AMD EPYC Zen 3), bf16 convolutions and
-    matmuls fall back to reference kernels: a bf16 4096^2 matmul ran at ~1 GFLOP/s on one core of an
-    AMD EPYC here, fp32 at ~50, and a DCGAN-64 face rendered ~35x slower in bf16 than in fp32."""
+    matmuls fall back to reference kernels, far slower than fp32 (benchmarks/generator_speed.py)."""
     return cpu_has_amx() or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
