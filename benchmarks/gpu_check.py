@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/gpu_check.py --cpu     # the same checks at toy sizes on CPU, in seconds
 
 1. Render bytes: the same seeds rendered with batch sizes 1, 5 and 16 (fixed) and in batches of
-   varying size give byte-identical faces (fp16 on cuda, fp32 on CPU).
+   varying size give byte-identical faces (fp16 on cuda, fp32 on CPU), for a DCGAN and a StyleGAN2
+   (whose mapping runs in fixed-shape products off the CPU).
 2. DDP training: steps of a small DCGAN under DistributedDataParallel (one process; nccl on cuda,
    gloo on CPU) with fp16 autocast and a GradScaler (disabled on CPU); the same steps resumed from a
    checkpoint taken halfway (weights, optimizers, scaler, RNG) end in byte-identical weights.
@@ -26,16 +27,18 @@ RESULT_NAME = "gpu_check"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def render_bytes_check(device: str, precision: str, resolution: int, faces: int) -> dict:
+def render_bytes_check(device: str, precision: str, resolution: int, faces: int, arch: str = "dcgan") -> dict:
     import numpy as np
     import torch
 
-    from ganray.config import DCGANConfig
+    from ganray.config import DCGANConfig, StyleGAN2Config
     from ganray.models import build_generator
     from ganray.models.face import labels_for_conditions, prepare_for_render, render_faces
 
     torch.manual_seed(0)
-    generator = build_generator(DCGANConfig(z_dim=32, g_width=16), resolution, {}).to(device).eval()
+    cfg = DCGANConfig(z_dim=32, g_width=16) if arch == "dcgan" else StyleGAN2Config(
+        z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=32)
+    generator = build_generator(cfg, resolution, {}).to(device).eval()
     generator = prepare_for_render(generator, precision)
     seeds = list(range(faces))
 
@@ -193,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     device, precision = ("cpu", "fp32") if args.cpu else ("cuda", "fp16")
     run = BenchmarkRun(RESULT_NAME, mode="cpu" if args.cpu else "gpu")
     run.settings = {"device": device, "precision": precision}
-    render = render_bytes_check(device, precision, 32 if args.cpu else 64, 24 if args.cpu else 256)
-    run.figure("render bytes equal, fixed batch sizes 1/5/16", str(all(render["fixed"].values())).lower())
-    run.figure("render bytes equal, varying batch sizes", str(render["varying"]).lower())
+    renders = {arch: render_bytes_check(device, precision, 32 if args.cpu else 64, 24 if args.cpu else 256, arch)
+               for arch in ("dcgan", "stylegan2")}
+    for arch, render in renders.items():
+        run.figure(f"{arch}: render bytes equal, fixed batch sizes 1/5/16", str(all(render["fixed"].values())).lower())
+        run.figure(f"{arch}: render bytes equal, varying batch sizes", str(render["varying"]).lower())
+    renders_equal = all(r["varying"] and all(r["fixed"].values()) for r in renders.values())
     ddp = ddp_check(device, 32 if args.cpu else 64, 4 if args.cpu else 20, 4 if args.cpu else 64)
     run.figure(f"DDP {ddp['steps']} steps = {ddp['steps'] // 2} + resumed {ddp['steps'] - ddp['steps'] // 2}, "
                f"{'fp16 + GradScaler' if device == 'cuda' else 'fp32'}", str(ddp["resume_equal"]).lower())
@@ -210,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         run.write(Path(args.out_dir))
     else:
         run.write()
-    passed = all(render["fixed"].values()) and render["varying"] and ddp["resume_equal"]
-    print(f"gpu_check ({device}): render bytes {'equal' if render['varying'] and all(render['fixed'].values()) else 'DIFFER'}, "
+    passed = renders_equal and ddp["resume_equal"]
+    print(f"gpu_check ({device}): render bytes {'equal' if renders_equal else 'DIFFER'}, "
           f"DDP resume {'equal' if ddp['resume_equal'] else 'DIFFERS'}")
     return 0 if passed else 1
 

@@ -274,8 +274,9 @@ def test_gpu_check_runs_its_cpu_mode_and_refuses_without_a_gpu(tmp_path):
     assert {"figures", "command", "commit", "date", "machine"} <= set(result)
     assert {"cpu", "bf16", "cores", "gpu"} <= set(result["machine"]) and result["mode"] == "cpu"
     figures = {f["name"]: f["value"] for f in result["figures"]}
-    assert figures["render bytes equal, fixed batch sizes 1/5/16"] == "true"
-    assert figures["render bytes equal, varying batch sizes"] == "true"
+    for arch in ("dcgan", "stylegan2"):
+        assert figures[f"{arch}: render bytes equal, fixed batch sizes 1/5/16"] == "true"
+        assert figures[f"{arch}: render bytes equal, varying batch sizes"] == "true"
     assert figures["DDP 4 steps = 2 + resumed 2, fp32"] == "true"
 
 

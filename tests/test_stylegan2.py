@@ -245,6 +245,38 @@ def test_linear_as_single_rows_gives_each_row_the_bits_of_a_one_row_product():
             alone = torch.cat([F.linear(x[i:i + 1], weight, bias) for i in range(batch)])
             assert torch.equal(_linear_as_single_rows(x, weight, bias), alone), (in_features, out_features, batch)
 
+def test_off_the_cpu_the_mapping_runs_in_fixed_shape_products_whose_rows_ignore_the_batch():
+    """On a GPU every mapping product has FIXED_ROWS rows (one kernel whatever the batch): checked on
+    the meta device (the shapes of the products it runs) and on CPU (a row's bits do not depend on
+    its batch, its position in it, or the other rows)."""
+    from torch.overrides import TorchFunctionMode
+
+    from ganray.models.stylegan2_layers import FIXED_ROWS, _linear_in_fixed_rows
+
+    class Products(TorchFunctionMode):
+        shapes: list = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is F.linear:
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    weight, bias = torch.randn(32, 16, device="meta"), torch.randn(32, device="meta")
+    with Products() as products:
+        out = _linear_as_single_rows(torch.randn(2 * FIXED_ROWS + 5, 16, device="meta"), weight, bias)
+    assert out.shape == (2 * FIXED_ROWS + 5, 32) and products.shapes == [(FIXED_ROWS, 16)] * 3
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(512, 512) * 0.05, torch.randn(512)
+    x = torch.randn(200, 512)
+    alone = torch.cat([_linear_in_fixed_rows(x[i:i + 1], weight, bias) for i in range(200)])
+    perm = torch.randperm(200)
+    assert torch.equal(_linear_in_fixed_rows(x[perm], weight, bias), alone[perm])
+    for batch in (3, 64, 65, 130):
+        parts = [_linear_in_fixed_rows(x[s:s + batch], weight, bias) for s in range(0, 200, batch)]
+        assert torch.equal(torch.cat(parts), alone), batch
+
+
 def test_the_prepared_form_renders_the_plain_generators_bytes_and_only_in_its_precision():
     """prepare_for_render puts a style-based generator in channels_last for bf16 (what the bulk job
     and Serve render with): the same bytes as the plain generator, whatever the batch; for fp32 it

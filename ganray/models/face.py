@@ -9,7 +9,7 @@ Every step is a function of one face's inputs only, never of the batch it is ren
   0, for DCGAN's N(0, I) z; a model that knows a better mean exposes it as a buffer named
   `latent_mean`), then G(z', labels);
 - a style-based generator (StyleGAN2: `map`, `synthesis`, `num_ws`, `noise_inputs`):
-  ws = G.map(z, labels, psi, single_rows=True), each face's row the bits of mapping it alone,
+  ws = G.map(z, labels, psi, single_rows=True), each face's row independent of the batch,
   truncated in w space towards the average w G tracked for the face's conditions (its `latent_mean` buffers); noise inputs drawn from a
   torch.Generator seeded with a hash of (seed, "noise"), one per face; then G.synthesis(ws, noise).
   Style mixing (`mix_seeds`, `crossover`): layers from w index `crossover` on take the second

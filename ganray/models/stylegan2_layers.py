@@ -49,14 +49,30 @@ def _rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 BLAS_BATCHED_MIN_PRODUCTS = 400
 
 
-def _linear_as_single_rows(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """x @ weight.T + bias, every row the same bits as F.linear on that row alone (a batch of one).
+# Off the CPU, every mapping product has this many rows (the batch padded with zeros and split): one
+# GEMM shape means one kernel, so a face's row never depends on the batch it is rendered in.
+FIXED_ROWS = 64
 
-    On CPU in one call: a batched product of one-row matrices runs BLAS's one-row product for each
-    (tests/test_stylegan2.py checks the bits). Elsewhere, and for layers too small for BLAS, row by row.
+
+def _linear_in_fixed_rows(x: Tensor, weight: Tensor, bias: Tensor, rows: int = FIXED_ROWS) -> Tensor:
+    """x @ weight.T + bias in products of exactly `rows` rows (zero rows pad the last one)."""
+    b = x.shape[0]
+    pad = (-b) % rows
+    padded = torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x
+    return torch.cat([F.linear(chunk, weight, bias) for chunk in padded.split(rows)])[:b]
+
+
+def _linear_as_single_rows(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x @ weight.T + bias, every row's bits independent of the other rows and of the batch size.
+
+    On CPU in one call, each row the bits of F.linear on that row alone: a batched product of
+    one-row matrices runs BLAS's one-row product for each (tests/test_stylegan2.py checks the bits);
+    layers too small for BLAS go row by row. Elsewhere (GPU) in fixed-shape products of FIXED_ROWS rows.
     """
     b = x.shape[0]
-    if x.device.type == "cpu" and b > 1 and weight.numel() >= BLAS_BATCHED_MIN_PRODUCTS:
+    if x.device.type != "cpu":
+        return _linear_in_fixed_rows(x, weight, bias) if b else F.linear(x, weight, bias)
+    if b > 1 and weight.numel() >= BLAS_BATCHED_MIN_PRODUCTS:
         return torch.baddbmm(bias.expand(b, 1, -1), x[:, None, :], weight.t().expand(b, -1, -1)).squeeze(1)
     return torch.cat([F.linear(x[i:i + 1], weight, bias) for i in range(b)]) if b else F.linear(x, weight, bias)
 
