@@ -17,34 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ganray.data.dataset import EpochSampler, IndexedRows
-
-
-def host_batch(batch: dict[str, np.ndarray], flip: np.ndarray | None,
-               label_columns: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A numpy batch in the TRAINING SCHEMA -> (images NCHW uint8, labels int64 [B, n]), on the host.
-
-    `flip` (bool per image) mirrors those images horizontally; `label_columns`: the label columns,
-    in that order (None: every attribute of the batch, in dataset order)."""
-    images = np.asarray(batch["image"])
-    if flip is not None:
-        images = np.where(np.asarray(flip, dtype=bool)[:, None, None, None], images[:, :, ::-1], images)
-    # A fresh contiguous NCHW copy (batches can be read-only views of the object store).
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    label_names = [k for k in batch if k != "image"] if label_columns is None else list(label_columns)
-    missing = [k for k in label_names if k not in batch]
-    if missing:
-        raise KeyError(f"label columns {missing} are not in the batch (it has {sorted(batch)})")
-    if label_names:
-        labels = torch.from_numpy(np.stack([batch[k] for k in label_names], axis=1).astype(np.int64))
-    else:
-        labels = torch.zeros((x.shape[0], 0), dtype=torch.int64)
-    return x, labels
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [-1, 1] (x / 127.5 - 1), on whatever device they are."""
-    return images.float().div_(127.5).sub_(1.0)
+from ganray.data.dataset import EpochSampler, IndexedRows, host_batch, to_unit_range  # noqa: F401 (re-exported)
 
 
 class BatchPrefetcher:

@@ -72,22 +72,38 @@ def to_training_batch(batch: dict[str, np.ndarray], flip: np.ndarray | None,
     `flip` (bool per image, from `EpochSampler`) mirrors those images horizontally; None: no flips.
     `label_columns`: the attributes the labels hold, in that column order (a conditional model's
     `condition_on` may pick some of the dataset's attributes, in another order); None: every
-    attribute of the batch, in dataset order.
+    attribute of the batch, in dataset order. The training loops do the same in two halves:
+    `host_batch` where the batch is read, `to_unit_range` on the device (ganray.data.batches).
     """
-    # astype copies into a fresh writable array (batches can be read-only views of the object store).
-    x = torch.from_numpy(batch["image"].astype(np.float32)).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
+    images, labels = host_batch(batch, flip, label_columns)
+    return to_unit_range(images), labels
+
+
+def host_batch(batch: dict[str, np.ndarray], flip: np.ndarray | None,
+               label_columns: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A numpy batch in the TRAINING SCHEMA -> (images NCHW uint8, labels int64 [B, n]), on the host.
+
+    `flip` (bool per image) mirrors those images horizontally; `label_columns`: the label columns,
+    in that order (None: every attribute of the batch, in dataset order)."""
+    images = np.asarray(batch["image"])
     if flip is not None:
-        x = torch.where(torch.from_numpy(np.asarray(flip, dtype=bool))[:, None, None, None], x.flip(-1), x)
+        images = np.where(np.asarray(flip, dtype=bool)[:, None, None, None], images[:, :, ::-1], images)
+    # A fresh contiguous NCHW copy (batches can be read-only views of the object store).
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     label_names = [k for k in batch if k != "image"] if label_columns is None else list(label_columns)
     missing = [k for k in label_names if k not in batch]
     if missing:
         raise KeyError(f"label columns {missing} are not in the batch (it has {sorted(batch)})")
     if label_names:
-        # np.stack copies: Ray hands out read-only arrays, which torch warns about sharing.
         labels = torch.from_numpy(np.stack([batch[k] for k in label_names], axis=1).astype(np.int64))
     else:
         labels = torch.zeros((x.shape[0], 0), dtype=torch.int64)
-    return x.contiguous(), labels
+    return x, labels
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1] (x / 127.5 - 1), on whatever device they are."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
 # ---------------------------------------------------------------------------------------------
