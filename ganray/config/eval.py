@@ -86,7 +86,7 @@ class EvalConfig(Section):
     record_as: str = Field("default", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
                            description="name of the evaluation in the model version's registry entry")
     extractor: ExtractorConfig = ExtractorConfig()
-    # Per-group metrics and the memorization check (issue 11, items 4 and 5).
+    # Per-group metrics and the memorization check.
     groups: list[str] = Field(
         [], description="attributes whose value combinations (strata) get their own FID, precision and recall: "
                         "generated faces by their conditions, reference images by their labels")
