@@ -4,6 +4,7 @@ psi and noise matter) and the session's real local Ray."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,32 +25,33 @@ def stylegan2(tmp_path_factory):
     return registry, url, push_random_stylegan2(registry, init_seed=7)
 
 
-@pytest.fixture(scope="module")
-def stylegan2_bulk(ray_session, stylegan2, tmp_path_factory):
-    """A bulk job's faces of the tiny StyleGAN2 (batches of 3), balanced over both attributes."""
+def _bulk_job(stylegan2, tmp_path_factory, name: str, **generate) -> Path:
+    """A bulk job of the tiny StyleGAN2 (seed offset 60, psi 0.7, batches of 3); its output folder."""
     from ganray.generate.job import run_generate
-    from ganray.generate.output import PARQUET_DIR
 
     _, url, version = stylegan2
-    output = tmp_path_factory.mktemp("stylegan2-bulk") / "faces"
-    job = GenerateJob.model_validate({"registry": {"url": url}, "generate": {
-        "model": version, "output": str(output), "count": 8, "shard_size": 4, "format": "parquet",
-        "psi": 0.7, "balance": ["age", "smile"], "seed_offset": 60, "batch_size": 3}})
-    run_generate(job, log=lambda line: None)
+    output = tmp_path_factory.mktemp(name) / "faces"
+    run_generate(GenerateJob.model_validate({"registry": {"url": url}, "generate": {
+        "model": version, "output": str(output), "shard_size": 4, "psi": 0.7, "seed_offset": 60,
+        "batch_size": 3, **generate}}), log=lambda line: None)
+    return output
+
+
+@pytest.fixture(scope="module")
+def stylegan2_bulk(ray_session, stylegan2, tmp_path_factory):
+    """A bulk job's faces of the tiny StyleGAN2, balanced over both attributes."""
+    from ganray.generate.output import PARQUET_DIR
+
+    output = _bulk_job(stylegan2, tmp_path_factory, "stylegan2-bulk", count=8, format="parquet",
+                       balance=["age", "smile"])
     return sorted(pq.read_table(output / PARQUET_DIR).to_pylist(), key=lambda row: row["seed"])
 
 
 @pytest.fixture(scope="module")
 def stylegan2_mixed_bulk(ray_session, stylegan2, tmp_path_factory):
-    """A style-mixing bulk job of the tiny StyleGAN2 (batches of 3), in PNG folders (the metadata rows)."""
-    from ganray.generate.job import run_generate
-
-    _, url, version = stylegan2
-    output = tmp_path_factory.mktemp("stylegan2-mixed") / "faces"
-    job = GenerateJob.model_validate({"registry": {"url": url}, "generate": {
-        "model": version, "output": str(output), "count": 4, "shard_size": 4, "format": "both",
-        "psi": 0.7, "conditions": {"age": "old"}, "seed_offset": 60, "batch_size": 3, **MIX}})
-    run_generate(job, log=lambda line: None)
+    """A style-mixing bulk job of the tiny StyleGAN2, in PNG folders (the metadata rows)."""
+    output = _bulk_job(stylegan2, tmp_path_factory, "stylegan2-mixed", count=4, format="both",
+                       conditions={"age": "old"}, **MIX)
     rows = sorted(pq.read_table(output / "parquet").to_pylist(), key=lambda row: row["seed"])
     png_folder = next(output.glob("png/*"))
     return rows, pq.read_table(next(png_folder.glob("*.parquet"))).to_pylist(), png_folder

@@ -239,8 +239,12 @@ def test_host_batch_then_unit_range_is_to_training_batch():
     flip = np.array([True, False, True, True, False])
     images, labels = host_batch(batch, flip)
     assert images.dtype == torch.uint8
-    expected = to_training_batch(batch, flip)
+    # The same values worked out independently in numpy: NCHW, x / 127.5 - 1, flipped rows mirrored.
+    pixels = batch["image"].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    pixels = np.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels).transpose(0, 3, 1, 2)
+    expected = (torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(batch["a"][:, None].astype(np.int64)))
     assert torch.equal(to_unit_range(images), expected[0]) and torch.equal(labels, expected[1])
+    assert all(torch.equal(a, b) for a, b in zip(to_training_batch(batch, flip), expected))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
