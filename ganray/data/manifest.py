@@ -1,23 +1,28 @@
-"""The dataset format: an import's manifest, its shard list, and the one Parquet shard reader.
+"""The dataset format: an import's manifest, its shard list, and the one shard reader.
 
 An imported dataset (`ganray data import`, docs/CONTRACTS.md "Imported datasets") is a
 `manifest.json` naming Parquet shards by paths relative to its folder; a finished `ganray generate`
 output has its own manifest (ganray/generate/output.py) whose shards are Parquet files as well.
 Every reader of either (training, the labeler's dataset, eval, the human-evaluation page) reads the
 manifest and the shards through this module, so paths are checked (`storage.child`) and shards are
-opened the same way everywhere.
+opened the same way everywhere. `read_face_rows` gives a shard's rows in ganray's terms (`image`:
+PNG bytes, labels: strings) whatever its table layout (ganray/data/hf_features.py) or format
+(Parquet, or a generated output's WebDataset tar).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
+import tarfile
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ganray import storage
+from ganray.data.hf_features import decode_columns, features_of
 from ganray.storage import join, url_to_fs
 
 MANIFEST_NAME = "manifest.json"
@@ -91,13 +96,46 @@ def generated_parquet_paths(url: str, manifest: dict[str, Any]) -> list[str]:
 # The shard reader (fs: the fsspec filesystem of the dataset's URL; paths from the functions above)
 
 
+def read_face_rows(fs, path: str, columns: list[str] | None = None,
+                   row_groups: list[int] | None = None) -> pa.Table:
+    """Rows of one shard as ganray reads them, whatever its layout: `image` as PNG bytes, every
+    attribute label as its string (a ClassLabel's name), other columns as stored.
+
+    `columns` None reads them all; `row_groups` (indices into the Parquet file) reads only those
+    groups, in the order given. A WebDataset `.tar` shard is read whole as one row group: its
+    `KEY.json` rows, with `image` from `KEY.png`.
+    """
+    if path.endswith(".tar"):
+        if row_groups not in (None, [0]):
+            raise ValueError(f"{path} is a tar shard: it has one row group, 0, not {row_groups}")
+        return _tar_rows(fs, path, columns)
+    shard = pq.ParquetFile(path, filesystem=storage.pyarrow_filesystem(fs))
+    table = shard.read(columns=columns) if row_groups is None else shard.read_row_groups(row_groups, columns=columns)
+    return decode_columns(table, features_of(shard.schema_arrow))
+
+
+def _tar_rows(fs, path: str, columns: list[str] | None) -> pa.Table:
+    rows: dict[str, dict[str, Any]] = {}
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            key, _, ext = posixpath.basename(member.name).partition(".")
+            if ext == "json":
+                rows.setdefault(key, {}).update(json.loads(tar.extractfile(member).read()))
+            elif ext == "png" and (columns is None or "image" in columns):
+                rows.setdefault(key, {})["image"] = tar.extractfile(member).read()
+    table = pa.Table.from_pylist(list(rows.values()))
+    return table if columns is None else table.select([c for c in columns if c in table.column_names])
+
+
 def read_columns(fs, path: str, columns: list[str]) -> pa.Table:
-    """The given columns of one shard."""
-    return pq.read_table(path, columns=columns, filesystem=storage.pyarrow_filesystem(fs))
+    """The given columns of one shard (read_face_rows)."""
+    return read_face_rows(fs, path, columns)
 
 
 def column_names(fs, path: str) -> list[str]:
     """The columns of one shard (its schema only: no rows are read)."""
+    if path.endswith(".tar"):
+        return _tar_rows(fs, path, None).column_names
     return list(pq.read_schema(path, filesystem=storage.pyarrow_filesystem(fs)).names)
 
 
@@ -124,14 +162,20 @@ def rows_at(fs, paths: list[str], indices: list[int], column: str = "image") -> 
             rows = shard.metadata.row_group(group).num_rows
             here = [i for i in wanted if start <= i < start + rows]
             if here:
-                values = shard.read_row_group(group, columns=[column])[column]
+                values = read_face_rows(fs, path, [column], row_groups=[group])[column]
                 found.update({i: values[i - start].as_py() for i in here})
             start += rows
     return found
 
 
 def read_dataset(fs, paths: list[str], columns: list[str]):
-    """The shards as a lazy Ray Dataset of `columns`, rows in shard order (ray.data.read_parquet)."""
+    """The shards as a lazy Ray Dataset of `columns`, rows in shard order (ray.data.read_parquet),
+    decoded as read_face_rows decodes them."""
     import ray.data
 
-    return ray.data.read_parquet(paths, filesystem=storage.pyarrow_filesystem(fs), columns=columns)
+    dataset = ray.data.read_parquet(paths, filesystem=storage.pyarrow_filesystem(fs), columns=columns)
+    features = features_of(pq.read_schema(paths[0], filesystem=storage.pyarrow_filesystem(fs))) if paths else None
+    if not features:
+        return dataset
+    return dataset.map_batches(decode_columns, fn_kwargs={"features": features}, batch_format="pyarrow",
+                               batch_size=None, zero_copy_batch=True)
