@@ -70,7 +70,7 @@ def generate(model: dict, output: str, **params) -> dict:
 def snapshot(url: str) -> dict[str, bytes]:
     root = Path(url)
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and p.name != "summary.json" and "_lease" not in p.parts}
+            if p.is_file() and p.name not in ("summary.json", "card.json", "README.md") and "_lease" not in p.parts}
 
 
 def entries(output: str) -> list[Path]:

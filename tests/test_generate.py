@@ -73,7 +73,7 @@ def snapshot(url: str) -> dict[str, bytes]:
     """Every file of an output (but the run's timings and the drivers' leases), by path relative to the output."""
     fs, root = storage.url_to_fs(url)
     return {rel: fs.cat_file(path) for path in fs.find(root)
-            if not (rel := path[len(root):].lstrip("/")).endswith("summary.json") and not rel.startswith("_lease/")}
+            if not (rel := path[len(root):].lstrip("/")).endswith(("summary.json", "card.json", "README.md")) and not rel.startswith("_lease/")}
 
 
 def entries(output: str) -> list[str]:

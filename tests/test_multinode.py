@@ -51,7 +51,7 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file of an output but the run's timings and the drivers' leases."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "summary.json" and "_lease" not in p.parts}
+            if p.is_file() and p.name not in ("summary.json", "card.json", "README.md") and "_lease" not in p.parts}
 
 
 def test_two_worker_ddp_training_spans_two_nodes(scenario):

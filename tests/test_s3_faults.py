@@ -58,7 +58,7 @@ def files_under(url: str) -> dict[str, bytes]:
     """Every object under `url`, by key relative to it (leases and the run's timings left out)."""
     fs, root = storage.url_to_fs(url)
     return {rel: fs.cat_file(path) for path in fs.find(root)
-            if not (rel := path[len(root):].lstrip("/")).endswith("summary.json") and not rel.startswith("_lease/")}
+            if not (rel := path[len(root):].lstrip("/")).endswith(("summary.json", "card.json", "README.md")) and not rel.startswith("_lease/")}
 
 
 def assert_clear_failure(capsys, *must_name: str) -> str:
