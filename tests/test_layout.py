@@ -32,6 +32,7 @@ ALLOWED = {
     "ganray.eval": BASE | {"ganray.registry_events", "ganray.runtime", "ganray.models", "ganray.data", "ganray.registry", "ganray.labels"},
     "ganray.labels": BASE | {"ganray.registry_events", "ganray.runtime", "ganray.checkpoints", "ganray.worker", "ganray.models", "ganray.data",
                              "ganray.registry"},
+    "ganray.studio": BASE | {"ganray.data", "ganray.registry"},
     "ganray.cli": None,  # the top: may import every room
 }
 

@@ -7,7 +7,7 @@ names the key (`ConfigError`; the CLI turns it into exit status 2).
 
 One module per concern; every public name is importable from `ganray.config`:
 base (ConfigError, Section, shared value types), loading (YAML and `--set`), models (by `arch`),
-data (training data, `ganray data import`), train, generate, eval, serve, labels, human_eval.
+data (training data, `ganray data import`), train, generate, eval, serve, labels, human_eval, studio.
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ from ganray.config.serve import (
     ServeHTTPConfig,
     ServeJob,
 )
+from ganray.config.studio import StudioConfig
 from ganray.config.train import TrainConfig, TrainJob
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
     "SyntheticData",
     "EvalConfig", "EvalJob", "ExtractorConfig", "MemorizationConfig", "TrainEvalConfig",
     "STRATUM_SEPARATOR", "ClosedLoopConfig", "GenerateConfig", "GenerateJob",
-    "HumanEvalConfig", "HumanEvalJob",
+    "HumanEvalConfig", "HumanEvalJob", "StudioConfig",
     "ClassifierModelConfig", "HeldoutConfig", "LabelerConfig", "LabelerEvalConfig", "LabelerEvalJob",
     "LabelerPublishConfig", "LabelerTrainConfig", "LabelerTrainJob", "QualityGateConfig",
     "format_validation_error", "load_config", "parse_model_config", "parse_overrides", "to_yaml",
