@@ -7,6 +7,8 @@ import base64
 import http.client
 import http.server
 import json
+import os
+import re
 import shutil
 import socket
 import threading
@@ -24,7 +26,7 @@ from ganray.cli import main as cli
 from ganray.config.studio import StudioConfig
 from ganray.studio.app import build_app
 from ganray.data.hf_features import hf_table, to_ganray_table
-from ganray.studio.output import StudioOutput
+from ganray.studio.output import OutputError, StudioOutput
 from ganray.studio.query import parse_filter
 from studio_output import FACES, studio_output
 
@@ -295,3 +297,66 @@ def test_both_shard_layouts_read_as_png_bytes_and_label_strings(tmp_path, hf):
     output.start_filter_index()
     assert output.wait_for_filter_index(30)
     assert output.facet_values()["facets"]["smile"] == {"no": 2, "yes": 2}
+
+
+def test_a_png_folder_output_shows_and_tars_alone_or_paths_outside_are_refused(tmp_path):
+    """format png: rows from the folder's metadata.parquet, pictures from its files."""
+    out = tmp_path / "png"
+    (out / "png" / "shard-00000").mkdir(parents=True)
+    for i in range(2):
+        (out / "png" / "shard-00000" / f"{i:09d}.png").write_bytes(b"png%d" % i)
+    pq.write_table(pa.table({"face_id": [0, 1], "seed": [0, 1], "smile": ["no", "yes"],
+                             "file": [f"png/shard-00000/{i:09d}.png" for i in range(2)]}),
+                   out / "png" / "shard-00000" / "metadata.parquet")
+    (out / "job.json").write_text(json.dumps({"job_id": "j", "parameters": {"format": "png"}}))
+    manifest = {"faces": 2, "shards": [{"shard": 0, "rows": 2, "files": {"png/shard-00000/": {}}}]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    output = StudioOutput(str(out))
+    assert [(r["smile"], base64.b64decode(r["image"])) for r in output.rows([1, 0], ["smile"], images=True)] == [
+        ("yes", b"png1"), ("no", b"png0")]
+    for files, message in (({"webdataset/shard-00000.tar": {}}, "has no Parquet rows or PNG folder"),
+                           ({"../elsewhere/shard-00000.parquet": {}}, "unsafe path")):
+        (out / "manifest.json").write_text(json.dumps({**manifest, "shards": [{"shard": 0, "rows": 2,
+                                                                              "files": files}]}))
+        with pytest.raises(OutputError, match=message):
+            StudioOutput(str(out))
+
+
+def test_the_card_and_evaluation_files_are_served_when_present(tmp_path):
+    out = _tiny_output(tmp_path, hf=False)
+    files = {"README.md": b"---\nlicense: apache-2.0\n---\n# faces\n", "card.json": b'{"evaluation": {"fid": 12.5}}',
+             "eval-demo.json": b'{"fid": 12.5}', "eval-demo-closest-pairs.png": b"\x89PNG", "notes.txt": b"no"}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    server = Studio(out)
+    try:
+        listed = httpx.get(f"{server.url}/api/info").json()["files"]
+        assert listed == sorted(set(files) - {"notes.txt"})
+        for name in listed:
+            assert httpx.get(f"{server.url}/api/files/{name}").content == files[name]
+        assert httpx.get(f"{server.url}/api/files/notes.txt").status_code == 404
+    finally:
+        server.stop()
+
+
+def test_the_page_loads_nothing_from_elsewhere():
+    page = (Path(__file__).resolve().parents[1] / "ganray" / "studio" / "static" / "index.html").read_text()
+    assert re.findall(r'(?:src|href)="([^"]*)"', page) == ["/static/studio.css", "/static/studio.js"]
+    script = (Path(__file__).resolve().parents[1] / "ganray" / "studio" / "static" / "studio.js").read_text()
+    assert "http://" not in page + script and "https://" not in page + script
+
+
+def test_an_output_on_s3_opens_and_pages(s3_bucket, tmp_path):
+    """The same reads against a real S3-protocol server (moto on loopback)."""
+    import fsspec
+
+    url = f"s3://{s3_bucket}/faces"
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    fs.put(str(_tiny_output(tmp_path, hf=True)) + "/", url + "/", recursive=True)
+    server = Studio(url)
+    try:
+        assert httpx.get(f"{server.url}/api/info").json()["faces"] == 4
+        body = httpx.get(f"{server.url}/api/faces", params={"eq.smile": "no"}).json()
+        assert [(f["index"], base64.b64decode(f["image"])) for f in body["faces"]] == [(1, b"png1"), (3, b"png3")]
+    finally:
+        server.stop()

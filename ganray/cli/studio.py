@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a page for OUT (a finished `ganray generate` output, local or s3://): a paged grid of "
                     "faces filtered by every label, stratum, confidence and quality score; a face's row and "
                     "seed, re-rendered through a running face API with another psi; the balance report, "
-                    "evaluation results and dataset card. Listens on 127.0.0.1 unless --host says otherwise; "
-                    f"${API_KEY_ENV} (the face API's key) is then required in X-API-Key.")
+                    "evaluation results and dataset card. Listens on 127.0.0.1 unless --host says otherwise. With "
+                    f"${API_KEY_ENV} set (the face API's key), every /api/ request needs it in X-API-Key.")
     parser.add_argument("out", metavar="OUT", help="a finished `ganray generate` output (local path or s3://)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8770, help="port (0: any free port, printed; default 8770)")

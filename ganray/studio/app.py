@@ -72,8 +72,9 @@ def build_app(output: StudioOutput, cfg: StudioConfig) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        path_parts = urllib.parse.unquote(request.scope.get("raw_path", b"").decode("latin-1")).split("?")[0]
-        texts = [path_parts.lstrip("/"), *(t for pair in request.query_params.multi_items() for t in pair)]
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        path = urllib.parse.unquote(raw.decode("latin-1").split("?")[0])
+        texts = [path.lstrip("/"), *(t for pair in request.query_params.multi_items() for t in pair)]
         if any(looks_like_a_path(t) for t in texts):
             return _error(request, 404, "not found")
         if key is not None and request.url.path.startswith("/api/"):
@@ -97,9 +98,9 @@ def build_app(output: StudioOutput, cfg: StudioConfig) -> FastAPI:
         return page
 
     @app.get("/static/{name}")
-    def static(name: str) -> Response:
+    def static(request: Request, name: str) -> Response:
         if name not in STATIC:
-            return _not_found()
+            return _error(request, 404, "not found")
         return Response(assets[name], media_type=STATIC[name])
 
     @app.get("/api/info")
@@ -171,10 +172,6 @@ def build_app(output: StudioOutput, cfg: StudioConfig) -> FastAPI:
         return Response(data, media_type=media, headers={"Cache-Control": "no-store"})
 
     return app
-
-
-def _not_found() -> Response:
-    return JSONResponse({"detail": "not found"}, 404)
 
 
 def _row_index(text: str, output: StudioOutput) -> int | None:

@@ -221,6 +221,8 @@ class StudioOutput:
     def start_filter_index(self) -> None:
         """Read every shard's filter columns in the background, so counts and facets become exact."""
         def warm() -> None:
+            # Arrow's compute kernels load on first use: here, not in the first filtered request.
+            Filter((("f", ("a",)),), (("g", 0.0),)).mask(pa.table({"f": ["a"], "g": [1.0]}))
             for s, shard in enumerate(self.shards):
                 if not shard.error:
                     try:

@@ -45,13 +45,19 @@ class Filter:
         """Which rows of `table` (a shard's filter columns, plain values) match every condition."""
         keep = np.ones(table.num_rows, dtype=bool)
         for name, values in self.equals:
-            keep &= pc.fill_null(pc.is_in(table.column(name).cast(pa.string()),
-                                          value_set=pa.array(values, pa.string())), False).to_numpy()
+            keep &= _bools(pc.is_in(table.column(name).cast(pa.string()), value_set=pa.array(values, pa.string())))
         for name, bound in self.minimum:
-            keep &= pc.fill_null(pc.greater_equal(table.column(name), bound), False).to_numpy()
+            keep &= _bools(pc.greater_equal(table.column(name), bound))
         for name, bound in self.maximum:
-            keep &= pc.fill_null(pc.less_equal(table.column(name), bound), False).to_numpy()
+            keep &= _bools(pc.less_equal(table.column(name), bound))
         return keep
+
+
+def _bools(result: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A compute result as numpy booleans, null as False (one array: ChunkedArray.to_numpy goes through pandas)."""
+    if isinstance(result, pa.ChunkedArray):
+        result = result.combine_chunks()
+    return pc.fill_null(result, False).to_numpy(zero_copy_only=False)
 
 
 def parse_filter(params: Iterable[tuple[str, str]], columns: Columns) -> Filter:

@@ -32,10 +32,10 @@ def serve(output: StudioOutput, cfg: StudioConfig) -> None:
     print(f"[ganray studio] {output.url}: {output.total} faces in {len(output.shards)} shards", flush=True)
     for error in (s.error for s in output.shards if s.error):
         print(f"[ganray studio] warning: {error}", flush=True)
-    print(f"[ganray studio] open http://{shown_host}:{port}/" + (" (API key required: X-API-Key)"
-                                                                 if cfg.api_key else ""), flush=True)
     if cfg.api_key is None and cfg.host not in LOOPBACK_HOSTS:
         print(f"[ganray studio] warning: listening on {cfg.host} without an API key: anyone who can reach it "
               "can look at every face (set GANRAY_API_KEY)", flush=True)
+    print(f"[ganray studio] open http://{shown_host}:{port}/" + (" (API key required: X-API-Key)"
+                                                                 if cfg.api_key else ""), flush=True)
     config = uvicorn.Config(build_app(output, cfg), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])

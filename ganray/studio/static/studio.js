@@ -252,6 +252,7 @@ $("render").addEventListener("click", () => renderFace().catch((e) => {
 $("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   sessionStorage.setItem("ganray-studio-key", $("key").value);
+  $("grid").dataset.ready = "false";
   status(""); report(start());
 });
 showTab("faces");
