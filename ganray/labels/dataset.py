@@ -32,6 +32,13 @@ def heldout_mask(content_hashes, fraction: float) -> np.ndarray:
     return np.array([int(h[:16], 16) / 2.0 ** 64 < fraction for h in content_hashes], dtype=bool)
 
 
+def hash_band_mask(content_hashes, low: float, high: float) -> np.ndarray:
+    """True for the images whose content hash (as in HELDOUT_RULE) lies in [low, high): the
+    validation split is the band just above the held-out one, so the two never share an image."""
+    units = np.array([int(h[:16], 16) / 2.0 ** 64 for h in content_hashes], dtype=np.float64)
+    return (units >= low) & (units < high)
+
+
 def choose_attributes(cfg: DataConfig, names: list[str], key: str = "attributes") -> dict[str, list[str]]:
     """The dataset's attributes named in `names` (all of them when empty), in the order given."""
     available = dataset_attributes(cfg)
@@ -69,8 +76,14 @@ def labeled_dataset(cfg: DataConfig, label_names: list[str]) -> ray.data.Dataset
                   fn_kwargs={"resolution": cfg.resolution, "label_names": label_names})
 
 
-def _select(batch: dict[str, np.ndarray], *, fraction: float, heldout: bool, keep_hash: bool) -> dict[str, np.ndarray]:
-    rows = heldout_mask(batch["content_hash"], fraction) == heldout
+def _select(batch: dict[str, np.ndarray], *, fraction: float, heldout: bool, keep_hash: bool,
+            validation: float = 0.0, band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    if band is not None:
+        rows = hash_band_mask(batch["content_hash"], *band)
+    elif heldout:
+        rows = heldout_mask(batch["content_hash"], fraction)
+    else:  # training: neither held out nor in the validation band above it
+        rows = ~heldout_mask(batch["content_hash"], fraction + validation)
     return {k: v[rows] for k, v in batch.items() if keep_hash or k != "content_hash"}
 
 
@@ -79,23 +92,27 @@ class LabeledSplit:
     train: IndexedRows                  # the training rows, in the training schema (image, labels)
     heldout: dict[str, np.ndarray]      # image, one column per attribute, content_hash (driver memory)
     attributes: dict[str, list[str]]
+    validation: dict[str, np.ndarray] | None = None  # as heldout; None without heldout.validation_fraction
 
 
 def heldout_arrays(cfg: DataConfig, attributes: dict[str, list[str]], heldout: HeldoutConfig,
-                   dataset: ray.data.Dataset | None = None) -> dict[str, np.ndarray]:
-    """The held-out images and labels, in dataset order (the first `heldout.max_images` when set)."""
+                   dataset: ray.data.Dataset | None = None, band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """The held-out images and labels, in dataset order (the first `heldout.max_images` when set);
+    with `band`, the images whose hash lies in that band instead (the validation split), all of them."""
     names = list(attributes)
     dataset = dataset if dataset is not None else labeled_dataset(cfg, names)
     selected = dataset.map_batches(_select, batch_format="numpy",
-                                   fn_kwargs={"fraction": heldout.fraction, "heldout": True, "keep_hash": True})
-    if heldout.max_images is not None:
+                                   fn_kwargs={"fraction": heldout.fraction, "heldout": True, "keep_hash": True,
+                                              "band": band})
+    if heldout.max_images is not None and band is None:
         selected = selected.limit(heldout.max_images)
     parts: dict[str, list[np.ndarray]] = {}
     for batch in selected.iter_batches(batch_size=None, batch_format="numpy"):
         for k, v in batch.items():
             parts.setdefault(k, []).append(np.asarray(v))
     if not parts or sum(len(p) for p in parts["image"]) == 0:
-        raise ConfigError(f"heldout.fraction {heldout.fraction} holds out no image of the dataset: raise it")
+        key = "heldout.validation_fraction" if band is not None else "heldout.fraction"
+        raise ConfigError(f"{key} {getattr(heldout, key.split('.')[1])} holds out no image of the dataset: raise it")
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -106,10 +123,14 @@ def split_rows(cfg: DataConfig, attributes: dict[str, list[str]], heldout: Heldo
     context.execution_options.preserve_order = True  # row i is the same row in every run
     try:
         decoded = labeled_dataset(cfg, list(attributes)).materialize()
+        validation = getattr(heldout, "validation_fraction", 0.0)
         train = decoded.map_batches(_select, batch_format="numpy",
-                                    fn_kwargs={"fraction": heldout.fraction, "heldout": False, "keep_hash": False})
+                                    fn_kwargs={"fraction": heldout.fraction, "heldout": False, "keep_hash": False,
+                                               "validation": validation})
         rows = IndexedRows.from_dataset(train)
         held = heldout_arrays(cfg, attributes, heldout, decoded)
+        val = heldout_arrays(cfg, attributes, heldout, decoded,
+                             band=(heldout.fraction, heldout.fraction + validation)) if validation else None
     finally:
         context.execution_options.preserve_order = preserve_order
-    return LabeledSplit(rows, held, attributes)
+    return LabeledSplit(rows, held, attributes, val)
