@@ -86,6 +86,7 @@ class StudioOutput:
         self._filter_lock = threading.Lock()
         self._matches: OrderedDict[tuple, _Matches] = OrderedDict()
         self._warmer: threading.Thread | None = None
+        self._facets: dict[str, Any] | None = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -262,9 +263,12 @@ class StudioOutput:
 
     def facet_values(self) -> dict[str, Any]:
         """{facet: {value: count}} over the shards read so far, and whether that is all of them."""
+        if self._facets is not None:
+            return self._facets
         counts: dict[str, dict[str, int]] = {}
         with self._filter_lock:
             tables = list(self._filter_tables.values())
+        complete = len(tables) == len(self.shards)
         for name in self.columns.facets:
             merged: dict[str, int] = {v: 0 for v in self.columns.classes.get(name, [])}
             for table in tables:
@@ -272,4 +276,7 @@ class StudioOutput:
                     key = "" if item["values"] is None else str(item["values"])
                     merged[key] = merged.get(key, 0) + item["counts"]
             counts[name] = dict(sorted(merged.items()))
-        return {"complete": self.filters_complete, "facets": counts}
+        result = {"complete": complete, "facets": counts}
+        if complete:
+            self._facets = result  # every shard counted: it cannot change
+        return result
