@@ -20,6 +20,7 @@ from PIL import Image
 from ganray import storage
 from ganray.cli import main as cli
 from ganray.config import DCGANConfig, ExtractorConfig, ImportConfig, LabelConfig
+from ganray.data.hf_features import to_ganray_table
 from ganray.data.importer import run_import
 from ganray.data.manifest import shard_paths
 from ganray.data.synthetic import render_face
@@ -28,7 +29,7 @@ from ganray.eval.extractors import build_extractor
 from ganray.eval.groups import per_group_metrics
 from ganray.eval.job import PAIRS_SUFFIX
 from ganray.eval.memorization import memorization_report, pairs_grid
-from ganray.images import decode_png
+from ganray.images import decode_png, encode_png
 from ganray.models import build_generator
 from ganray.models.face import labels_for_conditions, render_faces
 from ganray.registry import Registry
@@ -183,14 +184,18 @@ def outputs(registry, tmp_path_factory, reference) -> tuple[str, str]:
     rows = reference_rows(reference)
     for shard, first in ((root / "copied/parquet/shard-00000.parquet", 0),
                          (root / "copied/parquet/shard-00001.parquet", 16)):
-        table = pq.read_table(shard)
-        images = table["image"].to_pylist()
-        for g, r in COPIES.items():
-            if first <= g < first + len(images):
-                images[g - first] = rows[r]
-        pq.write_table(table.set_column(table.schema.get_field_index("image"), "image",
-                                        pa.array(images, pa.binary())), shard)
+        replace_images(shard, {g - first: rows[r] for g, r in COPIES.items() if first <= g < first + 16})
     return out, copied
+
+
+def replace_images(shard: Path, pngs: dict[int, bytes]) -> None:
+    """Rewrite a generated Parquet shard (either table layout) as a plain one with some rows' PNGs replaced."""
+    table = to_ganray_table(pq.read_table(shard))
+    images = table["image"].to_pylist()
+    for row, png in pngs.items():
+        images[row] = png
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())),
+                   shard)
 
 
 def test_exact_copies_are_flagged_and_drawn(registry, reference, outputs, tmp_path):
@@ -240,3 +245,44 @@ def test_memorization_threshold():
     assert fixed["count_below_threshold"] == 0 and fixed["closest"] == []  # strictly below 0: nothing
     assert fixed["threshold_source"] == "eval.memorization.threshold"
     assert pairs_grid(np.zeros((2, 4, 4, 3), np.uint8), np.ones((2, 4, 4, 3), np.uint8)).shape == (10, 10, 3)
+
+
+def test_memorization_searches_every_training_image_by_default(registry, reference, outputs, tmp_path):
+    """A near copy of the LAST training image, planted in one face, is found although the metrics use only
+    the first 16 reference images; searching only those 16 (the old behaviour) misses it."""
+    original, _ = outputs
+    planted = str(tmp_path / "planted")
+    shutil.copytree(original, planted)
+    last = decode_png(reference_rows(reference)[-1]).astype(np.int16)
+    near = np.clip(last + np.where(np.indices(last.shape).sum(0) % 2 == 0, 2, -2), 0, 255).astype(np.uint8)
+    replace_images(Path(planted) / "parquet/shard-00000.parquet", {7: encode_png(near)})
+    replace_images(Path(planted) / "parquet/shard-00001.parquet", {})  # one table layout for the whole output
+    common = {"eval.model": "null", "eval.generated": planted, "eval.reference_count": 16}
+    out = tmp_path / "all.json"
+    assert run_eval(registry, reference, out, **common) == 0
+    memo = json.loads(out.read_text())["memorization"]
+    assert memo["reference_count"] == REFERENCE_COUNT  # every training image searched
+    assert memo["closest"][0]["generated_index"] == 7
+    assert memo["closest"][0]["reference_index"] == REFERENCE_COUNT - 1
+    assert memo["count_below_threshold"] == 1 and 0 < memo["closest"][0]["distance"] < memo["threshold"]
+    histogram = memo["distribution"]["histogram"]
+    assert sum(histogram["counts"]) == COUNT and memo["distribution"]["quantiles"]["0"] == memo["nn_distance"]["min"]
+
+    out = tmp_path / "first16.json"
+    assert run_eval(registry, reference, out, **common, **{"eval.memorization.reference_count": 16}) == 0
+    memo = json.loads(out.read_text())["memorization"]
+    assert memo["reference_count"] == 16 and all(p["reference_index"] < 16 for p in memo["closest"])
+    assert memo["closest"][0]["reference_index"] != REFERENCE_COUNT - 1
+
+
+def test_nearest_distance_distribution():
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(300, 5)), rng.normal(size=(120, 5))
+    report = memorization_report(real, fake, threshold=1.0, threshold_ratio=0.5, pairs=0)
+    nearest = np.sqrt(((fake[:, None] - real[None]) ** 2).sum(-1)).min(1)  # brute force, every pair
+    distribution = report["distribution"]
+    assert distribution["quantiles"]["0.5"] == pytest.approx(np.median(nearest), rel=1e-9)
+    assert distribution["quantiles"]["1"] == pytest.approx(nearest.max(), rel=1e-9)
+    counts, edges = np.histogram(nearest, bins=len(distribution["histogram"]["counts"]), range=(0, nearest.max()))
+    assert distribution["histogram"]["counts"] == counts.tolist()
+    assert report["count_below_threshold"] == int((nearest < 1.0).sum())

@@ -54,6 +54,9 @@ class MemorizationConfig(Section):
     """The memorization check (ganray.eval.memorization): generated faces' nearest training images."""
 
     enabled: bool = True
+    reference_count: int | None = Field(
+        None, ge=2, description="training images searched for each face's nearest one: None = every image of "
+                                "eval.reference (exact search); N = its first N rows")
     threshold: float | None = Field(
         None, ge=0, description="distance in feature units under which a face counts as a copy; None: "
                                 "threshold_ratio x the reference's median nearest-neighbour distance")

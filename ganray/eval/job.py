@@ -360,6 +360,12 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
         faces, source = generated_from_model(job, registry) if cfg.model is not None else generated_from_output(job)
         log(f"generated features: {cfg.count} faces of {source.get('model') or source.get('generated')}")
         fake = extract(faces, cfg.extractor)
+        training = real  # the memorization check's training images: every reference row by default
+        if cfg.memorization.enabled:
+            searched = cfg.memorization.reference_count or sum(int(s.get("rows", 0)) for s in manifest["shards"])
+            if searched != cfg.reference_count:
+                training = reference_features(storage.normalize_url(cfg.reference), manifest, searched,
+                                              cfg.extractor)[0]
     _check_size(fake, manifest["resolution"], "generated")
 
     values = compute_metrics(real, fake, job)
@@ -374,7 +380,7 @@ def run_evaluation(job: EvalJob) -> dict[str, Any]:
     pairs_image = None
     if cfg.memorization.enabled:
         memo = cfg.memorization
-        memorization = memorization_report(real["features"], fake["features"], threshold=memo.threshold,
+        memorization = memorization_report(training["features"], fake["features"], threshold=memo.threshold,
                                            threshold_ratio=memo.threshold_ratio, pairs=memo.pairs)
         if memorization["closest"]:
             closest = memorization["closest"]

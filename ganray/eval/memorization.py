@@ -13,6 +13,12 @@ new faces puts them about as far from the training set as its own images are fro
 face at under half that distance from a training image is closer to it than most real faces are to
 their closest real neighbour: a copy or a near copy. Exact copies are at distance 0 and always
 count. `threshold` (absolute, in feature units) overrides the default.
+
+The search is exact and covers every training image the job hands in (by default, every image of
+the reference dataset): nearest neighbours by chunked matrix products (metrics.nearest_neighbours),
+so its cost is one pass over a (generated x training) distance matrix, never a sample of it. The
+report carries the distribution of the nearest distances (quantiles and a histogram), so a share
+under the threshold can be read against the shape of the whole distribution.
 """
 from __future__ import annotations
 
@@ -21,6 +27,19 @@ from typing import Any
 import numpy as np
 
 from ganray.eval import metrics
+
+QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+HISTOGRAM_BINS = 30
+
+
+def distance_distribution(distances: np.ndarray, threshold: float, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
+    """Quantiles of the nearest distances and a histogram from 0 to their maximum; `below_bins`
+    counts the bins that lie wholly under the threshold (for drawing it)."""
+    top = float(distances.max()) if float(distances.max()) > 0 else 1.0
+    counts, edges = np.histogram(distances, bins=bins, range=(0.0, top))
+    return {"quantiles": {f"{q:g}": float(np.quantile(distances, q)) for q in QUANTILES},
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+            "threshold": float(threshold)}
 
 
 def memorization_report(real_features: np.ndarray, fake_features: np.ndarray, *, threshold: float | None,
@@ -46,8 +65,10 @@ def memorization_report(real_features: np.ndarray, fake_features: np.ndarray, *,
         "count_below_threshold": int(below.sum()),
         "generated_count": int(len(distances)),
         "reference_count": int(len(real_features)),
+        "search": "exact: every generated face against every one of the reference_count training images",
         "nn_distance": {"min": float(distances.min()), "median": float(np.median(distances)),
                         "mean": float(distances.mean())},
+        "distribution": distance_distribution(distances, used),
         "closest": [{"generated_index": int(i), "reference_index": int(nearest[i]), "distance": float(distances[i])}
                     for i in order],
     }
