@@ -360,3 +360,16 @@ def test_an_output_on_s3_opens_and_pages(s3_bucket, tmp_path):
         assert [(f["index"], base64.b64decode(f["image"])) for f in body["faces"]] == [(1, b"png1"), (3, b"png3")]
     finally:
         server.stop()
+
+
+def test_the_page_ships_as_package_data():
+    """pyproject's package data names the static folder, so a wheel (not only a checkout) serves the page."""
+    import fnmatch
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ganray"]
+    folder = repo / "ganray" / "studio" / "static"
+    static = sorted(p.relative_to(repo / "ganray").as_posix() for p in folder.iterdir())
+    assert static == ["studio/static/index.html", "studio/static/studio.css", "studio/static/studio.js"]
+    assert all(any(fnmatch.fnmatch(f, p) for p in patterns) for f in static)
