@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAGE = 10
 KEY = "studio-browser-key"
+HUMAN_EVAL = "http://127.0.0.1:8765"
 
 
 class Studio:
@@ -98,7 +99,7 @@ def grid(driver) -> list:
 def test_the_page_loads_pages_filters_and_shows_a_face(out, browser):
     from selenium.webdriver.support.ui import Select
 
-    studio = Studio(out, "--page-size", str(PAGE), key=KEY)
+    studio = Studio(out, "--page-size", str(PAGE), "--human-eval", HUMAN_EVAL, key=KEY)
     try:
         browser.get(studio.url)  # the page asks for the key once, then every call sends it
         wait(browser, lambda d: d.find_element("id", "key-form").is_displayed(), "the API key form")
@@ -107,6 +108,8 @@ def test_the_page_loads_pages_filters_and_shows_a_face(out, browser):
         first = grid(browser)
         assert [i for i, _ in first] == list(range(PAGE))
         assert browser.find_element("id", "count").text in (str(FACES), f"{FACES}+")
+        link = browser.find_element("id", "human-eval")  # the human pairwise page, not a copy of it
+        assert link.is_displayed() and link.get_attribute("href") == HUMAN_EVAL + "/"
         assert all(browser.execute_script("return arguments[0].naturalWidth", img) == 32
                    for img in browser.find_elements("css selector", "#grid img"))
         browser.find_element("id", "next").click()
