@@ -45,14 +45,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ganray.runtime import init_ray
     from ganray.serve.app import build_app
+    from ganray.serve.grpc_ingress import grpc_options
 
     init_ray(job.ray_address)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        serve.start(http_options={"host": job.http.host, "port": job.http.port})
+        serve.start(http_options={"host": job.http.host, "port": job.http.port},
+                    grpc_options=grpc_options(job.grpc.port) if job.grpc.port else None)
         serve.run(build_app(job), name=job.app_name, route_prefix=job.route_prefix)
         base = f"http://{job.http.host}:{job.http.port}{job.route_prefix.rstrip('/')}"
         print(f"face API up: {base}/v1/faces/42.png  (model: {base}/v1/model, docs: {base}/docs)", flush=True)
+        if job.grpc.port:
+            print(f"gRPC: {job.http.host}:{job.grpc.port} (ganray/serve/grpc_client.py)", flush=True)
         print("Ctrl-C stops it.", flush=True)
         while True:
             time.sleep(3600)

@@ -134,10 +134,16 @@ class ServeHTTPConfig(Section):
     port: int = Field(8000, gt=0, lt=65536)
 
 
+class ServeGRPCConfig(Section):
+    port: int | None = Field(None, gt=0, lt=65536, description="port of the face API's gRPC service "
+                             "(ganray/serve/proto/face.proto), on every interface; null: HTTP only")
+
+
 class ServeJob(FaceServiceConfig):
     """configs/serve_local.yaml for `ganray serve`: the application plus where to run it."""
 
     ray_address: str | None = RAY_ADDRESS_FIELD
     http: ServeHTTPConfig = ServeHTTPConfig()
+    grpc: ServeGRPCConfig = ServeGRPCConfig()
     app_name: str = Field("ganray", min_length=1)
     route_prefix: str = Field("/", pattern=r"^/", description="URL path the application is served under")
