@@ -36,6 +36,7 @@ from ganray.models.face import (
     resolve_precision,
 )
 from ganray.registry import LoadedGenerator, Registry
+from ganray.serve.metrics import GeneratorMetrics, application_name
 from ganray.serve.schemas import ModelLoadError, RenderRequest, Rendered, RenderResult, ServedModelInfo
 
 # Serve's logger: replica logs go to the replica's log file, tagged with the replica.
@@ -164,6 +165,7 @@ class FaceGenerator:
         # PNG encoding (zlib, outside the GIL) on threads of its own, beside the next forward pass.
         self._encoder_threads = min(8, os.cpu_count() or 1)
         self._encoder = ThreadPoolExecutor(self._encoder_threads, thread_name_prefix=ENCODER_THREAD_PREFIX)
+        self._metrics = GeneratorMetrics(application_name())
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this before the first request and whenever user_config changes."""
@@ -232,8 +234,12 @@ class FaceGenerator:
 
     async def render(self, request: RenderRequest) -> RenderResult:
         """One request's faces as PNGs: rendered in a shared batch, encoded on the encoder threads."""
-        slot: EncodingSlot = await self.render_batch(request)
-        return (await slot.encoding)[slot.index]
+        self._metrics.arrived()
+        try:
+            slot: EncodingSlot = await self.render_batch(request)
+            return (await slot.encoding)[slot.index]
+        finally:
+            self._metrics.answered()
 
     @serve.batch(batch_size_fn=count_faces)
     async def render_batch(self, requests: list[RenderRequest]) -> list[EncodingSlot]:
@@ -246,8 +252,10 @@ class FaceGenerator:
         # while a batch renders, the next one gathers for about as long as a render takes. A
         # request that finds the generator idle still waits only batch_wait_timeout_s.
         self.render_batch.set_batch_wait_timeout_s(max(self._settings.batch_wait_timeout_s, self._render_s))
+        faces = count_faces(requests)
         self._batches += 1
-        self._faces += count_faces(requests)
+        self._faces += faces
+        self._metrics.batch(faces)
         start = time.perf_counter()
         try:
             # In a thread: the event loop stays free to take the next requests while this batch renders.

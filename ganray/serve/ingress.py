@@ -1,8 +1,8 @@
-"""The face API's HTTP side: the FastAPI routes of the ingress deployment.
+"""The face API's ingress deployment: its FastAPI routes, and its gRPC methods (grpc_ingress.py).
 
-It checks the key (through RequestGuard) and the input, asks the generator deployment for faces and
-shapes the responses; it holds no model, so it scales on CPUs apart from the generator. Endpoints
-and headers: ganray/serve/__init__.py.
+It checks the key (through RequestGuard, or the gRPC methods) and the input, asks the generator
+deployment for faces and shapes the responses; it holds no model, so it scales on CPUs apart from
+the generator. Endpoints and headers: ganray/serve/__init__.py.
 """
 import base64
 import random
@@ -16,6 +16,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ganray.config import FaceAPIConfig
+from ganray.serve.grpc_ingress import FaceGRPCMethods
+from ganray.serve.metrics import IngressMetrics, application_name
 from ganray.serve.request_guard import RequestGuard
 from ganray.serve.schemas import (
     SEED_MAX,
@@ -57,9 +59,9 @@ def invalid(loc: tuple[str | int, ...], msg: str, value: Any) -> RequestValidati
 
 @serve.deployment
 @serve.ingress(api)
-class FaceAPI:
-    """The HTTP side: checks the key and the input, asks the generator deployment for faces, and
-    shapes the responses. It holds no model, so it scales on CPUs apart from the generator."""
+class FaceAPI(FaceGRPCMethods):
+    """Checks the key and the input, asks the generator deployment for faces, and shapes the HTTP
+    and gRPC responses. It holds no model, so it scales on CPUs apart from the generator."""
 
     def __init__(self, generator: DeploymentHandle, limits: FaceAPIConfig):
         self._generator = generator
@@ -67,6 +69,7 @@ class FaceAPI:
         # What RequestGuard checks before any route runs.
         self.api_key: bytes | None = limits.api_key.encode("ascii") if limits.api_key else None
         self.max_body_bytes = limits.max_body_bytes
+        self.metrics = IngressMetrics(application_name())
 
     @api.get(HEALTH_PATH, summary="liveness: the service answers and has a model")
     async def healthz(self) -> Health:
@@ -76,8 +79,12 @@ class FaceAPI:
     @api.get("/v1/model", summary="the served model, its accepted conditions, and the last failed reload",
              dependencies=[API_KEY_DOCS])
     async def model(self, response: Response) -> ModelResponse:
-        info: ServedModelInfo = await self._generator.model_info.remote()
+        info = await self.model_response()
         response.headers["X-Model-Version"] = info.version
+        return info
+
+    async def model_response(self) -> ModelResponse:
+        info: ServedModelInfo = await self._generator.model_info.remote()
         limits = Limits(max_count=self._limits.max_count, max_seed=self._limits.max_seed,
                         default_psi=self._limits.default_psi)
         return ModelResponse(**dict(info), limits=limits)
@@ -103,19 +110,9 @@ class FaceAPI:
         crossover: int | None = Query(None, ge=0, description="style mixing: the first w index from mix_seed "
                                                                "(0 .. num_ws of GET /v1/model)"),
     ) -> Response:
-        self._check_seed(seed, ("path", "seed"))
-        self._check_mix_pair(mix_seed, crossover, "query", "mix_seed")
-        if mix_seed is not None:
-            self._check_seed(mix_seed, ("query", "mix_seed"))
         conditions = self._conditions_from_query(request)
-        psi = self._limits.default_psi if psi is None else psi
-        mix_seeds = None if mix_seed is None else (mix_seed,)
-        result: RenderResult = await self._generator.render.remote(
-            RenderRequest((seed,), psi, conditions, mix_seeds, crossover))
-        if result.error:
-            loc, value = (("query", "crossover"), crossover) if result.error_field == "crossover" else \
-                (("query",), conditions)
-            raise invalid(loc, result.error, value)
+        result, psi = await self.render_one(seed, psi, conditions, mix_seed, crossover)
+        self.metrics.faces_sent("http", result.conditions, conditions)
         headers = {"X-Model-Version": result.model_version, "X-Seed": str(seed), "X-Psi": repr(psi),
                    "X-Conditions": urlencode(result.conditions[0])}
         if mix_seed is not None:
@@ -128,18 +125,9 @@ class FaceAPI:
         dependencies=[API_KEY_DOCS],
     )
     async def faces(self, body: FacesRequest, request: Request, response: Response) -> FacesResponse:
-        seeds = self._seeds_for(body)
-        mix_seeds = self._mix_seeds_for(body, seeds)
-        psi = self._limits.default_psi if body.psi is None else body.psi
-        render_request = RenderRequest(tuple(seeds), psi, body.conditions,
-                                       None if mix_seeds is None else tuple(mix_seeds), body.crossover)
-        # format=png renders nothing here: each face's URL renders it, with the same bytes.
-        method = self._generator.render if body.format == "base64" else self._generator.describe
-        result: RenderResult = await method.remote(render_request)
-        if result.error:
-            if result.error_field == "crossover":
-                raise invalid(("body", "crossover"), result.error, body.crossover)
-            raise invalid(("body", "conditions"), result.error, body.conditions)
+        result, seeds, mix_seeds, psi = await self.render_many(body)
+        if body.format == "base64":
+            self.metrics.faces_sent("http", result.conditions, body.conditions)
         response.headers["X-Model-Version"] = result.model_version
         faces = []
         for i, (seed, conditions) in enumerate(zip(seeds, result.conditions)):
@@ -152,6 +140,39 @@ class FaceAPI:
             faces.append(Face(seed=seed, psi=psi, conditions=conditions, model_version=result.model_version,
                               **mix, **where))
         return FacesResponse(model_version=result.model_version, format=body.format, faces=faces)
+
+    async def render_one(self, seed: int, psi: float | None, conditions: dict[str, str], mix_seed: int | None,
+                         crossover: int | None) -> tuple[RenderResult, float]:
+        """One face (GET /v1/faces/{seed}.png, gRPC GetFace) and its psi; bad input raises the 422's error."""
+        self._check_seed(seed, ("path", "seed"))
+        self._check_mix_pair(mix_seed, crossover, "query", "mix_seed")
+        if mix_seed is not None:
+            self._check_seed(mix_seed, ("query", "mix_seed"))
+        psi = self._limits.default_psi if psi is None else psi
+        mix_seeds = None if mix_seed is None else (mix_seed,)
+        result: RenderResult = await self._generator.render.remote(
+            RenderRequest((seed,), psi, conditions, mix_seeds, crossover))
+        if result.error:
+            loc, value = (("query", "crossover"), crossover) if result.error_field == "crossover" else \
+                (("query",), conditions)
+            raise invalid(loc, result.error, value)
+        return result, psi
+
+    async def render_many(self, body: FacesRequest) -> tuple[RenderResult, list[int], list[int] | None, float]:
+        """POST /v1/faces (gRPC GetFaces): the faces (only described for format=png: each face's URL
+        renders it, with the same bytes), their seeds and mix seeds, and their psi."""
+        seeds = self._seeds_for(body)
+        mix_seeds = self._mix_seeds_for(body, seeds)
+        psi = self._limits.default_psi if body.psi is None else body.psi
+        render_request = RenderRequest(tuple(seeds), psi, body.conditions,
+                                       None if mix_seeds is None else tuple(mix_seeds), body.crossover)
+        method = self._generator.render if body.format == "base64" else self._generator.describe
+        result: RenderResult = await method.remote(render_request)
+        if result.error:
+            if result.error_field == "crossover":
+                raise invalid(("body", "crossover"), result.error, body.crossover)
+            raise invalid(("body", "conditions"), result.error, body.conditions)
+        return result, seeds, mix_seeds, psi
 
     def _check_seed(self, seed: int, loc: tuple[str | int, ...]) -> None:
         if seed > self._limits.max_seed:

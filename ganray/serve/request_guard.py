@@ -1,10 +1,14 @@
-"""The request guard: ASGI middleware in front of every route of the face API (API key, body size)."""
+"""The request guard: ASGI middleware in front of every route of the face API (API key, body size),
+which also records each HTTP request's latency and answer (ganray/serve/metrics.py)."""
 import secrets
+import time
 from typing import Any, Protocol
 
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 from ray import serve
+
+from ganray.serve.metrics import IngressMetrics
 
 
 class GuardedReplica(Protocol):
@@ -12,6 +16,7 @@ class GuardedReplica(Protocol):
 
     api_key: bytes | None  # None: no key needed
     max_body_bytes: int
+    metrics: IngressMetrics
 
 
 class BodyTooLarge(HTTPException):
@@ -46,6 +51,22 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         replica: GuardedReplica = serve.get_replica_context().servable_object
+        start, status = time.perf_counter(), 500  # 500: no answer started (an exception escaped)
+
+        async def recording_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._guard(replica, scope, receive, recording_send)
+        finally:
+            # The route's path template (bounded: no seeds); "-" when answered before routing.
+            route = getattr(scope.get("route"), "path", "-")
+            replica.metrics.request("http", route, str(status), time.perf_counter() - start)
+
+    async def _guard(self, replica: GuardedReplica, scope: dict[str, Any], receive: Any, send: Any) -> None:
         key = content_length = None
         for name, value in scope["headers"]:  # raw bytes; names are lower case in ASGI
             if name == b"x-api-key" and key is None:

@@ -88,6 +88,15 @@ class FacesRequest(BaseModel):
     )
 
 
+class FaceQuery(BaseModel):
+    """One face's parameters, as GET /v1/faces/{seed}.png takes them (the gRPC GetFace checks them with this)."""
+
+    seed: int = Field(ge=0, le=SEED_MAX)
+    psi: float | None = Field(None, ge=PSI_MIN, le=PSI_MAX)
+    mix_seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    crossover: int | None = Field(None, ge=0)
+
+
 class Face(BaseModel):
     seed: int
     psi: float
