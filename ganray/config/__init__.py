@@ -44,6 +44,7 @@ from ganray.config.labels import (
     LabelerTrainJob,
     QualityGateConfig,
 )
+from ganray.config.lifecycle import DriftThresholds, MonitorConfig, MonitorJob, RetrainConfig, RetrainJob
 from ganray.config.loading import format_validation_error, load_config, parse_model_config, parse_overrides, to_yaml
 from ganray.config.models import DEFAULT_ARCH, MODEL_CONFIGS, BaseModelConfig, DCGANConfig, ModelConfig, StyleGAN2Config
 from ganray.config.serve import (
@@ -68,6 +69,7 @@ __all__ = [
     "HumanEvalConfig", "HumanEvalJob", "StudioConfig",
     "ClassifierModelConfig", "HeldoutConfig", "LabelerConfig", "LabelerEvalConfig", "LabelerEvalJob",
     "LabelerPublishConfig", "LabelerTrainConfig", "LabelerTrainJob", "QualityGateConfig",
+    "DriftThresholds", "MonitorConfig", "MonitorJob", "RetrainConfig", "RetrainJob",
     "format_validation_error", "load_config", "parse_model_config", "parse_overrides", "to_yaml",
     "DEFAULT_ARCH", "MODEL_CONFIGS", "BaseModelConfig", "DCGANConfig", "ModelConfig", "StyleGAN2Config",
     "FaceAPIConfig", "FaceServiceConfig", "GeneratorDeploymentConfig", "IngressDeploymentConfig", "ReplicaOptions",
