@@ -314,10 +314,10 @@ def image_workdir() -> str:
 
 def test_kuberay_has_a_cluster_two_jobs_and_a_service():
     kinds = sorted(yaml.safe_load(p.read_text())["kind"] for p in KUBERAY)
-    assert kinds == ["RayCluster", "RayJob", "RayJob", "RayService", "ServiceAccount"]
+    assert kinds == ["RayCluster", "RayCronJob", "RayJob", "RayJob", "RayService", "ServiceAccount"]
 
 
-@pytest.mark.parametrize("path", [p for p in KUBERAY if p.name != "service-account.yaml"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in KUBERAY if p.name not in ("service-account.yaml", "raycronjob-monitor.yaml")], ids=lambda p: p.name)
 def test_kuberay_manifest_fields(path):
     manifest = yaml.safe_load(path.read_text())
     assert manifest["apiVersion"] == "ray.io/v1"

@@ -119,7 +119,7 @@ MANIFESTS = kuberay_manifests()
 
 def test_the_schemas_of_the_named_kuberay_version_are_here():
     assert (DATA / kuberay_version() / "README.md").is_file()
-    assert {kind for _, m in MANIFESTS for kind in [m["kind"]]} == {"RayCluster", "RayJob", "RayService"}
+    assert {kind for _, m in MANIFESTS for kind in [m["kind"]]} == {"RayCluster", "RayJob", "RayService", "RayCronJob"}
 
 
 @pytest.mark.parametrize("manifest", [m for _, m in MANIFESTS], ids=[name for name, _ in MANIFESTS])

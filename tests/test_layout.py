@@ -33,6 +33,8 @@ ALLOWED = {
     "ganray.labels": BASE | {"ganray.registry_events", "ganray.runtime", "ganray.checkpoints", "ganray.worker", "ganray.models", "ganray.data",
                              "ganray.registry"},
     "ganray.studio": BASE | {"ganray.data", "ganray.registry"},
+    "ganray.lifecycle": BASE | {"ganray.registry_events", "ganray.runtime", "ganray.models", "ganray.data", "ganray.registry",
+                                 "ganray.labels", "ganray.train", "ganray.eval"},  # monitor, retrain: used by cli only
     "ganray.cli": None,  # the top: may import every room
 }
 
