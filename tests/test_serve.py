@@ -65,7 +65,7 @@ def app_config(**sections) -> FaceServiceConfig:
         "api": {"max_count": 8},
     }
     for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
     return FaceServiceConfig.model_validate(base)
 
 
@@ -130,6 +130,7 @@ def service(ray_session, registry, bulk_faces, stylegan2_version):
                                         api={"api_key": MAIN_KEY, "max_seed": MAX_SEED,
                                              "max_body_bytes": MAX_BODY}))
         overload_app = build_app(app_config(
+            layout="split",  # two bounded queues: the proxy's in front of the ingress, the ingress's in front of the model
             model={"registry": url},
             # Batches of 4 never fill (at most 2 requests reach the replica): each waits 0.5 s.
             generator={"max_batch_size": 4, "batch_wait_timeout_s": 0.5, "max_ongoing_requests": 2,
@@ -716,6 +717,22 @@ def shipped_serve_configs() -> dict[str, FaceServiceConfig]:
     return configs
 
 
+def test_the_default_layout_is_one_replica_that_runs_with_ganrays_serve_settings(service):
+    """The applications above use the default layout: routes and model in one deployment, whose replica
+    process got ganray's RAY_SERVE_* settings (read when Serve's modules import there)."""
+    import psutil
+    from ray import serve
+
+    from ganray.serve.app import REPLICA_ENV
+
+    assert set(serve.status().applications["test-serve-main"].deployments) == {"FaceService"}
+    (replica,) = [p for p in psutil.process_iter(["cmdline"])
+                  if (p.info["cmdline"] or [""])[0] == "ray::ServeReplica:test-serve-main:FaceService"]
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{replica.pid}/environ").read_bytes().split(b"\0")
+                   if b"=" in item)
+    assert {k.encode(): v.encode() for k, v in REPLICA_ENV.items()}.items() <= environ.items()
+
+
 def test_every_shipped_generator_can_fill_its_batches():
     # Serve sends a replica at most max_ongoing_requests requests, and the generator runs one batch
     # at a time (@serve.batch's max_concurrent_batches=1): below max_batch_size, single-face requests
@@ -732,7 +749,7 @@ def test_accelerator_type_pins_the_generator_replicas_and_needs_gpus():
     from ganray.serve.app import build_app
 
     def generator_actor_options(**generator) -> tuple[dict, dict]:
-        app = build_app(load_config(FaceServiceConfig, base={"generator": generator}))
+        app = build_app(load_config(FaceServiceConfig, base={"layout": "split", "generator": generator}))
         ingress = app._bound_deployment
         return ingress.init_args[0]._bound_deployment.ray_actor_options, ingress.ray_actor_options
 

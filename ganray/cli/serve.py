@@ -40,6 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         version = _check_model(job)
         print(f"serving {job.model.alias!r} = {version} from {registry_url(job.model.registry)}", flush=True)
 
+    env = job.http.ray_serve_env()
+    if not cluster:
+        # Our own Ray, before Serve's modules import (they read the variables then): its raylet and
+        # every worker inherit this environment; runtime_env carries it to the job's workers too.
+        os.environ.update(env)
     import ray
     from ray import serve
 
@@ -47,7 +52,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ganray.serve.app import build_app
     from ganray.serve.grpc_ingress import grpc_options
 
-    init_ray(job.ray_address)
+    if cluster:
+        init_ray(job.ray_address)
+        print(f"on a cluster, http.proxy ({job.http.proxy}) is the nodes' choice: their environment's "
+              f"{', '.join(f'{k}={v}' for k, v in env.items())} (docs/serving.md)", flush=True)
+    else:
+        init_ray(None, runtime_env={"env_vars": env})
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         serve.start(http_options={"host": job.http.host, "port": job.http.port},

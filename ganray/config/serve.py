@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from ganray.config.base import RAY_ADDRESS_FIELD, Precision, Section, _psi_field
@@ -110,6 +112,10 @@ class FaceAPIConfig(Section):
 class FaceServiceConfig(Section):
     """The face API application: the args of `ganray.serve.app:build_app` (configs/serve.yaml)."""
 
+    layout: Literal["single", "split"] = Field(
+        "single", description="single: the routes and the model in one deployment (one replica answers HTTP and "
+        "renders; fastest on CPUs; `ingress` is unused); split: FaceAPI ingress replicas and FaceGenerator model "
+        "replicas, each scaling on its own, batches gathered across every ingress replica (docs/serving.md)")
     model: ServedModel = ServedModel()
     api: FaceAPIConfig = FaceAPIConfig()
     generator: GeneratorDeploymentConfig = GeneratorDeploymentConfig()
@@ -132,6 +138,17 @@ class FaceServiceConfig(Section):
 class ServeHTTPConfig(Section):
     host: str = Field("127.0.0.1", description="address the HTTP proxy binds (0.0.0.0 for every interface)")
     port: int = Field(8000, gt=0, lt=65536)
+    proxy: Literal["haproxy", "serve"] = Field(
+        "haproxy", description="what answers HTTP in front of the replicas: haproxy (Ray Serve's HAProxy "
+        "ingress, straight to the ingress replicas, which then listen on ports of their own on every "
+        "interface) or serve (Serve's Python proxy actor). Set in the environment of the Ray that "
+        "`ganray serve` starts; on a cluster, the nodes' environment decides (docs/serving.md)")
+
+    def ray_serve_env(self) -> dict[str, str]:
+        """The RAY_SERVE_* variables for `proxy`. Serve reads them when its modules import, in every Ray
+        process (controller, proxy, replicas): they belong in the environment of the process that
+        starts Ray, before Ray and Serve import (its raylet and workers inherit it), or of each node."""
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if self.proxy == "haproxy" else "0"}
 
 
 class ServeGRPCConfig(Section):

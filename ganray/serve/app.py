@@ -1,18 +1,21 @@
-"""The face API's Ray Serve application: `build_app` wires the two deployments together.
+"""The face API's Ray Serve application: `build_app` wires it in the configured layout.
 
-    HTTP -> Serve proxy -> FaceAPI (ingress: auth, validation, PNG/JSON responses; ganray/serve/ingress.py)
-                        -> FaceGenerator (@serve.batch: one forward pass for many requests' faces;
-                           ganray/serve/generator.py)
+    layout single (default): HTTP -> HAProxy or Serve proxy -> FaceService (FaceAPI's routes over an
+                             in-process FaceGenerator; ganray/serve/single.py)
+    layout split:            HTTP -> HAProxy or Serve proxy -> FaceAPI (ingress: auth, validation, PNG/JSON
+                             responses; ganray/serve/ingress.py) -> FaceGenerator (@serve.batch: one
+                             forward pass for many requests' faces; ganray/serve/generator.py)
 
-The split lets each side scale on its own: ingress replicas on CPUs, generator replicas where the
-model's CPUs or GPUs are, with every ingress replica's requests batching together in a generator.
-A face is the one of `ganray.models.face`: for the same model version, seed, psi and conditions the
-API returns exactly the bytes the bulk job writes (so generator replicas pinned to one accelerator
-kind when the cluster has several: `generator.accelerator_type`).
+single saves the hop between two deployments, which on CPUs costs more than the model; split lets
+ingress replicas scale on CPUs apart from the generator replicas, with every ingress replica's
+requests batching together in a generator (docs/serving.md compares them). A face is the one of
+`ganray.models.face`: for the same model version, seed, psi and conditions the API returns exactly
+the bytes the bulk job writes (so model replicas pinned to one accelerator kind when the cluster has
+several: `generator.accelerator_type`).
 
-Overload: both deployments have a bounded queue (`max_queued_requests`). Past it, the proxy (for
-the ingress) and the ingress's handle (for the generator) reject with 503 and Retry-After, through
-Ray Serve's own backpressure handling (`backpressure_config`).
+Overload: every deployment has a bounded queue (`max_queued_requests`). Past it, the caller (the
+proxy, the replica's own HTTP server under HAProxy, or the ingress's handle to the generator)
+rejects with 503 and Retry-After, through Ray Serve's own backpressure handling (`backpressure_config`).
 
 Run it with `ganray serve` (local Ray), or `serve run` / `serve deploy configs/serve.yaml`
 (`import_path: ganray.serve.app:build_app`).
@@ -28,9 +31,10 @@ from ganray.config import ConfigError, FaceAPIConfig, FaceServiceConfig, Replica
 from ganray.registry import registry_url
 from ganray.serve.generator import FaceGenerator, LiveSettings
 from ganray.serve.ingress import FaceAPI
+from ganray.serve.single import FaceService
 from ganray.storage import normalize_url
 
-__all__ = ["API_KEY_ENV", "REPLICA_ENV", "FaceAPI", "FaceGenerator", "build_app", "deployment_options",
+__all__ = ["API_KEY_ENV", "REPLICA_ENV", "FaceAPI", "FaceGenerator", "FaceService", "build_app", "deployment_options",
            "parse_app_args", "with_env_api_key"]
 
 API_KEY_ENV = "GANRAY_API_KEY"
@@ -96,11 +100,15 @@ def build_app(args: dict[str, Any] | FaceServiceConfig) -> Application:
     model = config.model.model_copy(update={"registry": normalize_url(registry_url(config.model.registry))})
     limits = with_env_api_key(config.api)
     gen = config.generator
+    live = LiveSettings(model=model, max_batch_size=gen.max_batch_size, batch_wait_timeout_s=gen.batch_wait_timeout_s,
+                        max_gather_s=gen.max_gather_s).model_dump(mode="json")
+    device = "cuda" if gen.num_gpus > 0 else "cpu"
+    if config.layout == "single":
+        # One replica answers HTTP and renders: the generator's sizing, the ingress's access log.
+        options = deployment_options(gen, config.api.retry_after_s, access_log=True)
+        return FaceService.options(**options, user_config=live).bind(limits, device)
     generator = FaceGenerator.options(
-        **deployment_options(gen, config.api.retry_after_s, access_log=False),
-        user_config=LiveSettings(model=model, max_batch_size=gen.max_batch_size,
-                                 batch_wait_timeout_s=gen.batch_wait_timeout_s,
-                                 max_gather_s=gen.max_gather_s).model_dump(mode="json"),
-    ).bind(device="cuda" if gen.num_gpus > 0 else "cpu")
+        **deployment_options(gen, config.api.retry_after_s, access_log=False), user_config=live,
+    ).bind(device)
     ingress_options = deployment_options(config.ingress, config.api.retry_after_s, access_log=True)
     return FaceAPI.options(**ingress_options).bind(generator, limits)
