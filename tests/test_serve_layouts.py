@@ -59,6 +59,25 @@ def test_ganray_serve_starts_its_ray_with_the_proxys_settings(tmp_path, monkeypa
                     "runtime_env": {"env_vars": {"RAY_SERVE_ENABLE_HA_PROXY": expected}}}
 
 
+def test_ganray_serve_on_a_cluster_leaves_the_proxy_to_the_nodes(monkeypatch, capsys):
+    import ganray.runtime
+    from ganray.cli import main
+
+    seen = {}
+
+    def init_ray(address=None, **local_kwargs):
+        seen.update(address=address, environ=os.environ.get("RAY_SERVE_ENABLE_HA_PROXY"), **local_kwargs)
+        raise RayStarted
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    monkeypatch.setattr(ganray.runtime, "init_ray", init_ray)
+    with pytest.raises(RayStarted):
+        main(["serve"])
+    assert seen == {"address": None, "environ": None}  # the cluster's own setting stands
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in capsys.readouterr().out
+
+
 def test_shipped_configs_name_the_layout_and_proxy():
     job = load_config(ServeJob, REPO / "configs" / "serve_local.yaml")
     assert job.layout == FaceServiceConfig().layout and job.http.proxy == "haproxy"

@@ -53,9 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ganray.serve.grpc_ingress import grpc_options
 
     if cluster:
-        init_ray(job.ray_address)
         print(f"on a cluster, http.proxy ({job.http.proxy}) is the nodes' choice: their environment's "
               f"{', '.join(f'{k}={v}' for k, v in env.items())} (docs/serving.md)", flush=True)
+        init_ray(job.ray_address)
     else:
         init_ray(None, runtime_env={"env_vars": env})
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
