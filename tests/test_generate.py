@@ -21,6 +21,7 @@ import torch
 from ganray import storage
 from ganray.cli import main as cli
 from ganray.config import GenerateJob, DCGANConfig, load_config
+from ganray.data.hf_features import to_ganray_table
 from ganray.generate.job import run_generate
 from ganray.generate.lease import OutputLease
 from ganray.generate.output import GenerateError
@@ -95,7 +96,7 @@ def interrupted_reference(ray_session, registry_url, tmp_path_factory) -> str:
 
 
 def test_rows_are_unique_complete_balanced_and_decode_to_the_generator_output(reference, registry_url):
-    table = pq.read_table(os.path.join(reference, "parquet")).sort_by("face_id")
+    table = to_ganray_table(pq.read_table(os.path.join(reference, "parquet"))).sort_by("face_id")
     assert table.num_rows == 50 and table.column("face_id").to_pylist() == list(range(50))
     assert table.column("seed").to_pylist() == [1000 + i for i in range(50)]
     assert set(table.column("model_version").to_pylist()) == {"v1"}
@@ -130,7 +131,7 @@ def test_rows_are_unique_complete_balanced_and_decode_to_the_generator_output(re
     np.testing.assert_array_equal(decode_png(row["image"]), expected)
     # The PNG folder holds the same bytes, with its rows beside them.
     assert Path(reference, "png", "shard-00002", "000000037.png").read_bytes() == row["image"]
-    meta = pq.read_table(os.path.join(reference, "png", "shard-00002", "metadata.parquet"))
+    meta = to_ganray_table(pq.read_table(os.path.join(reference, "png", "shard-00002", "metadata.parquet")))
     assert meta.column("file").to_pylist()[5] == "png/shard-00002/000000037.png"
     assert "image" not in meta.column_names and meta.num_rows == 16
 

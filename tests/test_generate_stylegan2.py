@@ -11,6 +11,7 @@ import pytest
 from tiny_generators import ATTRIBUTES, push_random_stylegan2
 
 from ganray.config import GenerateJob
+from ganray.data.hf_features import to_ganray_table
 from ganray.images import encode_png
 from ganray.models.face import labels_for_rows, render_faces
 from ganray.registry import Registry
@@ -44,7 +45,7 @@ def stylegan2_bulk(ray_session, stylegan2, tmp_path_factory):
 
     output = _bulk_job(stylegan2, tmp_path_factory, "stylegan2-bulk", count=8, format="parquet",
                        balance=["age", "smile"])
-    return sorted(pq.read_table(output / PARQUET_DIR).to_pylist(), key=lambda row: row["seed"])
+    return sorted(to_ganray_table(pq.read_table(output / PARQUET_DIR)).to_pylist(), key=lambda row: row["seed"])
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,9 @@ def stylegan2_mixed_bulk(ray_session, stylegan2, tmp_path_factory):
     """A style-mixing bulk job of the tiny StyleGAN2, in PNG folders (the metadata rows)."""
     output = _bulk_job(stylegan2, tmp_path_factory, "stylegan2-mixed", count=4, format="both",
                        conditions={"age": "old"}, **MIX)
-    rows = sorted(pq.read_table(output / "parquet").to_pylist(), key=lambda row: row["seed"])
+    rows = sorted(to_ganray_table(pq.read_table(output / "parquet")).to_pylist(), key=lambda row: row["seed"])
     png_folder = next(output.glob("png/*"))
-    return rows, pq.read_table(next(png_folder.glob("*.parquet"))).to_pylist(), png_folder
+    return rows, to_ganray_table(pq.read_table(next(png_folder.glob("*.parquet")))).to_pylist(), png_folder
 
 
 def test_stylegan2_bulk_job_is_balanced_and_the_same_bytes_at_any_batch_size(stylegan2_bulk, stylegan2):

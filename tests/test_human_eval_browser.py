@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ganray.cli import main as cli
+from ganray.data.hf_features import to_ganray_table
 from ganray.config import DCGANConfig, ImportConfig
 from ganray.data.importer import run_import
 from ganray.data.synthetic import render_face
@@ -349,7 +350,7 @@ def test_a_generated_output_is_a_contestant_against_real_faces_and_models(regist
     run_generate(load_config(GenerateJob, None, [f"registry.url={registry.url}", f"generate.output={out}",
                                                  "generate.model=v1", "generate.count=4", "generate.shard_size=4"]))
     generated = [row for path in sorted(out.glob("parquet/*.parquet")) for row in
-                 pq.read_table(path)["image"].to_pylist()]
+                 to_ganray_table(pq.read_table(path))["image"].to_pylist()]
     for mode, extra in (("real", {"real": real_faces, "models": []}), ("models", {"models": ["v2"]})):
         job = HumanEvalJob.model_validate({"registry": {"url": registry.url}, "human": {
             "db": str(tmp_path / f"{mode}.db"), "mode": mode, "generated": [str(out)], **extra}})

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import newest_train_worker, registered_checkpoints, wait_for_registered_checkpoint
+from ganray.data.hf_features import to_ganray_table
 from ganray.cli import main as cli
 from ganray.config import ConfigError, DCGANConfig, ExtractorConfig, GenerateJob, ImportConfig, ImportJob, \
     LabelConfig, LabelerConfig, LabelerTrainJob, load_config
@@ -346,7 +347,7 @@ def test_closed_loop_keeps_only_faces_the_classifier_labels_as_their_stratum(run
                 "generate.closed_loop.max_attempts_per_face=8", "generate.closed_loop.on_budget_exhausted=partial"]
     run_generate(load_config(GenerateJob, None, settings))
 
-    table = pq.read_table(output / "parquet").sort_by("face_id").to_pylist()
+    table = to_ganray_table(pq.read_table(output / "parquet")).sort_by("face_id").to_pylist()
     assert table, "the classifier accepted no face at all"
     labeler = build_labeler(LabelerConfig(name="classifier", model="tiny"), runs["registry"])
     for row in table:

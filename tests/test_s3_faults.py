@@ -21,6 +21,7 @@ import pytest
 
 from conftest import REPO
 from ganray import storage
+from ganray.data.hf_features import to_ganray_table
 from ganray.cli import main as cli
 from ganray.data.synthetic import render_face
 from ganray.images import encode_png
@@ -203,7 +204,7 @@ def test_generation_cut_mid_shard_commits_nothing_partial_and_a_rerun_equals_the
 
     assert cli(generate_args(f"{base}/registry", output)) == 0
     assert files_under(output) == files_under(f"{base}/generated")
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/parquet/shard-00001.parquet"))).to_pylist()
+    rows = to_ganray_table(pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/parquet/shard-00001.parquet")))).to_pylist()
     assert [r["face_id"] for r in rows] == [4, 5, 6, 7]
 
 

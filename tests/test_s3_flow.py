@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO, free_port, newest_train_worker, wait_for_registered_checkpoint
 from ganray import storage
+from ganray.data.hf_features import to_ganray_table
 from ganray.cli import main as cli
 from ganray.data.synthetic import render_face
 from ganray.images import encode_png
@@ -81,7 +82,7 @@ def test_whole_flow_on_s3(ray_session, s3_bucket, capsys):
     generated = json.loads(storage.read_bytes(f"{output}/manifest.json"))
     assert generated["faces"] == 8 and len(generated["shards"]) == 2
     rows = [row for shard in generated["shards"] for file in shard["files"]
-            for row in pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/{file}"))).to_pylist()]
+            for row in to_ganray_table(pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/{file}")))).to_pylist()]
     assert sorted(row["seed"] for row in rows) == list(range(500, 508))
 
     # 5. Serve the model loaded from the S3 registry: the served bytes are the S3 shard's bytes.

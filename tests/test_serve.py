@@ -27,6 +27,7 @@ from conftest import REPO, free_port
 from tiny_generators import ATTRIBUTES, RESOLUTION, TINY, push_random_model, push_random_stylegan2
 
 from ganray.config import FaceServiceConfig, ServeJob, load_config
+from ganray.data.hf_features import to_ganray_table
 from ganray.images import encode_png
 from ganray.models.face import labels_for_conditions, render_faces, resolve_conditions, resolve_precision
 from ganray.registry import Registry
@@ -98,7 +99,7 @@ def bulk_faces(ray_session, registry, tmp_path_factory):
         "model": "production", "output": str(output), "count": 6, "shard_size": 6, "format": "parquet",
         "psi": 0.7, "conditions": {"age": "old"}, "seed_offset": 40, "batch_size": 4}})
     run_generate(job, log=lambda line: None)
-    return pq.read_table(output / PARQUET_DIR).to_pylist()
+    return to_ganray_table(pq.read_table(output / PARQUET_DIR)).to_pylist()
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,10 @@ class ClosedLoopConfig(Section):
                              "partial: the output holds what was accepted, and the report shows the shortfall")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0,
                                   description="a label below this confidence rejects the face")
+    min_label_precision: float | None = Field(
+        None, gt=0.0, le=1.0, description="classifier labeler: keep a face only when each of its stratum labels "
+                                          "is given at a confidence where that label's held-out precision reaches "
+                                          "this (the labeler's stored curve); None = min_confidence alone")
 
     @model_validator(mode="after")
     def _proportions(self) -> "ClosedLoopConfig":
@@ -49,7 +53,12 @@ class GenerateConfig(Section):
     model: str = Field("latest", min_length=1, description="registry ref: version id (v3), alias, or 'latest'")
     output: str = Field(..., min_length=1, description="output folder (local path or s3://)")
     count: int = Field(1000, gt=0, description="number of faces: face ids 0 .. count-1")
-    format: Literal["parquet", "png", "both"] = "parquet"
+    format: Literal["parquet", "png", "both", "webdataset"] = Field(
+        "parquet", description="parquet: Parquet shards (loadable by Hugging Face datasets); png: PNG files "
+                               "+ metadata.parquet; both; webdataset: tar shards of KEY.png/KEY.json[/KEY.cls]")
+    class_attribute: str | None = Field(
+        None, min_length=1, description="webdataset only: the attribute whose value index is each face's KEY.cls "
+                                        "(the labeler's label when the job labels it, else the condition)")
     shard_size: int = Field(1000, gt=0, description="faces per shard: shard k holds face ids [k*S, (k+1)*S)")
     psi: float = _psi_field(1.0, "truncation psi (1 = off, <1 = more typical faces)")
     seed_offset: int = Field(0, ge=0, description="face i is rendered from seed seed_offset + i")
@@ -110,6 +119,9 @@ class GenerateConfig(Section):
             fixed = sorted(set(self.conditions) & set(self.closed_loop.strata))
             if fixed:
                 raise ValueError(f"attributes {fixed} are both fixed (conditions) and strata (closed_loop.strata)")
+        if self.class_attribute is not None and self.format != "webdataset":
+            raise ValueError("generate.class_attribute is only read with generate.format 'webdataset' "
+                             f"(format is {self.format!r})")
         if (self.mix_seed_offset is None) != (self.crossover is None):
             raise ValueError("style mixing needs both generate.mix_seed_offset and generate.crossover")
         labeled = [k for k in ("labeler", "quality", "closed_loop") if getattr(self, k) is not None]

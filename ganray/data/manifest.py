@@ -124,7 +124,17 @@ def _tar_rows(fs, path: str, columns: list[str] | None) -> pa.Table:
             elif ext == "png" and (columns is None or "image" in columns):
                 rows.setdefault(key, {})["image"] = tar.extractfile(member).read()
     table = pa.Table.from_pylist(list(rows.values()))
-    return table if columns is None else table.select([c for c in columns if c in table.column_names])
+    names = _with_image(table.column_names)
+    return table.select(names if columns is None else [c for c in columns if c in names])
+
+
+def _with_image(names: list[str]) -> list[str]:
+    """A tar shard's columns in a Parquet shard's order: `image` after `seed`, as the writer puts it."""
+    rest = [n for n in names if n != "image"]
+    if "image" not in names:
+        return rest
+    at = rest.index("seed") + 1 if "seed" in rest else 0
+    return rest[:at] + ["image"] + rest[at:]
 
 
 def read_columns(fs, path: str, columns: list[str]) -> pa.Table:
@@ -134,8 +144,12 @@ def read_columns(fs, path: str, columns: list[str]) -> pa.Table:
 
 def column_names(fs, path: str) -> list[str]:
     """The columns of one shard (its schema only: no rows are read)."""
-    if path.endswith(".tar"):
-        return _tar_rows(fs, path, None).column_names
+    if path.endswith(".tar"):  # the first sample's JSON row, and the image
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    return _with_image(["image", *json.loads(tar.extractfile(member).read())])
+        return []
     return list(pq.read_schema(path, filesystem=storage.pyarrow_filesystem(fs)).names)
 
 

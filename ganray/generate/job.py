@@ -29,11 +29,14 @@ from ganray.generate.output import (
     committed_shards,
     create_output,
     json_bytes,
+    keep_existing_layout,
+    output_parameters,
     remove_uncommitted,
     write_run_manifest,
 )
 from ganray.generate.closedloop import ClosedLoopPlan, target_shares
 from ganray.generate.lease import LeaseHeld, OutputLease
+from ganray.generate.webdataset_shards import class_source
 from ganray.generate.placement import GPUWaitTimeout, StageResources, pinned_kind, run_on_gpu, stage_resources
 from ganray.generate.plan import (
     LABELS_LAYOUT,
@@ -92,6 +95,8 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
     except ValueError as e:
         raise GenerateError(f"generate.conditions/balance: {e}") from None
     labeling, closed = _plan_labels(cfg, model, registry.url)
+    if cfg.class_attribute is not None:  # GenerateError unless the attribute has names to index
+        class_source(cfg.class_attribute, model.conditions, (labeling or {}).get("label_values") or {})
     if cfg.crossover is not None:
         _check_style_mix(cfg.crossover, model)
     return GeneratePlan(
@@ -99,7 +104,7 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
         registry_url=registry.url,
         model=model,
         conditions=conditions,
-        layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format),
+        layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format, class_attribute=cfg.class_attribute),
         shards=list(closed.shards) if closed is not None else shard_ranges(cfg.count, cfg.shard_size),
         labeling=labeling,
         closed=closed,
@@ -142,7 +147,7 @@ def _plan_labels(cfg, model: VersionInfo, registry_url: str) -> tuple[dict[str, 
             QualityGate(cfg.quality)
         except ValueError as e:
             raise GenerateError(f"generate.quality: {e}") from None
-    labeling = {"label_attributes": list(values), "quality": cfg.quality is not None,
+    labeling = {"label_attributes": list(values), "label_values": values, "quality": cfg.quality is not None,
                 "closed_loop": cfg.closed_loop is not None, "labeler": identity}
     if cfg.closed_loop is None:
         return labeling, None
@@ -220,6 +225,7 @@ def with_environment(plan: GeneratePlan, log: Callable[[str], None] = print) -> 
         parameters["labeler"] = plan.labeling["labeler"]
         parameters["quality"] = cfg.quality.model_dump() if cfg.quality is not None else None
         parameters["closed_loop"] = plan.closed.identity() if plan.closed is not None else None
+    parameters.update(output_parameters(plan.layout))
     return dataclasses.replace(plan, environment=environment, accelerator_type=kind,
                                identity={"job_id": job_id(parameters), "parameters": parameters})
 
@@ -330,6 +336,8 @@ def run_generate(job: GenerateJob, log: Callable[[str], None] = print) -> dict[s
     plan = plan_job(job)
     init_ray(job.ray_address)
     plan = with_environment(plan, log)
+    layout, identity = keep_existing_layout(plan.layout, plan.identity)  # an older output keeps its layout
+    plan = dataclasses.replace(plan, layout=layout, identity=identity)
     check_output(plan.layout, plan.identity)  # refuse another job's output before writing anything to it
     try:
         lease = OutputLease.acquire(plan.layout.url, plan.job_id, job.generate.lease_expiry_s)

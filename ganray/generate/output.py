@@ -5,6 +5,7 @@
     OUT/parquet/shard-00000.parquet       format parquet|both: one row per face, PNG bytes in `image`
     OUT/png/shard-00000/000000042.png     format png|both: one file per face ...
     OUT/png/shard-00000/metadata.parquet  ... and the shard's rows without the image column
+    OUT/webdataset/shard-00000.tar        format webdataset: KEY.png + KEY.json (+ KEY.cls) per face
     OUT/_manifest/shard-00000.json        the shard's commit: job id, rows, bytes, sha256 (written LAST)
     OUT/manifest.json                     every shard + the job, when all shards are committed
     OUT/summary.json                      the run's throughput and wall time
@@ -16,9 +17,14 @@ shard whose entry never appeared, a shard whose bytes no longer match its entry'
 entry names another job), so those shards are rewritten from scratch and the finished output
 holds each face once. Paths read from an entry go through storage.child: an entry naming a path
 outside the output is refused (GenerateError), and nothing it names is read or deleted.
+
+Parquet files are written in a table layout (ganray/data/hf_features.py), recorded in job.json as
+`table_layout`: new jobs write `hf-datasets/1`; an output started before that key existed has none
+and keeps `plain/1` when its job is resumed (keep_existing_layout), so one output never mixes them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ganray import storage
+from ganray.data.hf_features import HF_LAYOUT, PLAIN_LAYOUT
 from ganray.generate.lease import LEASE_DIR
 from ganray.generate.plan import ShardRange, planned_shards
 
@@ -38,6 +45,7 @@ ENTRIES_DIR = "_manifest"
 PARQUET_DIR = "parquet"
 PNG_DIR = "png"
 PNG_METADATA_FILE = "metadata.parquet"
+WEBDATASET_DIR = "webdataset"
 
 # Parameters that name where the faces are rendered rather than what they are.
 RENDER_ENVIRONMENT_KEYS = {"torch", "device_kind", "device"}
@@ -45,7 +53,7 @@ RENDER_ENVIRONMENT_KEYS = {"torch", "device_kind", "device"}
 # concurrent reads much faster than one after another.
 VERIFY_CONCURRENCY = 8
 
-_SHARD_NAME = re.compile(r"^shard-(\d{5,})(\.parquet|\.json)?$")
+_SHARD_NAME = re.compile(r"^shard-(\d{5,})(\.parquet|\.json|\.tar)?$")
 
 
 class GenerateError(ValueError):
@@ -65,7 +73,9 @@ def folder_checksum(files: dict[str, bytes]) -> str:
 @dataclass(frozen=True)
 class OutputLayout:
     url: str
-    format: str  # parquet | png | both
+    format: str  # parquet | png | both | webdataset
+    table_layout: str = HF_LAYOUT  # how Parquet files hold images and labels (hf_features.py)
+    class_attribute: str | None = None  # webdataset: the attribute whose index is KEY.cls
 
     def path(self, *parts: str) -> str:
         return storage.join(self.url, *parts)
@@ -78,6 +88,10 @@ class OutputLayout:
     def writes_png(self) -> bool:
         return self.format in ("png", "both")
 
+    @property
+    def writes_webdataset(self) -> bool:
+        return self.format == "webdataset"
+
     def entry_url(self, shard: ShardRange) -> str:
         return self.path(ENTRIES_DIR, f"{shard.name}.json")
 
@@ -86,6 +100,9 @@ class OutputLayout:
 
     def png_relpath(self, shard: ShardRange) -> str:
         return f"{PNG_DIR}/{shard.name}/"
+
+    def webdataset_relpath(self, shard: ShardRange) -> str:
+        return f"{WEBDATASET_DIR}/{shard.name}.tar"
 
 
 # -- ownership ---------------------------------------------------------------------------------
@@ -144,6 +161,27 @@ def check_output(layout: OutputLayout, job: dict[str, Any]) -> bool:
     return False
 
 
+def output_parameters(layout: OutputLayout) -> dict[str, Any]:
+    """What the output's layout adds to the job's parameters (they change the bytes written)."""
+    return {"table_layout": layout.table_layout,
+            **({"class_attribute": layout.class_attribute} if layout.class_attribute is not None else {})}
+
+
+def keep_existing_layout(layout: OutputLayout, job: dict[str, Any]) -> tuple[OutputLayout, dict[str, Any]]:
+    """The layout and identity to write `layout.url` with: the output's own where it is this job
+    started before `table_layout` existed (the same parameters, none recorded), so resuming it
+    writes plain/1 shards beside plain/1 shards under its own job id; else `layout`, `job` as given."""
+    try:
+        theirs = json.loads(storage.read_bytes(layout.path(JOB_FILE)))
+        older = theirs["parameters"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return layout, job
+    mine = {k: v for k, v in job["parameters"].items() if k != "table_layout"}
+    if "table_layout" in older or older != mine:
+        return layout, job
+    return dataclasses.replace(layout, table_layout=PLAIN_LAYOUT), theirs
+
+
 def create_output(layout: OutputLayout, job: dict[str, Any]) -> None:
     """Claim a new output for the job: job.json is the first thing written."""
     try:
@@ -158,7 +196,8 @@ def create_output(layout: OutputLayout, job: dict[str, Any]) -> None:
 def expected_files(layout: OutputLayout, shard: ShardRange) -> set[str]:
     """The paths (relative to the output) a committed shard's entry must name, no more, no fewer."""
     return ({layout.parquet_relpath(shard)} if layout.writes_parquet else set()) | (
-        {layout.png_relpath(shard)} if layout.writes_png else set())
+        {layout.png_relpath(shard)} if layout.writes_png else set()) | (
+        {layout.webdataset_relpath(shard)} if layout.writes_webdataset else set())
 
 
 def _file_damage(layout: OutputLayout, relpath: str, expected: dict[str, Any]) -> str | None:
@@ -249,7 +288,7 @@ def remove_uncommitted(layout: OutputLayout, committed: set[int]) -> None:
     for url in storage.ls(layout.path(ENTRIES_DIR)):
         if _shard_index(url) not in committed or not url.endswith(".json"):
             storage.remove(url)  # a temporary entry of a killed writer, or a damaged shard's entry
-    for folder in (PARQUET_DIR, PNG_DIR):
+    for folder in (PARQUET_DIR, PNG_DIR, WEBDATASET_DIR):
         for url in storage.ls(layout.path(folder)):
             if _shard_index(url) not in committed:
                 storage.remove(url)  # a shard (or its temporary copy) that was never committed
@@ -269,7 +308,8 @@ def verify_output(url: str) -> dict[str, Any]:
     try:
         job = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))
         parameters = job["parameters"]
-        layout = OutputLayout(url, parameters["format"])
+        layout = OutputLayout(url, parameters["format"], parameters.get("table_layout", PLAIN_LAYOUT),
+                              parameters.get("class_attribute"))
         shards = planned_shards(parameters)
     except FileNotFoundError:
         raise GenerateError(f"{url} holds no {JOB_FILE}: it is not a ganray generate output") from None
@@ -291,6 +331,7 @@ def write_run_manifest(layout: OutputLayout, job: dict[str, Any], shards: list[S
         **job,
         "faces": sum(e["rows"] for e in entries),
         "bytes": sum(e["bytes"] for e in entries),
+        "table_layout": layout.table_layout,
         "shards": entries,
     }
     storage.atomic_write(layout.path(MANIFEST_FILE), json_bytes(manifest))

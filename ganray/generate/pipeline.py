@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ganray import storage
+from ganray.data.hf_features import HF_LAYOUT, hf_table
 from ganray.generate.output import (
     PNG_METADATA_FILE,
     OutputLayout,
@@ -28,6 +29,7 @@ from ganray.generate.output import (
 )
 from ganray.generate.lease import check_not_superseded
 from ganray.generate.plan import ConditionPlan, ShardRange, StyleMix, render_environment
+from ganray.generate.webdataset_shards import class_source, tar_bytes
 
 
 def _shard(row: dict[str, Any]) -> ShardRange:
@@ -165,9 +167,22 @@ def _column_type(name: str) -> pa.DataType:
     return _COLUMN_TYPES.get(name, pa.string())
 
 
-def _parquet_bytes(columns: dict[str, list]) -> bytes:
-    table = pa.table({name: pa.array(values, _column_type(name))
-                      for name, values in columns.items()})
+def class_names(plan: ConditionPlan, labeling: dict[str, Any] | None) -> dict[str, list[str]]:
+    """Column -> its names in a fixed order (the model's conditions, the labeler's values): the
+    columns a hf-datasets/1 shard stores as ClassLabel. A label without known names stays a string."""
+    names = {attribute: list(values) for attribute, values in plan.condition_values.items() if values}
+    for attribute, values in ((labeling or {}).get("label_values") or {}).items():
+        if values:
+            names[f"label_{attribute}"] = list(values)
+    return names
+
+
+def _parquet_bytes(columns: dict[str, list], layout: OutputLayout, names: dict[str, list[str]]) -> bytes:
+    if layout.table_layout == HF_LAYOUT:
+        table = hf_table(columns, {name: _column_type(name) for name in columns},
+                         {name: values for name, values in names.items() if name in columns})
+    else:
+        table = pa.table({name: pa.array(values, _column_type(name)) for name, values in columns.items()})
     buf = io.BytesIO()
     # One row group per shard; no compression: PNG bytes do not compress further.
     pq.write_table(table, buf, compression="none", row_group_size=max(1, len(table)))
@@ -207,20 +222,30 @@ def write_shard(batch: pa.Table, *, layout: OutputLayout, plan: ConditionPlan, s
             def rows_of(images=None):
                 return labeled_rows(meta, plan, images=images, **label_args)
         files: dict[str, dict[str, Any]] = {}
+        names = class_names(plan, labeling)
         if layout.writes_parquet:
-            data = _parquet_bytes(rows_of(pngs))
+            data = _parquet_bytes(rows_of(pngs), layout, names)
             relpath = layout.parquet_relpath(shard)
             storage.atomic_write(layout.path(relpath), data)
             files[relpath] = {"bytes": len(data), "sha256": storage.sha256_hex(data)}
         if layout.writes_png:
             relpath = layout.png_relpath(shard)
             columns = rows_of()
-            names = [f"{face_id:09d}.png" for face_id in columns["face_id"]]
-            folder = dict(zip(names, pngs))
-            folder[PNG_METADATA_FILE] = _parquet_bytes({**columns, "file": [relpath + n for n in names]})
+            files_in = [f"{face_id:09d}.png" for face_id in columns["face_id"]]
+            folder = dict(zip(files_in, pngs))
+            folder[PNG_METADATA_FILE] = _parquet_bytes({**columns, "file": [relpath + n for n in files_in]},
+                                                       layout, names)
             storage.atomic_write_many(layout.path(relpath), folder)
             files[relpath] = {"files": len(folder), "bytes": sum(map(len, folder.values())),
                               "sha256": folder_checksum(folder)}
+        if layout.writes_webdataset:
+            relpath = layout.webdataset_relpath(shard)
+            class_of = (class_source(layout.class_attribute, plan.condition_values,
+                                     (labeling or {}).get("label_values") or {})
+                        if layout.class_attribute is not None else None)
+            data = tar_bytes(rows_of(), pngs, class_of)
+            storage.atomic_write(layout.path(relpath), data)
+            files[relpath] = {"bytes": len(data), "sha256": storage.sha256_hex(data)}
         entry = {
             "job_id": job_id,
             "shard": shard.index,

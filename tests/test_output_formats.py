@@ -1,0 +1,255 @@
+"""Generated outputs where users load them: Hugging Face `datasets` (Image + ClassLabel features in
+the Parquet shards, local and on S3), WebDataset tar shards, the one ganray reader for the old and
+new table layouts (an older output keeps its layout when resumed), and docs/consuming.md's recipes."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ganray import storage
+from ganray.config import DCGANConfig, GenerateJob, load_config
+from ganray.data.hf_features import HF_LAYOUT, PLAIN_LAYOUT, features_of, hf_table, to_ganray_table
+from ganray.data.manifest import read_face_rows
+from ganray.generate import job as generate_job
+from ganray.generate.job import plan_job, run_generate
+from ganray.generate.output import GenerateError, OutputLayout, verify_output
+from ganray.models import build_generator
+from ganray.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+# The demo model's attributes (ganray/data/synthetic.py), so docs/consuming.md's recipes run as written.
+ATTRIBUTES = {"skin_tone": ["very_light", "light", "medium", "tan", "dark"], "age_group": ["child", "adult", "senior"]}
+# 12 labeled faces in 3 shards, balanced over age group; the conditions labeler gives label_* columns.
+JOB = {"count": 12, "shard_size": 4, "psi": 0.8, "seed_offset": 100, "balance": ["age_group"],
+       "labeler": {"name": "conditions"}, "format": "parquet"}
+DOCS_OUT, DOCS_WDS_OUT = "./out/demo-faces-v1", "./out/demo-faces-wds"  # the outputs docs/consuming.md reads
+
+
+@pytest.fixture(scope="module")
+def registry_url(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    cfg = DCGANConfig(z_dim=16, g_width=8, conditional=True, embed_dim=4)
+    g = build_generator(cfg, 32, ATTRIBUTES)
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0.0, 0.3)
+    registry = Registry(str(tmp_path_factory.mktemp("registry")))
+    registry.promote(registry.push(g.state_dict(), cfg.model_dump(), 32, ATTRIBUTES, {"test": True}), "production")
+    return registry.url
+
+
+def job_config(registry_url: str, output: str, **params) -> GenerateJob:
+    return load_config(GenerateJob, None, [
+        f"registry.url={registry_url}", f"generate.output={output}", "generate.model=production",
+        *(f"generate.{k}={json.dumps(v)}" for k, v in params.items())])
+
+
+def generate(registry_url: str, output: str, **params) -> dict:
+    return run_generate(job_config(registry_url, output, **params), log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def parquet_out(ray_session, registry_url, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("parquet") / "faces"
+    generate(registry_url, str(out), **JOB)
+    return out
+
+
+@pytest.fixture(scope="module")
+def webdataset_out(ray_session, registry_url, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("webdataset") / "faces"
+    generate(registry_url, str(out), **{**JOB, "format": "webdataset", "class_attribute": "age_group"})
+    return out
+
+
+def rows(out: Path, layout_dir: str = "parquet") -> list[dict]:
+    fs, _ = storage.url_to_fs(str(out))
+    return [row for path in sorted((out / layout_dir).iterdir())
+            for row in read_face_rows(fs, str(path)).to_pylist()]
+
+
+# -- the table layout, without Ray --------------------------------------------------------------
+
+
+def test_a_hf_table_declares_its_features_and_reads_back_as_ganray_rows():
+    columns = {"face_id": [0, 1], "image": [b"png0", b"png1"], "gender": ["male", "female"],
+               "label_gender_confidence": [1.0, 0.5]}
+    table = hf_table(columns, {"face_id": pa.int64(), "label_gender_confidence": pa.float32()},
+                     {"gender": ["female", "male"]})
+    assert features_of(table.schema) == {
+        "face_id": {"dtype": "int64", "_type": "Value"}, "image": {"_type": "Image"},
+        "gender": {"names": ["female", "male"], "_type": "ClassLabel"},
+        "label_gender_confidence": {"dtype": "float32", "_type": "Value"}}
+    assert table.column("gender").to_pylist() == [1, 0]
+    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    back = to_ganray_table(table)
+    assert back.column("image").to_pylist() == [b"png0", b"png1"] and back.column("gender").to_pylist() == ["male", "female"]
+    with pytest.raises(ValueError, match="'gender' holds \\['other'\\]"):
+        hf_table({"gender": ["other"]}, {}, {"gender": ["female", "male"]})
+
+
+def test_class_attribute_is_checked_before_anything_is_written(registry_url, tmp_path):
+    with pytest.raises(Exception, match="class_attribute is only read with generate.format 'webdataset'"):
+        job_config(registry_url, str(tmp_path / "a"), **{**JOB, "class_attribute": "age_group"})
+    with pytest.raises(GenerateError, match="generate.class_attribute: 'hair' is neither"):
+        plan_job(job_config(registry_url, str(tmp_path / "b"), **{**JOB, "format": "webdataset",
+                                                                  "class_attribute": "hair"}))
+    assert not (tmp_path / "b").exists()
+
+
+# -- Hugging Face datasets -----------------------------------------------------------------------
+
+
+def _check_hf_dataset(ds, expected: list[dict]) -> None:
+    import datasets
+    from PIL import Image
+
+    assert ds.features["image"] == datasets.Image()
+    assert ds.features["skin_tone"] == datasets.ClassLabel(names=ATTRIBUTES["skin_tone"])
+    assert ds.features["age_group"] == datasets.ClassLabel(names=ATTRIBUTES["age_group"])
+    assert ds.features["label_age_group"] == datasets.ClassLabel(names=ATTRIBUTES["age_group"])
+    assert ds.features["label_age_group_confidence"] == datasets.Value("float32")
+    assert ds.features["seed"] == datasets.Value("int64") and ds.features["conditions"] == datasets.Value("string")
+    got = sorted(ds, key=lambda r: r["face_id"])
+    assert [r["face_id"] for r in got] == [r["face_id"] for r in expected] == list(range(12))
+    for row, want in zip(got, expected):
+        assert isinstance(row["image"], Image.Image) and row["image"].size == (32, 32)
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(Image.open(io.BytesIO(want["image"]))))
+        assert ds.features["skin_tone"].int2str(row["skin_tone"]) == want["skin_tone"]
+        assert ds.features["age_group"].int2str(row["age_group"]) == want["age_group"]
+        assert row["seed"] == want["seed"]
+
+
+def test_a_parquet_output_loads_in_datasets_as_images_and_class_labels(parquet_out):
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=str(parquet_out / "parquet"), split="train")
+    _check_hf_dataset(ds, rows(parquet_out))
+    manifest = json.loads((parquet_out / "manifest.json").read_text())
+    assert manifest["table_layout"] == manifest["parameters"]["table_layout"] == HF_LAYOUT
+
+
+def test_a_parquet_output_on_s3_loads_in_datasets(parquet_out, s3_server, s3_bucket):
+    import datasets
+
+    for shard in sorted((parquet_out / "parquet").iterdir()):  # the shards' bytes, as the job wrote them
+        storage.atomic_write(f"s3://{s3_bucket}/faces/parquet/{shard.name}", shard.read_bytes())
+    ds = datasets.load_dataset(
+        "parquet", data_files=f"s3://{s3_bucket}/faces/parquet/*.parquet", split="train",
+        storage_options={"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}})
+    _check_hf_dataset(ds, rows(parquet_out))
+
+
+# -- the one reader, and an output of the older layout ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def older_layout_out(ray_session, registry_url, tmp_path_factory) -> Path:
+    """JOB's output as ganray wrote it before table layouts (plain/1, no `table_layout` in job.json),
+    with its last shard's commit and the manifest gone: a run killed before it finished."""
+    out = tmp_path_factory.mktemp("older") / "faces"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generate_job, "output_parameters", lambda layout: {})
+        mp.setattr(generate_job, "OutputLayout", functools.partial(OutputLayout, table_layout=PLAIN_LAYOUT))
+        generate(registry_url, str(out), **JOB)
+    (out / "_manifest" / "shard-00002.json").unlink()
+    (out / "manifest.json").unlink()
+    return out
+
+
+def test_resuming_an_older_layout_output_keeps_its_layout_and_reads_as_the_same_rows(
+        older_layout_out, parquet_out, registry_url):
+    out = older_layout_out
+    job_before = (out / "job.json").read_bytes()
+    shard_before = (out / "parquet" / "shard-00002.parquet").read_bytes()
+    summary = generate(registry_url, str(out), **JOB)  # this ganray, the same job
+    assert summary["resumed"] and summary["shards_this_run"] == 1 and summary["faces"] == 12
+    assert (out / "job.json").read_bytes() == job_before  # the same job id: not refused as another job
+    assert (out / "parquet" / "shard-00002.parquet").read_bytes() == shard_before  # rewritten in plain/1
+    assert json.loads((out / "manifest.json").read_text())["table_layout"] == PLAIN_LAYOUT
+    assert all(features_of(pq.read_schema(p)) is None for p in (out / "parquet").iterdir())
+    assert verify_output(str(out))["damaged"] == {}
+    # One reader, both layouts: the same rows (PNG bytes, label strings); only the job ids differ.
+    old, new = rows(out), rows(parquet_out)
+    assert [r.pop("job_id") for r in old] != [r.pop("job_id") for r in new]
+    assert old == new and isinstance(new[0]["image"], bytes) and new[0]["age_group"] in ATTRIBUTES["age_group"]
+
+
+# -- WebDataset ---------------------------------------------------------------------------------
+
+
+def test_webdataset_shards_read_through_a_dataloader_hold_the_parquet_bytes(webdataset_out, parquet_out):
+    import webdataset as wds
+    from torch.utils.data import DataLoader
+
+    urls = [str(p) for p in sorted((webdataset_out / "webdataset").iterdir())]
+    assert [Path(u).name for u in urls] == ["shard-00000.tar", "shard-00001.tar", "shard-00002.tar"]
+    samples = list(DataLoader(wds.WebDataset(urls, shardshuffle=False).to_tuple("__key__", "png", "json", "cls"),
+                              batch_size=None))
+    parquet = {r["face_id"]: r for r in rows(parquet_out)}
+    assert [key for key, *_ in samples] == [f"{i:09d}" for i in range(12)]
+    for key, png, row_json, cls in samples:
+        want = dict(parquet[int(key)])
+        assert png == want.pop("image")  # same seeds, same PNG bytes
+        row = json.loads(row_json)
+        assert row["label_age_group_confidence"] == pytest.approx(want.pop("label_age_group_confidence"))
+        del row["label_age_group_confidence"], row["job_id"], want["job_id"]
+        assert row == want  # every label (strings) and every other column
+        assert int(cls) == ATTRIBUTES["age_group"].index(row["label_age_group"])
+    fs, _ = storage.url_to_fs(str(webdataset_out))
+    assert rows(webdataset_out, "webdataset")[5]["seed"] == 105  # ganray's reader reads tar shards too
+    reports = [json.loads((out / "balance_report.json").read_text()) for out in (webdataset_out, parquet_out)]
+    assert [r.pop("job_id") for r in reports] and reports[0] == reports[1]  # the same counts from tar rows
+
+
+def test_webdataset_shards_are_verified_and_resumed_like_parquet(webdataset_out, registry_url):
+    out = webdataset_out
+    manifest = json.loads((out / "manifest.json").read_text())
+    tar = out / "webdataset" / "shard-00001.tar"
+    intact = tar.read_bytes()
+    entry = manifest["shards"][1]["files"]["webdataset/shard-00001.tar"]
+    assert entry["sha256"] == storage.sha256_hex(intact) and entry["bytes"] == len(intact)
+    tar.write_bytes(intact[:5000] + bytes([intact[5000] ^ 1]) + intact[5001:])  # one flipped bit
+    assert verify_output(str(out))["damaged"] == {"shard-00001": "webdataset/shard-00001.tar does not match its sha256"}
+    summary = generate(registry_url, str(out), **{**JOB, "format": "webdataset", "class_attribute": "age_group"})
+    assert summary["resumed"] and summary["shards_this_run"] == 1
+    assert tar.read_bytes() == intact and verify_output(str(out))["damaged"] == {}
+
+
+# -- docs/consuming.md ----------------------------------------------------------------------------
+
+
+def test_every_recipe_in_consuming_md_runs_on_a_generated_output(parquet_out, webdataset_out, tmp_path,
+                                                                 monkeypatch):
+    page = (REPO / "docs" / "consuming.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 4, "one recipe each: Ray Data, datasets, WebDataset, pyarrow"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "demo-faces-v1").symlink_to(parquet_out)
+    (out / "demo-faces-wds").symlink_to(webdataset_out)
+    monkeypatch.chdir(tmp_path)
+    results = []
+    for code in blocks:
+        namespace: dict = {}
+        exec(compile(code, "docs/consuming.md", "exec"), namespace)
+        results.append(namespace)
+    ray_data, hf, webdataset, arrow = results
+    assert tuple(ray_data["images"].shape) == (12, 3, 32, 32) and sorted(ray_data["labels"].tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    assert -1 <= float(ray_data["images"].min()) < float(ray_data["images"].max()) <= 1
+    assert hf["face"]["image"].size == (32, 32) and hf["name"] in ATTRIBUTES["age_group"]
+    torch_face = hf["torch_faces"][0]
+    assert tuple(torch_face["image"].shape) == (32, 32, 3) and torch_face["image"].dtype == torch.uint8
+    assert torch_face["age_group"].dtype == torch.int64
+    assert tuple(webdataset["images"].shape) == (12, 3, 32, 32) and webdataset["classes"].tolist() == [0, 1, 2] * 4
+    assert arrow["names"] == ATTRIBUTES["age_group"] and arrow["children"].num_rows == 4
