@@ -2,12 +2,31 @@
 to the imported data, and a version's history in time order."""
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ganray import registry_events
+from ganray.cli import main as cli
+from ganray.config import GenerateJob, ImportConfig, LabelConfig, TrainJob, load_config
+from ganray.data.importer import run_import
+from ganray.data.synthetic import ATTRIBUTES, render_face
+from ganray.eval.gate import promote
+from ganray.generate.job import run_generate
+from ganray.registry import Registry
 from ganray.registry_events import EventLogError, append_event, causes, events
+from ganray.train.publish import push_run
+from ganray.train.trainer import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 32
+PATTERN = r"face\d+_(?P<age_group>child|adult|senior)_(?P<smile>no|yes)\.png"
+TINY_TRAIN = ["run.name=lineage", "data.source=shards", f"data.resolution={RES}", "model.g_width=8", "model.d_width=8",
+              "model.z_dim=16", "train.batch_size=8", "train.num_workers=1", "train.max_steps=2",
+              "train.checkpoint_every=2", "train.log_every=1", "train.precision=fp32"]
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -66,3 +85,108 @@ def test_bad_events_are_refused_and_nothing_is_written(tmp_path, bad):
                      version=args.get("version"))
     assert not (tmp_path / "registry").exists()
     assert registry_events.event(url, "generator-00000001") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo path on the built-in faces: import -> balanced re-import -> short train -> push -> generate
+
+
+@pytest.fixture(scope="module")
+def lifecycle(ray_session, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("lifecycle")
+    src = root / "raw"
+    src.mkdir()
+    for i in range(48):
+        image, labels = render_face(i, RES)
+        names = {k: ATTRIBUTES[k][labels[k]] for k in ("age_group", "smile")}
+        Image.fromarray(image).save(src / f"face{i:03d}_{names['age_group']}_{names['smile']}.png")
+    data = root / "data"  # the import root: both imports list their versions in data/data-versions/
+    common = dict(src=str(src), resolution=RES, min_size=8, blank_std=0, blur_threshold=0,
+                  labels=LabelConfig(pattern=PATTERN), license="apache-2.0", license_note="drawn by ganray")
+    full = run_import(ImportConfig(dst=str(data / "faces"), **common))
+    balanced = run_import(ImportConfig(dst=str(data / "faces-balanced"), parent=str(data / "faces"),
+                                       balance={"attributes": ["smile"], "mode": "resample_down"}, **common))
+    job = load_config(TrainJob, REPO / "configs" / "demo.yaml",
+                      [f"run.storage_path={root / 'runs'}", f"data.url={data / 'faces-balanced'}", *TINY_TRAIN])
+    run_training(job)
+    registry = Registry(str(root / "registry"))
+    version = push_run(registry, str(root / "runs"), "lineage")
+    output = root / "out" / "faces"
+    run_generate(load_config(GenerateJob, REPO / "configs" / "generate_demo.yaml", [
+        f"registry.url={registry.url}", f"generate.model={version}", f"generate.output={output}",
+        "generate.count=8", "generate.shard_size=8", "generate.balance=[]"]), log=lambda _: None)
+    return {"root": root, "src": src, "data": data, "full": full, "balanced": balanced, "registry": registry,
+            "version": version, "output": output}
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_import_is_a_data_version_listed_with_its_counts_license_and_parent(lifecycle, capsys):
+    full, balanced = lifecycle["full"]["data_version"], lifecycle["balanced"]["data_version"]
+    assert full != balanced and lifecycle["full"]["manifest_hash"].startswith(full)
+    code, out, _ = run_cli(capsys, "data", "list", str(lifecycle["data"]), "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["version"] for r in records] == [full, balanced]
+    assert records[0]["parent"] is None and records[1]["parent"]["version"] == full
+
+    code, out, _ = run_cli(capsys, "data", "show", balanced[:8], "--catalog", str(lifecycle["data"]), "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["manifest_hash"] == lifecycle["balanced"]["manifest_hash"] and shown["current"]
+    assert shown["label_histograms"]["smile"]["no"] == shown["label_histograms"]["smile"]["yes"]  # balanced
+    assert shown["label_histograms"] == lifecycle["balanced"]["label_histograms"]
+    assert (shown["license"], shown["license_note"], shown["source"]) == ("apache-2.0", "drawn by ganray",
+                                                                          str(lifecycle["src"]))
+    code, out, _ = run_cli(capsys, "data", "show", full, "--catalog", str(lifecycle["data"]))
+    assert code == 0 and "smile:" in out and "apache-2.0" in out
+
+    for bad in ("0123456789ab", "not-a-version"):
+        code, _, err = run_cli(capsys, "data", "show", bad, "--catalog", str(lifecycle["data"]))
+        assert code == 2 and bad in err, err
+
+
+def test_lineage_of_an_output_reaches_the_imported_source(lifecycle, capsys):
+    code, out, _ = run_cli(capsys, "lineage", str(lifecycle["output"]), "--json")
+    chain = json.loads(out)
+    assert code == 0 and chain["output"]["url"] == str(lifecycle["output"]) and chain["output"]["faces"] == 8
+    assert chain["model"]["version"] == lifecycle["version"] and chain["model"]["registry"] == lifecycle["registry"].url
+    assert chain["training_run"]["run_name"] == "lineage" and chain["training_run"]["step"] == 2
+    assert chain["output"]["data_version"] == chain["data_version"]["version"] == lifecycle["balanced"]["data_version"]
+    assert [p["version"] for p in chain["parents"]] == [lifecycle["full"]["data_version"]]
+    assert chain["source"] == str(lifecycle["src"])
+
+    code, out, _ = run_cli(capsys, "lineage", str(lifecycle["output"]))
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
+        ["output", "model", "training", "data", "derived", "source"]
+    code, out, _ = run_cli(capsys, "lineage", lifecycle["version"], "--registry", lifecycle["registry"].url, "--json")
+    assert code == 0 and json.loads(out)["data_version"]["version"] == lifecycle["balanced"]["data_version"]
+
+    for bad in (str(lifecycle["root"] / "no-such-output"), str(lifecycle["data"] / "faces"), "v9", "nomodel:v1"):
+        code, _, err = run_cli(capsys, "lineage", bad, "--registry", lifecycle["registry"].url)
+        assert code == 2 and "error:" in err, (bad, err)
+
+
+def test_history_shows_a_version_s_life_in_time_order(lifecycle, capsys):
+    registry, version = lifecycle["registry"], lifecycle["version"]
+    registry.record(version, "default", {"metrics": {"fid": 12.5}})
+    assert promote(registry, version, "production").moved
+    watched = append_event(registry, "generator", "monitoring", {"summary": "fid 13.0 vs baseline 12.5"}, version=version)
+    append_event(registry, "generator", "drift_alert", {"summary": "fid over threshold"}, cause=watched, version=version)
+    append_event(registry, "generator", "monitoring", {}, version="v7")  # another version's: not in v1's history
+
+    code, out, _ = run_cli(capsys, "registry", "history", f"generator:{version}", "--registry", registry.url, "--json")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [e["kind"] for e in entries] == \
+        ["data_version", "training_run", "evaluation", "promotion", "monitoring", "drift_alert"]
+    assert entries[0]["details"]["version"] == lifecycle["balanced"]["data_version"]
+    assert entries[-1]["cause"] == watched and entries[3]["details"]["outcome"] == "allowed"
+    code, out, _ = run_cli(capsys, "registry", "history", version, "--registry", registry.url)
+    assert code == 0 and len(out.splitlines()) == len(entries) and "drift_alert" in out
+
+    for bad in ("generator:v9", "nomodel:v1"):
+        code, _, err = run_cli(capsys, "registry", "history", bad, "--registry", registry.url)
+        assert code == 2 and "error:" in err, (bad, err)

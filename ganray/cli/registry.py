@@ -1,4 +1,4 @@
-"""`ganray registry push | list | show | promote | gate | decisions`: the model registry from the command line."""
+"""`ganray registry push | list | show | promote | gate | decisions | history`: the model registry from the command line."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,23 @@ def _decisions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from ganray.lineage import LineageError, format_history, history, split_ref
+
+    registry = _registry(args)
+    try:
+        model, ref = split_ref(args.name)
+        entries = history(model, ref, registry.url, args.catalog)
+    except LineageError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        for entry in entries:
+            print(json.dumps(entry))
+    else:
+        print(format_history(entries) if entries else f"no history for {args.name} in {registry.url}")
+    return 0
+
+
 def _handle(handler):
     # Registry errors are bad input (an unknown ref, a bad alias): exit 2 like config errors.
     def run(args: argparse.Namespace) -> int:
@@ -115,7 +132,7 @@ def _handle(handler):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("registry", help="model registry: push, list, show, promote, gate, decisions",
+    parser = subparsers.add_parser("registry", help="model registry: push, list, show, promote, gate, decisions, history",
                                    description="Versioned generators and aliases on a local path or s3://.")
     commands = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 
@@ -157,3 +174,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decisions = add("decisions", _decisions, "print the log of gated promotion decisions, oldest first")
     decisions.add_argument("--alias", default=None, help="only this alias's decisions")
     decisions.add_argument("--json", action="store_true", help="one JSON object per line, with both results")
+    hist = add("history", _history, "a model's (or one version's) history in time order: data version, training "
+                                    "run, evaluations, promotions, monitoring records, drift alerts, retraining")
+    hist.add_argument("name", metavar="NAME[:VERSION]",
+                      help="generator or labeler, optionally :VERSION (v3, an alias, latest); a bare version or "
+                           "alias means generator:VERSION")
+    hist.add_argument("--catalog", action="append", default=[], metavar="URL",
+                      help="a data catalog to look data versions up in (repeatable)")
+    hist.add_argument("--json", action="store_true", help="one JSON object per line")

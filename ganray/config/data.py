@@ -136,6 +136,14 @@ class ImportConfig(Section):
     )
     balance: ImportBalanceConfig | None = Field(None, description="balance the rows over label attributes "
                                                                   "(None: every kept row once)")
+    # The data version this import becomes (ganray.data.versions): where it is listed, what it derives from.
+    catalog: str | None = Field(None, description="data catalog that lists this version (None: $GANRAY_DATA_CATALOG, "
+                                                  "else the folder holding dst)")
+    parent: str | None = Field(None, description="the data version this import derives from: a version id in the "
+                                                 "catalog or an import's folder (None: the import it replaces at dst, "
+                                                 "if that one came from the same src)")
+    license: str | None = Field(None, description="license of the source images (an SPDX id such as cc-by-4.0, or other)")
+    license_note: str | None = Field(None, description="terms in words, e.g. 'non-commercial research use only'")
 
     @field_validator("resolution")
     @classmethod

@@ -15,6 +15,8 @@ The steps, and where each runs:
    the leftovers of crashed imports (prefixes under `imports/` that the manifest does not name)
    removed. A crash at any point leaves dst holding either the previous import or the new one,
    complete; the next import cleans up what a crash left behind.
+6. the import is a data version (ganray.data.versions): the manifest names it, and its record goes
+   to the data catalog once the manifest is in place.
 
 Layout of dst:
 
@@ -46,6 +48,7 @@ import ray
 from ganray.config import ConfigError, ImportConfig
 from ganray.data import balance as balancing
 from ganray.data import preprocess
+from ganray.data import versions
 from ganray.data.manifest import (FORMAT, IMPORT_ID, IMPORTS_DIR, MANIFEST_NAME, SHARD_NAME, WEIGHT_COLUMN,
                                   manifest_hash, read_manifest, shard_paths)
 from ganray.data.source_labels import infer_values, make_source_labels
@@ -172,6 +175,12 @@ def run_import(cfg: ImportConfig) -> dict:
     storage.check_reachable(storage.normalize_url(cfg.src), "import.src")
     storage.check_reachable(storage.normalize_url(cfg.dst), "import.dst")
     previous = _previous_import(cfg)
+    catalog = versions.catalog_for_import(cfg.dst, cfg.catalog)
+    storage.check_reachable(catalog, "import.catalog")
+    try:
+        parent = versions.resolve_parent(cfg.parent, catalog) if cfg.parent else None
+    except versions.DataVersionError as e:
+        raise ConfigError(f"import.parent: {e}") from None
     paths = list_images(cfg.src)
     source_labels = make_source_labels(cfg.labels)
     labels = {p: source_labels.lookup(p) for p in paths}
@@ -241,13 +250,29 @@ def run_import(cfg: ImportConfig) -> dict:
         for i, r in enumerate(kept_rows)).encode()).hexdigest()
 
     manifest["manifest_hash"] = manifest_hash(manifest, rows_digest)
+    _add_version(manifest, cfg, catalog, parent, previous)
     paths_kept = [r["source_path"] for r in kept_rows]
     kept = processed.map_batches(keep_rows, batch_format="pyarrow", fn_kwargs={
         "duplicates": set(dropped["duplicate"]),
         "copies": dict(zip(paths_kept, copies)) if balanced is not None else None,
         "weights": dict(zip(paths_kept, weights)) if weights is not None else None})
-    _write_and_commit(cfg, kept, sum(copies), manifest, previous)
+    import_id = _write_and_commit(cfg, kept, sum(copies), manifest, previous)
+    versions.write_record(versions.make_record(
+        manifest, dst=cfg.dst, catalog=catalog, import_id=import_id, parent=manifest["parent"],
+        license=cfg.license, license_note=cfg.license_note))
     return manifest
+
+
+def _add_version(manifest: dict, cfg: ImportConfig, catalog: str, parent: dict | None, previous: dict | None) -> None:
+    """Name the data version in the manifest (outside the hashed identity): its id, catalog, license
+    and parent; without import.parent, the parent is the import this one replaces if it came from
+    the same src (a re-import with other settings derives from it)."""
+    if parent is None and previous is not None and previous.get("source") == cfg.src \
+            and previous.get("manifest_hash") not in (None, manifest["manifest_hash"]):
+        parent = {"version": versions.version_of(previous), "location": storage.normalize_url(cfg.dst),
+                  "catalog": previous.get("data_catalog") or catalog}
+    manifest.update(data_version=versions.version_id(manifest["manifest_hash"]), data_catalog=catalog,
+                    license=cfg.license or "unknown", license_note=cfg.license_note, parent=parent)
 
 
 # The commit's named points, in the order they are reached; "clean_up_failed" is reached only on an
@@ -268,8 +293,9 @@ def new_import_id() -> str:
 
 
 def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, manifest: dict,
-                      previous: dict | None) -> None:
-    """Write the shards under a fresh prefix, switch manifest.json to them, then clean up.
+                      previous: dict | None) -> str:
+    """Write the shards under a fresh prefix, switch manifest.json to them, then clean up; returns
+    the import id.
 
     Until the switch nothing that a manifest names changes (the previous import stays valid);
     if anything fails before it, the new prefix is removed.
@@ -309,6 +335,7 @@ def _write_and_commit(cfg: ImportConfig, kept: ray.data.Dataset, n_kept: int, ma
             fs.rm(stale)
     _commit_point("remove_leftovers")
     _remove_leftovers(cfg.dst, keep=import_id)
+    return import_id
 
 
 def _names_prefix(manifest: dict | None, prefix: str) -> bool:

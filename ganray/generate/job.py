@@ -392,7 +392,10 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
     pipeline_s = time.monotonic() - pipeline_started
 
     lease.check()
-    manifest = write_run_manifest(layout, plan.identity, plan.shards)
+    # The training data version of the model (a fact of the model, so re-runs write the same bytes):
+    # what `ganray lineage OUT` follows back, with the registry named in the summary.
+    data_version = (plan.model.provenance.get("data_version") or {}).get("version")
+    manifest = write_run_manifest(layout, {**plan.identity, "lineage": {"data_version": data_version}}, plan.shards)
     from ganray.generate.report import write_balance_report
 
     report = write_balance_report(layout.url, plan.model.conditions)
@@ -401,6 +404,7 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
         "job_id": plan.job_id,
         "model": cfg.model,
         "model_version": plan.model.version,
+        "registry": plan.registry_url,
         "output": layout.url,
         "format": cfg.format,
         "faces": manifest["faces"],

@@ -13,6 +13,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ganray.config import ConfigError, TrainJob
 from ganray.console import ProgressLine
 from ganray.data.dataset import build_indexed_rows, dataset_attributes, dataset_manifest_hash
+from ganray.data.versions import training_data_version
 from ganray.runtime import init_ray
 from ganray.storage import check_reachable, normalize_url, url_to_fs
 from ganray.train import checkpoint as ckpt
@@ -98,8 +99,9 @@ def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None) -> 
     resume_from = check_resumable(job, manifest_hash)
     if resume_from:
         print(f"[ganray] resuming run '{job.run.name}' from {resume_from}", flush=True)
+    data_version = training_data_version(job.data.model_dump(mode="json"), manifest_hash)["version"]
     print(f"[ganray] training run '{job.run.name}': {job.train.max_steps} steps, {job.train.num_workers} workers, "
-          f"checkpoints in {ckpt.run_url(storage_root(job), job.run.name)}", flush=True)
+          f"data version {data_version}, checkpoints in {ckpt.run_url(storage_root(job), job.run.name)}", flush=True)
     init_ray(job.ray_address)  # only once the run is known to be valid
     if evaluator is not None:
         evaluator.prepare()  # reference features, on the driver (Ray Data; cached beside the dataset)
