@@ -17,15 +17,15 @@ import json
 from collections import Counter
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from ganray import storage
+from ganray.data.manifest import column_names, read_face_rows
 from ganray.generate.output import (
     JOB_FILE,
     MANIFEST_FILE,
     PARQUET_DIR,
     PNG_DIR,
     PNG_METADATA_FILE,
+    WEBDATASET_DIR,
     GenerateError,
     json_bytes,
 )
@@ -33,6 +33,8 @@ from ganray.labels.report import CHART_FILE, REPORT_FILE, draw_report
 
 
 def _row_files(url: str, parameters: dict[str, Any]) -> list[str]:
+    if parameters["format"] == "webdataset":
+        return sorted(u for u in storage.ls(storage.join(url, WEBDATASET_DIR)) if u.endswith(".tar"))
     if parameters["format"] in ("parquet", "both"):
         return sorted(u for u in storage.ls(storage.join(url, PARQUET_DIR)) if u.endswith(".parquet"))
     return sorted(storage.join(u.rstrip("/"), PNG_METADATA_FILE) for u in storage.ls(storage.join(url, PNG_DIR)))
@@ -42,10 +44,8 @@ def _read_columns(url: str, parameters: dict[str, Any], names: list[str]) -> dic
     columns: dict[str, list] = {n: [] for n in names}
     for file_url in _row_files(url, parameters):
         fs, path = storage.url_to_fs(file_url)
-        with fs.open(path, "rb") as f:
-            rows = pq.ParquetFile(f)
-            present = [n for n in names if n in rows.schema_arrow.names]
-            table = rows.read(columns=present)  # never the image column
+        present = [n for n in names if n in column_names(fs, path)]
+        table = read_face_rows(fs, path, present)  # never the image column; labels as strings in any layout
         for n in present:
             columns[n] += table.column(n).to_pylist()
     return columns
