@@ -16,8 +16,9 @@ conditional model, same count, ψ, batch size and shard size, Parquet to local d
 Printed, and written to results.json in the work folder: each job's wall time and faces/s (faces
 written ÷ wall time, start-up included, as a user sees it), and the ratios labeled ÷ unbalanced and
 balanced ÷ unbalanced. The balanced job's output keeps its balance_report.json/png (per-stratum
-counts, acceptance, labeler agreement, rejects); the unbalanced job's report shows the spread the
-quotas remove. One run on one machine; faces/s depend on what else the machine runs.
+counts, acceptance, labeler agreement, rejects, and with the classifier labeler each stratum's
+estimated true count and label precision: `balanced_true_balance` in results.json); the unbalanced
+job's report shows the spread the quotas remove. One run on one machine; faces/s depend on what else the machine runs.
 
 With `--reference DATASET` (the imported training set), distributions.png and the `distributions`
 entry of results.json compare, per strata attribute, the share of each value: in the training set
@@ -182,6 +183,15 @@ def main() -> None:
         if base and kind in results:
             results[f"{kind}_over_unbalanced"] = round(results[kind]["faces_per_s"] / base, 3)
             print(f"{kind} ÷ unbalanced faces/s: {results[f'{kind}_over_unbalanced']}")
+    balanced = results.get("balanced", {}).get("report")
+    if balanced and (balanced.get("true_balance") or {}).get("available"):
+        # Beside "every kept face agrees with its stratum" (true by construction): the estimated truth.
+        results["balanced_true_balance"] = [
+            {k: r.get(k) for k in ("stratum", "count", "estimated_true_count", "true_count_interval",
+                                   "label_precision", "label_precision_interval")} for r in balanced["strata"]]
+        for r in results["balanced_true_balance"]:
+            print(f"  {r['stratum']:<24} labeled {r['count']:>6}  true (est.) {r['estimated_true_count']:>9} "
+                  f"{r['true_count_interval']}  label precision {r['label_precision']} {r['label_precision_interval']}")
     if args.reference:
         results["distributions"] = distributions(args, work)
         plot_distributions(results["distributions"], work / "distributions.png")

@@ -32,6 +32,7 @@ from ganray.generate.job import run_generate
 from ganray.images import decode_png
 from ganray.labels import LabelerError, build_labeler
 from ganray.labels import checkpoint as ckpt
+from ganray.labels.calibration import threshold_for_precision
 from ganray.labels.dataset import HELDOUT_RULE, heldout_mask
 from ganray.labels.trainer import run_labeler_training
 from ganray.models import build_generator
@@ -92,13 +93,39 @@ def test_a_rerun_resumes_and_ends_bit_identical_to_an_uninterrupted_run(runs):
     assert not any(h.get("event") == "resume" for h in straight["history"])
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
-    assert resumed["data_position"] == straight["data_position"] == {"epoch": 1, "batch": 2}  # crossed an epoch
+    assert resumed["data_position"] == straight["data_position"] and straight["data_position"]["epoch"] == 1  # crossed an epoch
+    assert resumed["best"]["step"] == straight["best"]["step"]  # the validation's choice resumes too
     assert ckpt.state_digest(straight) == ckpt.state_digest(resumed)
     assert len(resumed["rng"]) == 2  # one RNG state per DDP worker
     labelers = LabelerRegistry(runs["registry"])
     v1, v2, v3 = (labelers.show(v) for v in ("v1", "v2", "v3"))
     assert v2.content_hash == v3.content_hash != v1.content_hash  # same weights and config: same content
     assert v1.provenance["step"] == 5 and v3.provenance["step"] == 10
+
+
+def test_the_local_runner_trains_without_ray_and_resumes_bit_identical(tmp_path):
+    """train.runner local: the same loop in this process (no Ray): a run stopped at step 4 and
+    re-run to 8 ends with the state of a run that went to 8 at once; augmentation, class-weighted
+    loss, warmup and the validation's best weights ride along."""
+    settings = ["data.source=synthetic", "data.synthetic.count=256", f"data.resolution={RES}", "model.width=8",
+                "model.feature_dim=16", "model.dropout=0.2", "train.runner=local", "train.num_workers=1",
+                "train.batch_size=16", "train.checkpoint_every=2", "train.log_every=2", "train.precision=fp32",
+                "train.warmup_steps=3", "train.class_balance=loss", "train.augment_shift=0.1",
+                "train.augment_color=0.1", "heldout.validation_fraction=0.2", f"run.storage_path={tmp_path}",
+                f"publish.registry={tmp_path / 'registry'}", "publish.alias=null"]
+    config = str(REPO / "configs" / "labeler_demo.yaml")
+    for name, steps in (("resumed", 4), ("resumed", 8), ("straight", 8)):
+        outcome = run_labeler_training(load_config(LabelerTrainJob, config, [*settings, f"run.name={name}",
+                                                                             f"train.max_steps={steps}"]))
+        assert outcome.step == steps
+    resumed = ckpt.load_state(str(tmp_path / "resumed" / ckpt.checkpoint_dir_name(8)))
+    straight = ckpt.load_state(str(tmp_path / "straight" / ckpt.checkpoint_dir_name(8)))
+    assert ckpt.state_digest(resumed) == ckpt.state_digest(straight)
+    assert {"event": "resume", "step": 4} in resumed["history"]
+    assert resumed["best"]["step"] == straight["best"]["step"]
+    assert all(torch.equal(resumed["best"]["model"][k], v) for k, v in straight["best"]["model"].items())
+    assert sorted(p.name for p in (tmp_path / "straight").iterdir() if p.name.startswith("checkpoint_")) == [
+        ckpt.checkpoint_dir_name(6), ckpt.checkpoint_dir_name(8)]  # train.num_to_keep (2)
 
 
 def test_a_killed_worker_resumes_and_ends_bit_identical_to_an_uninterrupted_run(runs, faces, tmp_path):
@@ -176,6 +203,13 @@ def test_heldout_split_is_fixed_by_content_hash_and_evaluated_per_class(runs, fa
             per_class = result["per_class"][value]
             assert per_class["count"] == truth.count(value)
             assert per_class["accuracy"] == (None if not truth.count(value) else pytest.approx(matrix[i, i] / truth.count(value)))
+        # Calibration: fitted on the validation split; its curves are the held-out confusion at each threshold.
+        calibration = result["calibration"]
+        assert calibration["fitted_on"] == "validation" and calibration["temperature"] > 0
+        table = np.array(calibration["confusion_by_threshold"])
+        assert (table[0] == matrix).all() and (np.diff(table, axis=0) <= 0).all()
+        for v, value in enumerate(values):
+            assert calibration["per_class"][value]["labeled"] == table[:, :, v].sum(axis=1).tolist()
 
 
 def test_labeler_eval_recomputes_the_heldout_evaluation_and_records_it(runs, faces, tmp_path):
@@ -345,6 +379,13 @@ def test_closed_loop_keeps_only_faces_the_classifier_labels_as_their_stratum(run
                 "generate.labeler.name=classifier", "generate.labeler.model=tiny",
                 "generate.closed_loop.strata=[age_group]", "generate.closed_loop.min_confidence=0.0",
                 "generate.closed_loop.max_attempts_per_face=8", "generate.closed_loop.on_budget_exhausted=partial"]
+    # Selective labels: a label precision instead of a confidence, one every stratum's value reaches.
+    curves = LabelerRegistry(runs["registry"]).evaluation("tiny", "heldout")["attributes"]["age_group"]["calibration"]
+    reached = {v: max(p for p in c["precision"] if p is not None) for v, c in curves["per_class"].items()
+               if any(p is not None for p in c["precision"])}
+    precision = min(reached.values())
+    settings += [f"generate.closed_loop.min_label_precision={precision}", "generate.closed_loop.target=proportions",
+                 "generate.closed_loop.proportions={" + ", ".join(f'"{v}": {1 / len(reached)}' for v in reached) + "}"]
     run_generate(load_config(GenerateJob, None, settings))
 
     table = to_ganray_table(pq.read_table(output / "parquet")).sort_by("face_id").to_pylist()
@@ -356,7 +397,26 @@ def test_closed_loop_keeps_only_faces_the_classifier_labels_as_their_stratum(run
         assert again.values == (row["label_age_group"],)  # the stored label is the classifier's own
         # Stored rounded to 6 places (docs/CONTRACTS.md), as float32.
         assert np.float32(round(float(again.confidence[0]), 6)) == np.float32(row["label_age_group_confidence"])
+    for row in table:  # each label was given where its held-out precision reaches the precision asked for
+        needed = threshold_for_precision(curves, row["label_age_group"], precision)
+        assert row["label_age_group_confidence"] >= np.float32(needed)
+        k = curves["thresholds"].index(needed)
+        assert curves["per_class"][row["label_age_group"]]["precision"][k] >= precision
     report = json.loads((output / "balance_report.json").read_text())
     kept = {stratum: sum(r["stratum"] == stratum for r in table) for stratum in ("child", "adult", "senior")}
     assert {r["stratum"]: r["count"] for r in report["strata"]} == kept
     assert all(kept[r["stratum"]] <= r["target"] for r in report["strata"])
+    # Beside the labeler's counts: the estimated true counts and label precision, with intervals.
+    assert report["true_balance"]["available"] and report["true_balance"]["labeler_version"] == "v1"
+    assert sum(r["estimated_true_count"] for r in report["strata"]) == pytest.approx(len(table), abs=0.1)
+    for r in report["strata"]:
+        lo, hi = r["true_count_interval"]
+        assert lo <= r["estimated_true_count"] <= hi
+        if kept[r["stratum"]]:
+            assert r["label_precision_interval"][0] <= r["label_precision"] <= r["label_precision_interval"][1]
+    job = json.loads((output / "job.json").read_text())
+    assert job["parameters"]["closed_loop"]["min_label_precision"] == precision
+    code = cli(["generate", "--set", f"registry.url={runs['registry']}", "--set", f"generate.model={version}",
+                "--set", f"generate.output={tmp_path / 'refused'}", "--set", "generate.labeler.name=conditions",
+                "--set", "generate.closed_loop.strata=[age_group]", "--set", "generate.closed_loop.min_label_precision=0.9"])
+    assert code == 2 and not (tmp_path / "refused").exists()

@@ -49,6 +49,8 @@ class ClassifierModelConfig(Section):
     max_channels: int = Field(256, gt=0, description="cap on channels in any block")
     feature_dim: int = Field(128, gt=0, description="size of the encoder's feature vector (`encode(x)`)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the features before the heads (training)")
+    convs_per_block: int = Field(1, ge=1, le=4, description="3x3 convs at each resolution before it is halved "
+                                                            "(more: a deeper encoder at the same width)")
 
 
 class LabelerTrainConfig(Section):
@@ -67,12 +69,36 @@ class LabelerTrainConfig(Section):
     checkpoint_every: int = Field(100, gt=0, description="steps between full-state checkpoints")
     num_to_keep: int = Field(2, gt=0, description="checkpoints kept in storage")
     max_failures: int = Field(3, ge=-1, description="worker-group restarts after failures (-1 = forever)")
+    runner: Literal["ray", "local"] = Field(
+        "ray", description="ray: Ray Train workers (DDP); local: this process alone, no Ray (local data and "
+                           "storage only; the same loop, checkpoints and resume; num_workers must be 1)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: after the warmup the learning rate falls along a half cosine to "
+                                "lr x min_lr_ratio at max_steps")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warmup from 0")
+    min_lr_ratio: float = Field(0.02, ge=0, le=1, description="cosine: the final learning rate as a share of lr")
+    class_balance: Literal["none", "loss"] = Field(
+        "none", description="loss: each class's cross-entropy weighted by (its share of the training labels) "
+                            "^ -balance_power, so rare classes count more")
+    balance_power: float = Field(0.5, ge=0, le=1, description="class_balance loss: 1 = inverse frequency, "
+                                                             "0.5 = inverse square root")
+    augment_shift: float = Field(0.0, ge=0, le=0.25, description="random translation of each training image "
+                                                                 "by up to this share of its side (edge padded)")
+    augment_color: float = Field(0.0, ge=0, le=0.5, description="random brightness and contrast change of "
+                                                                "each training image by up to this much")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="with a validation split: stop after this many checkpoints without a better "
+                             "validation score (mean balanced accuracy over the attributes); 0 = train to "
+                             "max_steps. The best checkpoint's weights are the ones published either way")
 
     @model_validator(mode="after")
     def _batch(self) -> "LabelerTrainConfig":
         if self.batch_size % self.num_workers:
             raise ValueError(f"train.batch_size ({self.batch_size}) must divide evenly over train.num_workers "
                              f"({self.num_workers})")
+        if self.runner == "local" and (self.num_workers != 1 or self.use_gpu):
+            raise ValueError("train.runner 'local' trains in this process: set train.num_workers=1 and "
+                             "train.use_gpu=false")
         return self
 
 
@@ -83,6 +109,17 @@ class HeldoutConfig(Section):
                                                           "a number in [0, 1); below this: held out)")
     max_images: int | None = Field(None, gt=0, description="evaluate on at most this many held-out images "
                                                            "(the first in dataset order); None = all")
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of images in the validation split: content hash in [fraction, "
+                                     "fraction + this); never trained on, never in the held-out split. It "
+                                     "chooses the best checkpoint and fits the calibration; 0 = none")
+
+    @model_validator(mode="after")
+    def _bands(self) -> "HeldoutConfig":
+        if self.fraction + self.validation_fraction >= 1:
+            raise ValueError(f"heldout.fraction + heldout.validation_fraction must be below 1, got "
+                             f"{self.fraction} + {self.validation_fraction}")
+        return self
 
 
 class LabelerPublishConfig(Section):

@@ -12,6 +12,10 @@ candidate alone. A stratum's faces are its first `quota` accepted candidates in 
 faces are accepted never depends on batch size, replicas or interruptions. A stratum may draw
 ceil(max_attempts_per_face x quota) candidates; then it is short (error or partial, as configured).
 
+With `min_label_precision`, the confidence a label needs is per value: the lowest threshold at which
+the labeler's labels of that value reached that precision on its held-out split (its stored
+precision-against-confidence curve, ganray.labels.calibration), and never below `min_confidence`.
+
 Face ids run stratum after stratum: stratum s holds face ids [Q_s, Q_s + quota_s) (Q_s: the quotas
 of the strata before it), in shards of `shard_size` faces; its r-th accepted face is face Q_s + r.
 """
@@ -74,16 +78,29 @@ class ClosedLoopPlan:
     budgets: tuple[int, ...]  # candidates a stratum may draw
     shard_size: int
     on_budget_exhausted: str
-    min_confidence: float
+    min_confidence: float | dict[str, dict[str, float]]  # one number, or per attribute and value
     seed_offset: int
     shards: tuple[ShardRange, ...] = field(default=())
     shard_stratum: tuple[tuple[int, int], ...] = field(default=())  # shard index -> (stratum, part)
 
+    min_label_precision: float | None = None
+
     @classmethod
     def build(cls, cfg: ClosedLoopConfig, values: Mapping[str, Sequence[str]], shares: Sequence[Fraction],
-              count: int, shard_size: int, seed_offset: int) -> "ClosedLoopPlan":
+              count: int, shard_size: int, seed_offset: int,
+              thresholds: Mapping[str, Mapping[str, float | None]] | None = None) -> "ClosedLoopPlan":
         strata = strata_of(values, cfg.strata)
         quotas = exact_quotas(count, shares)
+        min_confidence: float | dict[str, dict[str, float]] = cfg.min_confidence
+        if thresholds is not None:
+            never = sorted({f"{a}={v}" for s, q in zip(strata, quotas) if q for a, v in zip(cfg.strata, s)
+                            if thresholds[a].get(v) is None})
+            if never:
+                raise ValueError(f"min_label_precision {cfg.min_label_precision}: the labeler's labels {never} "
+                                 "reach that precision at no confidence on its held-out split, so their strata "
+                                 "could never be filled: ask for less, or leave them out of the target")
+            min_confidence = {a: {v: max(cfg.min_confidence, t) for v, t in thresholds[a].items() if t is not None}
+                              for a in cfg.strata}
         budgets = [math.ceil(cfg.max_attempts_per_face * q) for q in quotas]
         shards, owner, start = [], [], 0
         for s, q in enumerate(quotas):
@@ -92,7 +109,8 @@ class ClosedLoopPlan:
                 owner.append((s, part))
             start += q
         return cls(tuple(cfg.strata), tuple(strata), tuple(quotas), tuple(budgets), shard_size,
-                   cfg.on_budget_exhausted, cfg.min_confidence, seed_offset, tuple(shards), tuple(owner))
+                   cfg.on_budget_exhausted, min_confidence, seed_offset, tuple(shards), tuple(owner),
+                   getattr(cfg, "min_label_precision", None))
 
     def name(self, s: int) -> str:
         return stratum_name(self.strata[s])
@@ -105,7 +123,8 @@ class ClosedLoopPlan:
         return {"order": CLOSED_LOOP_ORDER, "seeds": CANDIDATE_SEEDS, "strata": list(self.attributes),
                 "quotas": {self.name(s): q for s, q in enumerate(self.quotas)},
                 "budgets": {self.name(s): b for s, b in enumerate(self.budgets)},
-                "on_budget_exhausted": self.on_budget_exhausted, "min_confidence": self.min_confidence}
+                "on_budget_exhausted": self.on_budget_exhausted, "min_confidence": self.min_confidence,
+                **({"min_label_precision": self.min_label_precision} if self.min_label_precision is not None else {})}
 
 
 def target_shares(cfg: ClosedLoopConfig, strata: Sequence[tuple[str, ...]],
@@ -170,17 +189,51 @@ class FaceVerifier:
 
 
 def stratum_verdict(face: Mapping[str, Any], attributes: Sequence[str], values: Sequence[str],
-                    min_confidence: float) -> str | None:
-    """Why a verified face does not belong to the stratum (`values` of `attributes`); None: accepted."""
+                    min_confidence: float | Mapping[str, Mapping[str, float]]) -> str | None:
+    """Why a verified face does not belong to the stratum (`values` of `attributes`); None: accepted.
+    `min_confidence`: one number, or per attribute and value (the plan's, under min_label_precision)."""
     if face["reject"] is not None:
         return face["reject"]
     for name, value in zip(attributes, values):
         if face["labels"].get(name) != value:
             return f"label_mismatch:{name}"
-    for name in attributes:
-        if face["confidence"].get(name, 0.0) < min_confidence:
+    for name, value in zip(attributes, values):
+        needed = min_confidence if isinstance(min_confidence, (int, float)) else min_confidence[name][value]
+        if face["confidence"].get(name, 0.0) < needed:
             return f"low_confidence:{name}"
     return None
+
+
+def label_thresholds(cfg: ClosedLoopConfig, labeler_cfg: LabelerConfig | None, registry_url: str | None,
+                     values: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float | None]] | None:
+    """closed_loop.min_label_precision -> per stratum attribute and value, the lowest confidence at
+    which the labeler's labels reach it on its held-out split (None: at no confidence); None when
+    the job asks for no precision."""
+    precision = getattr(cfg, "min_label_precision", None)
+    if precision is None:
+        return None
+    if labeler_cfg is None or labeler_cfg.name != "classifier":
+        raise ValueError("min_label_precision needs the classifier labeler (labeler.name: classifier): only it "
+                         "has a held-out precision-against-confidence curve")
+    from ganray.labels.calibration import threshold_for_precision
+    from ganray.registry import LabelerRegistry
+
+    from ganray.registry import RegistryError
+
+    labelers = LabelerRegistry(registry_url)
+    try:
+        version = labelers.show(labeler_cfg.model).version
+        evaluation = labelers.evaluation(version, "heldout") or {"attributes": {}}
+    except RegistryError as e:
+        raise ValueError(f"min_label_precision: {e}") from None
+    out: dict[str, dict[str, float | None]] = {}
+    for name in cfg.strata:
+        entry = (evaluation["attributes"].get(name) or {}).get("calibration")
+        if entry is None:
+            raise ValueError(f"min_label_precision: labeler {version} has no precision-against-confidence curve "
+                             f"for {name}: train it again with this ganray")
+        out[name] = {v: threshold_for_precision(entry, v, precision) for v in values[name]}
+    return out
 
 
 def json_dumps(obj: Any) -> str:

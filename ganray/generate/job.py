@@ -173,10 +173,11 @@ def _plan_labels(cfg, model: VersionInfo, registry_url: str) -> tuple[dict[str, 
         except (ValueError, OSError) as e:
             raise GenerateError(f"generate.closed_loop.target 'training_set': {e}") from None
     try:
-        from ganray.generate.closedloop import strata_of
+        from ganray.generate.closedloop import label_thresholds, strata_of
 
         shares = target_shares(loop, strata_of(strata_values, loop.strata), training)
-        closed = ClosedLoopPlan.build(loop, strata_values, shares, cfg.count, cfg.shard_size, cfg.seed_offset)
+        closed = ClosedLoopPlan.build(loop, strata_values, shares, cfg.count, cfg.shard_size, cfg.seed_offset,
+                                      label_thresholds(loop, labeler_cfg, registry_url, strata_values))
     except ValueError as e:
         raise GenerateError(f"generate.closed_loop: {e}") from None
     return labeling, closed
@@ -398,7 +399,7 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
     manifest = write_run_manifest(layout, {**plan.identity, "lineage": {"data_version": data_version}}, plan.shards)
     from ganray.generate.report import write_balance_report
 
-    report = write_balance_report(layout.url, plan.model.conditions)
+    report = write_balance_report(layout.url, plan.model.conditions, registry_url=plan.registry_url)
     wall_s = time.monotonic() - started
     summary = {
         "job_id": plan.job_id,

@@ -8,7 +8,9 @@ Strata: a closed-loop job's (`closed_loop.strata`, target = the exact quotas), a
 (`balance`: every combination, target = count / combinations), else one stratum "all". Counts
 are read from the rows written; acceptance, agreement and rejects from the shards' commit entries
 (each entry holds the verdict counts of the candidates its shard went through), so the report
-adds up what was committed, whichever runs wrote it. Deterministic: no times in it.
+adds up what was committed, whichever runs wrote it. For the classifier labeler, each stratum also
+gets its estimated true count and label precision with intervals (ganray.labels.true_balance,
+from the labeler's held-out errors), beside the count the labeler saw. Deterministic: no times in it.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ def _read_columns(url: str, parameters: dict[str, Any], names: list[str]) -> dic
     return columns
 
 
-def generated_report(url: str, condition_values: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def generated_report(url: str, condition_values: dict[str, list[str]] | None = None,
+                     registry_url: str | None = None) -> dict[str, Any]:
     """The balance report of the finished output at `url` (read-only).
 
     `condition_values` (the model's attributes and values) lets a balanced job's report list
@@ -142,7 +145,7 @@ def generated_report(url: str, condition_values: dict[str, list[str]] | None = N
         strata.append(row)
     attempts = sum(c["attempts"] for c in per_stratum.values())
     accepted = sum(c["accepted"] for c in per_stratum.values())
-    return {
+    report = {
         "kind": "generated",
         "source": url,
         "job_id": job["job_id"],
@@ -161,11 +164,52 @@ def generated_report(url: str, condition_values: dict[str, list[str]] | None = N
             **({"short_strata": sorted(short)} if closed else {}),
         },
     }
+    if labeler == "classifier":
+        _add_true_balance(report, url, parameters, attributes, registry_url)
+    return report
 
 
-def write_balance_report(url: str, condition_values: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def _add_true_balance(report: dict[str, Any], url: str, parameters: dict[str, Any], attributes: list[str],
+                      registry_url: str | None) -> None:
+    """The estimated true make-up beside the labeler's counts: joint over the strata attributes
+    (merged into the strata rows), or per labeled attribute when the output has no strata."""
+    from ganray.labels.true_balance import estimate_true_balance, labeler_evidence
+
+    version = (parameters.get("labeler") or {}).get("version")
+    evidence, why = labeler_evidence(version, registry_url) if version else (None, "no labeler version recorded")
+    if evidence is None:
+        report["true_balance"] = {"available": False, "reason": why}
+        return
+    names = [a for a in (attributes or list(evidence)) if a in evidence]
+    columns = _read_columns(url, parameters, [n for a in names for n in (f"label_{a}", f"label_{a}_confidence")])
+    names = [a for a in names if columns.get(f"label_{a}")]
+    rows = [i for i in range(len(columns[f"label_{names[0]}"]))
+            if all(columns[f"label_{a}"][i] is not None for a in names)] if names else []
+    if not rows:
+        report["true_balance"] = {"available": False, "reason": "no labeled face to estimate from"}
+        return
+
+    def estimate(over: list[str]) -> dict[str, Any]:
+        return estimate_true_balance({a: evidence[a] for a in over}, over,
+                                     {a: [columns[f"label_{a}"][i] for i in rows] for a in over},
+                                     {a: [columns[f"label_{a}_confidence"][i] for i in rows] for a in over})
+
+    if attributes and names == attributes:
+        result = estimate(attributes)
+        by_name = {r["stratum"]: r for r in result["strata"]}
+        for row in report["strata"]:
+            row.update({k: v for k, v in by_name.get(row["stratum"], {}).items() if k != "stratum"})
+        report["true_balance"] = {"available": True, **{k: v for k, v in result.items() if k != "strata"},
+                                  "labeler_version": version}
+    else:
+        report["true_balance"] = {"available": True, "labeler_version": version,
+                                  "by_attribute": {a: estimate([a]) for a in names}}
+
+
+def write_balance_report(url: str, condition_values: dict[str, list[str]] | None = None,
+                         registry_url: str | None = None) -> dict[str, Any]:
     """Write balance_report.json and balance_report.png beside the output's manifest; returns the report."""
-    report = generated_report(url, condition_values)
+    report = generated_report(url, condition_values, registry_url)
     from ganray.labels.second_opinion import second_opinion  # an independent judge, where installed
 
     parameters = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))["parameters"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ganray.labels.calibration import calibration_report
 from ganray.labels.dataset import HELDOUT_RULE
 from ganray.models.face import one_cpu_thread
 
@@ -51,10 +52,12 @@ def predict_probabilities(classifier: torch.nn.Module, images: np.ndarray) -> di
 
 
 def heldout_report(classifier: torch.nn.Module, heldout: dict[str, np.ndarray], fraction: float,
-                   dataset_manifest_hash: str) -> dict[str, Any]:
+                   dataset_manifest_hash: str, validation: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Accuracy per attribute and per class, and confusion matrices (rows: true value, columns:
-    predicted), on the held-out images."""
+    predicted), on the held-out images; with each attribute's calibration (ganray.labels.calibration:
+    a temperature fitted on `validation`, ECE before and after, precision against confidence)."""
     probabilities = predict_probabilities(classifier, heldout["image"])
+    validation_p = predict_probabilities(classifier, validation["image"]) if validation is not None else None
     report: dict[str, Any] = {"rule": HELDOUT_RULE, "fraction": fraction, "images": int(len(heldout["image"])),
                               "dataset_manifest_hash": dataset_manifest_hash, "attributes": {}}
     for name, values in classifier.attribute_values.items():
@@ -65,11 +68,16 @@ def heldout_report(classifier: torch.nn.Module, heldout: dict[str, np.ndarray], 
         per_class = {value: {"count": int(confusion[i].sum()),
                              "accuracy": float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None}
                      for i, value in enumerate(values)}
+        recalls = [r["accuracy"] for r in per_class.values() if r["accuracy"] is not None]
+        val = (validation_p[name], np.asarray(validation[name], np.int64)) if validation_p is not None else None
         report["attributes"][name] = {
             "accuracy": float((predicted == truth).mean()),
+            "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
+            "min_class_recall": float(min(recalls)) if recalls else None,
             "majority_class_accuracy": float(confusion.sum(axis=1).max() / max(len(truth), 1)),
             "per_class": per_class,
             "confusion": {"values": list(values), "rows": "true value", "columns": "predicted value",
                           "matrix": confusion.tolist()},
+            "calibration": calibration_report(values, val, (probabilities[name], truth)),
         }
     return report

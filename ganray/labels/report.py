@@ -57,11 +57,30 @@ def format_report(report: Mapping[str, Any]) -> str:
                      f"max |count - target| {total['max_abs_deviation']}")
         header = f"  {'stratum':<28} {'target':>9} {'count':>7} {'dev':>7} {'attempts':>9} {'accept':>7} {'agree':>7}"
         lines.append(header)
+        estimated = any("estimated_true_count" in r for r in report["strata"])
+        if estimated:
+            lines[-1] += f" {'true count (est.)':>26} {'label precision (est.)':>24}"
         for r in report["strata"]:
             rate, agree = r.get("acceptance_rate"), r.get("labeler_agreement")
-            lines.append(f"  {r['stratum']:<28} {r['target']:>9} {r['count']:>7} {r['deviation']:>7} "
-                         f"{r.get('attempts', '-')!s:>9} {'-' if rate is None else f'{rate:.3f}':>7} "
-                         f"{'-' if agree is None else f'{agree:.3f}':>7}" + ("  SHORT" if r.get("short") else ""))
+            line = (f"  {r['stratum']:<28} {r['target']:>9} {r['count']:>7} {r['deviation']:>7} "
+                    f"{r.get('attempts', '-')!s:>9} {'-' if rate is None else f'{rate:.3f}':>7} "
+                    f"{'-' if agree is None else f'{agree:.3f}':>7}")
+            if estimated:
+                lo, hi = r.get("true_count_interval", [0, 0])
+                true = f"{r.get('estimated_true_count', 0):.1f} [{lo:.1f}, {hi:.1f}]"
+                p, (plo, phi) = r.get("label_precision"), r.get("label_precision_interval", [0, 0])
+                line += f" {true:>26} {'-' if p is None else f'{p:.3f} [{plo:.3f}, {phi:.3f}]':>24}"
+            lines.append(line + ("  SHORT" if r.get("short") else ""))
+        tb = report.get("true_balance") or {}
+        if tb.get("available"):
+            lines.append(f"  estimated from labeler {tb.get('labeler_version')}'s held-out errors, "
+                         f"{round(100 * tb.get('level', 0.95))} % intervals (docs/labels-and-balance.md)")
+            for name, block in (tb.get("by_attribute") or {}).items():
+                lines.append(f"  {name}: " + ", ".join(
+                    f"{r['stratum']} labeled {r['labeled_count']}, true {r['estimated_true_count']:.1f} "
+                    f"[{r['true_count_interval'][0]:.1f}, {r['true_count_interval'][1]:.1f}]" for r in block["strata"]))
+        elif tb:
+            lines.append(f"  true balance not estimated: {tb.get('reason')}")
         if total.get("rejects"):
             lines.append("  rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(total["rejects"].items())))
         if total.get("short_strata"):
@@ -96,15 +115,21 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
     generated = report.get("kind") == "generated"
     # Panels with nothing to show are left out: no labeler or gate ran, or no candidate was rejected.
     rates = generated and any(r.get("acceptance_rate") is not None or r.get("labeler_agreement") is not None
-                              for r in report["strata"])
+                              or r.get("label_precision") is not None for r in report["strata"])
     rejects = sorted(report["total"].get("rejects", {}).items()) if generated else []
     rows = len(panels) + rates + bool(rejects)
     fig, axes = plt.subplots(rows, 1, figsize=(max(6, 0.35 * max(len(p[1]) for p in panels) + 2), 2.6 * rows),
                              squeeze=False)
     for ax, (title, strata) in zip(axes[:, 0], panels):
         x = range(len(strata))
-        ax.bar(x, [r["count"] for r in strata], color="#4c78a8", label="count")
+        ax.bar(x, [r["count"] for r in strata], color="#4c78a8", label="count (as labeled)")
         ax.scatter(x, [r["target"] for r in strata], color="#e45756", marker="_", s=300, label="target", zorder=3)
+        if any("estimated_true_count" in r for r in strata):
+            est = [r.get("estimated_true_count", 0.0) for r in strata]
+            lo = [e - r.get("true_count_interval", [e, e])[0] for e, r in zip(est, strata)]
+            hi = [r.get("true_count_interval", [e, e])[1] - e for e, r in zip(est, strata)]
+            ax.errorbar(list(x), est, yerr=[lo, hi], fmt="o", ms=3, color="#54a24b", capsize=2, zorder=4,
+                        label="estimated true count")
         ax.set_xticks(list(x), [r["stratum"] for r in strata], rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
@@ -115,6 +140,11 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
         ax.bar([i - 0.2 for i in x], [r.get("acceptance_rate") or 0 for r in strata], width=0.4, label="acceptance rate")
         ax.bar([i + 0.2 for i in x], [r.get("labeler_agreement") or 0 for r in strata], width=0.4,
                label="labeler agrees with requested")
+        if any("label_precision" in r for r in strata):
+            p = [r.get("label_precision", float("nan")) for r in strata]
+            interval = [r.get("label_precision_interval", [v, v]) for v, r in zip(p, strata)]
+            ax.errorbar(list(x), p, yerr=[[v - i[0] for v, i in zip(p, interval)], [i[1] - v for v, i in zip(p, interval)]],
+                        fmt="D", ms=3, color="#54a24b", capsize=2, label="label precision (est.)")
         ax.set_ylim(0, 1.05)
         ax.set_xticks(list(x), [r["stratum"] for r in strata], rotation=60, ha="right", fontsize=7)
         ax.set_title("per stratum", fontsize=9)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 import ray.data
 import ray.train
@@ -26,18 +28,16 @@ from ganray import storage as st
 from ganray.config import ConfigError, LabelerEvalJob, LabelerTrainJob
 from ganray.console import ProgressLine
 from ganray.data.dataset import dataset_manifest_hash
-from ganray.data.versions import training_data_version
 from ganray.labels import checkpoint as ckpt
 from ganray.labels.dataset import choose_attributes, heldout_arrays, split_rows
 from ganray.labels.evaluate import heldout_report
-from ganray.labels.train import train_loop_per_worker
+from ganray.labels.train import run_loop, train_loop_per_worker
 from ganray.models.classifier import build_classifier
 from ganray.registry import LabelerRegistry, RegistryError
-from ganray.registry_events import LABELER, append_event
 from ganray.runtime import init_ray
 
 # Settings a resumed run may change; anything else must match the run's checkpoints.
-RESUMABLE_CHANGES = {"ray_address", "train.max_steps", "train.num_workers", "train.use_gpu",
+RESUMABLE_CHANGES = {"ray_address", "train.max_steps", "train.num_workers", "train.use_gpu", "train.runner",
                      "train.threads_per_worker", "train.log_every", "train.checkpoint_every", "train.num_to_keep",
                      "train.max_failures", "train.precision", "train.deterministic", "heldout.max_images"}
 
@@ -95,13 +95,35 @@ def fit_with_progress(trainer: TorchTrainer, board, line: ProgressLine, poll_s: 
         metrics = ray.get(board.read.remote())
         if metrics and metrics["step"] != last_step:
             last_step = metrics["step"]
-            line.update(int(last_step), extra=f"loss {metrics['loss']:.3f}  " + "  ".join(
-                f"{k.removeprefix('train_acc_')} {v:.2f}" for k, v in metrics.items() if k.startswith("train_acc_")))
+            draw_progress(line, metrics)
     if last_step is not None:
         line.close()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def class_weights(rows, attributes: dict[str, list[str]], cfg) -> dict[str, list[float]] | None:
+    """train.class_balance 'loss': per attribute, each class's weight (its share of the training
+    labels) ^ -balance_power, scaled so the mean weight over the training images is 1."""
+    if cfg.class_balance == "none":
+        return None
+    counts = {name: np.zeros(len(values), np.int64) for name, values in attributes.items()}
+    blocks = [rows.arrays] if hasattr(rows, "arrays") else (ray.get(ref) for ref in rows.block_refs)
+    for block in blocks:
+        for name in attributes:
+            counts[name] += np.bincount(np.asarray(block[name], np.int64), minlength=len(attributes[name]))
+    out = {}
+    for name, n in counts.items():
+        share = n / max(n.sum(), 1)
+        w = np.where(share > 0, np.power(np.maximum(share, 1e-12), -cfg.balance_power), 0.0)
+        out[name] = [float(x) for x in w / max(float((share * w).sum()), 1e-12)]
+    return out
+
+
+def draw_progress(line: ProgressLine, metrics: dict[str, Any]) -> None:
+    line.update(int(metrics["step"]), extra=f"loss {metrics['loss']:.3f}  " + "  ".join(
+        f"{k.removeprefix('train_acc_')} {v:.2f}" for k, v in metrics.items() if k.startswith("train_acc_")))
 
 
 def check_resumable(job: LabelerTrainJob, storage: str, manifest_hash: str) -> str | None:
@@ -138,56 +160,81 @@ def run_labeler_training(job: LabelerTrainJob) -> LabelerOutcome:
     resume_from = check_resumable(job, storage, manifest_hash)
     if resume_from:
         print(f"[ganray labeler] resuming run '{job.run.name}' from {resume_from}", flush=True)
-    init_ray(job.ray_address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    local = job.train.runner == "local"
+    if local:
+        from ganray.labels.local import local_split
 
-    split = split_rows(job.data, attributes, job.heldout)
+        split = local_split(job.data, attributes, job.heldout)
+    else:
+        init_ray(job.ray_address)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        split = split_rows(job.data, attributes, job.heldout, job.source)
     if split.train.num_rows < job.train.batch_size:
         raise ConfigError(f"train.batch_size ({job.train.batch_size}) is larger than the training split "
                           f"({split.train.num_rows} rows)")
+    validation = {k: v for k, v in split.validation.items() if k != "content_hash"} \
+        if split.validation is not None else None
     print(f"[ganray labeler] run '{job.run.name}': {split.train.num_rows} training images, "
-          f"{len(split.heldout['image'])} held out; {job.train.max_steps} steps on {job.train.num_workers} workers; "
+          f"{len(validation['image']) if validation else 0} for validation, {len(split.heldout['image'])} held out; "
+          f"{job.train.max_steps} steps on {'this process' if local else f'{job.train.num_workers} workers'}; "
           f"attributes {list(attributes)}", flush=True)
-    board = ProgressBoard.remote()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
-                           "manifest_hash": manifest_hash, "rows": split.train, "progress": board,
-                           "run_url": ckpt.run_url(storage, job.run.name)},
-        torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
-            resources_per_worker={"CPU": 0 if job.train.use_gpu else job.train.threads_per_worker,
-                                  **({"GPU": 1} if job.train.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=job.run.name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep)),
-    )
+    loop_config = {"job": job.model_dump(mode="json"), "attributes": attributes, "manifest_hash": manifest_hash,
+                   "rows": split.train, "validation": validation,
+                   "class_weights": class_weights(split.train, attributes, job.train),
+                   "run_url": ckpt.run_url(storage, job.run.name)}
     line = ProgressLine(f"labeler {job.run.name}:", job.train.max_steps, "steps", show_rate=False)
-    result = fit_with_progress(trainer, board, line)
-    if result.error:
-        raise result.error
+    started = time.perf_counter()
+    if local:
+        from ganray.labels.local import LocalWorker
+
+        worker = LocalWorker(storage, job.run.name, job.train.threads_per_worker, job.train.deterministic,
+                             job.train.num_to_keep)
+        run_loop({**loop_config, "progress": lambda m: draw_progress(line, m)}, worker, None, distributed=False)
+        line.close()
+    else:
+        board = ProgressBoard.remote()
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={**loop_config, "progress": board},
+            torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
+                resources_per_worker={"CPU": 0 if job.train.use_gpu else job.train.threads_per_worker,
+                                      **({"GPU": 1} if job.train.use_gpu else {})}),
+            run_config=ray.train.RunConfig(
+                name=job.run.name, storage_path=storage,
+                failure_config=ray.train.FailureConfig(max_failures=job.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.num_to_keep)),
+        )
+        result = fit_with_progress(trainer, board, line)
+        if result.error:
+            raise result.error
+    train_s = time.perf_counter() - started
     latest = ckpt.latest_checkpoint(storage, job.run.name)
     state = ckpt.load_state(latest)
+    best = state.get("best")
+    weights = best["model"] if best else state["model"]  # the validation's best, else the last
     classifier = build_classifier(job.model, job.data.resolution, attributes)
-    classifier.load_state_dict(state["model"])
+    classifier.load_state_dict(weights)
     classifier.eval()
-    report = heldout_report(classifier, split.heldout, job.heldout.fraction, manifest_hash)
+    report = heldout_report(classifier, split.heldout, job.heldout.fraction, manifest_hash, validation)
     for name, result_ in report["attributes"].items():
         print(f"[ganray labeler] held-out accuracy {name}: {result_['accuracy']:.3f} "
               f"(majority class {result_['majority_class_accuracy']:.3f})", flush=True)
+    for name, result_ in report["attributes"].items():
+        cal = result_["calibration"]
+        print(f"[ganray labeler] {name}: balanced accuracy {result_['balanced_accuracy']:.3f}, lowest class recall "
+              f"{result_['min_class_recall']:.3f}; ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} "
+              f"(temperature {cal['temperature']:.3f})", flush=True)
     provenance = {"run": job.run.name, "run_url": ckpt.run_url(storage, job.run.name), "checkpoint": latest,
-                  "step": state["step"], "dataset_manifest_hash": manifest_hash,
-                  "data_version": training_data_version(job.data.model_dump(mode="json"), manifest_hash),
+                  "step": state["step"], "weights_step": best["step"] if best else state["step"],
+                  "stopped_early": bool(state.get("stopped_early")),
+                  "train_seconds_this_run": round(train_s, 1), "dataset_manifest_hash": manifest_hash,
                   "data": job.data.model_dump(mode="json"), "heldout": job.heldout.model_dump(mode="json"),
                   "train": job.train.model_dump(mode="json"),
                   "metrics": next((h for h in reversed(state["history"]) if "loss" in h), {})}
-    version = registry.push(state["model"], job.model.model_dump(mode="json"), job.data.resolution, attributes,
+    version = registry.push(weights, job.model.model_dump(mode="json"), job.data.resolution, attributes,
                             provenance, report)
-    append_event(registry, LABELER, "training_run", {"run_name": job.run.name, "step": int(state["step"]),
-                                                     "data_version": provenance["data_version"]["version"]},
-                 version=version)
     if job.publish.alias:
         registry.promote(version, job.publish.alias)
     print(f"[ganray labeler] labeler {version}" + (f" (alias {job.publish.alias})" if job.publish.alias else "")
@@ -213,11 +260,14 @@ def run_labeler_eval(job: LabelerEvalJob) -> dict[str, Any]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     context = ray.data.DataContext.get_current()
     preserve_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    low, high = job.heldout.fraction, job.heldout.fraction + job.heldout.validation_fraction
     try:
         held = heldout_arrays(job.data, attributes, job.heldout)
+        # The calibration is refitted on the same validation band as in training.
+        validation = heldout_arrays(job.data, attributes, job.heldout, band=(low, high)) if high > low else None
     finally:
         context.execution_options.preserve_order = preserve_order
-    report = heldout_report(loaded.classifier, held, job.heldout.fraction, manifest_hash)
+    report = heldout_report(loaded.classifier, held, job.heldout.fraction, manifest_hash, validation)
     report["labeler_version"] = loaded.version
     registry.record(loaded.version, job.eval.record_as, report)
     if job.eval.output:

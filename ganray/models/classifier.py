@@ -37,8 +37,11 @@ class AttributeClassifier(nn.Module):
         channels_in, channels, side = 3, min(cfg.width, cfg.max_channels), resolution
         while side > FINAL_SIDE:
             layers += [nn.Conv2d(channels_in, channels, 3, padding=1), nn.GroupNorm(_groups(channels), channels),
-                       nn.SiLU(),
-                       nn.Conv2d(channels, channels, 4, stride=2, padding=1), nn.GroupNorm(_groups(channels), channels),
+                       nn.SiLU()]
+            for _ in range(cfg.convs_per_block - 1):
+                layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(_groups(channels), channels),
+                           nn.SiLU()]
+            layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1), nn.GroupNorm(_groups(channels), channels),
                        nn.SiLU()]
             channels_in, channels, side = channels, min(channels * 2, cfg.max_channels), side // 2
         self.blocks = nn.Sequential(*layers)
