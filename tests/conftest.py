@@ -117,7 +117,10 @@ def ray_session(s3_server):
         # kept worker has Python, Ray and the modules it imported loaded already. In one A/B run it
         # cut test_train, test_generate and test_closed_loop together from 179 s to 169 s (2 cores).
         # (Ray Train's own actors get a runtime env of their own and still start fresh processes.)
-        _system_config={"num_workers_soft_limit": 6, "idle_worker_killing_time_threshold_ms": 60_000},
+        # Metrics reach the Prometheus endpoint every second instead of every 10 s (tests/test_serve.py
+        # scrapes them).
+        _system_config={"num_workers_soft_limit": 6, "idle_worker_killing_time_threshold_ms": 60_000,
+                        "metrics_report_interval_ms": 1000},
     )
     yield ctx
     ray.shutdown()

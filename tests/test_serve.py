@@ -1,10 +1,13 @@
-"""The face API over real HTTP on 127.0.0.1, on the session's real local Ray.
+"""The face API over real HTTP and real gRPC on 127.0.0.1, on the session's real local Ray.
 
-Four applications share one Serve instance, each under its own route prefix:
+Five applications share one Serve instance, each under its own route prefix (and, over gRPC, its
+name in the `application` metadata):
   /main      the API as configured for users (with an API key), serving alias `production`;
   /reload    alias `staging`, polled fast, its key from $GANRAY_API_KEY: hot reload and failed reload;
   /overload  tiny queues and a generator that waits for batches that never fill: 503 + Retry-After;
-  /arch      alias `arch`: hot reload from a DCGAN version to a StyleGAN2 version.
+  /arch      alias `arch`: hot reload from a DCGAN version to a StyleGAN2 version;
+  /metrics   like /main, with no traffic but the metrics test's: its counts on Ray's Prometheus
+             endpoint are exactly what that test sent.
 Models are tiny conditional DCGANs (32 px, g_width 8) with random weights in a temp registry, and
 one tiny conditional StyleGAN2 (with noise on and a tracked average w, so psi and noise matter); the
 StyleGAN2 bulk job's own tests are in tests/test_generate_stylegan2.py.
@@ -20,10 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import grpc
 import httpx
 import pytest
 import yaml
-from conftest import REPO, free_port
+from conftest import REPO, free_ports
 from tiny_generators import ATTRIBUTES, RESOLUTION, TINY, push_random_model, push_random_stylegan2
 
 from ganray.config import FaceServiceConfig, ServeJob, load_config
@@ -116,15 +120,25 @@ MIX_SEEDS, CROSSOVER = [90, 91, 92, 93], 3  # style mixing of seeds 60..63 (num_
 
 @pytest.fixture(scope="module")
 def service(ray_session, registry, bulk_faces, stylegan2_version):
-    """The three applications; yields their base URLs. Deletes only them at the end."""
+    """The applications; yields their base URLs, and the gRPC target under "grpc". Deletes only them at the end."""
+    import ray
     from ray import serve
 
     from ganray.serve.app import build_app
 
+    from ganray.serve.grpc_ingress import SERVICER_FUNCTION, grpc_options
+
     _, url, _ = registry
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    # If an earlier test module already started Serve, it keeps its port: ask Serve which one.
-    port = serve.context._get_global_client().http_config.port
+    client = serve.context._get_global_client(raise_if_no_controller_running=False)
+    if client is not None and SERVICER_FUNCTION not in ray.get(
+            client._controller.get_grpc_config.remote()).grpc_servicer_functions:
+        serve.shutdown()  # an earlier module's Serve, started without the face API's gRPC service
+    http_port, grpc_port = free_ports(2)
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(grpc_port))
+    # If an earlier test module already started Serve with gRPC, it keeps its ports: ask Serve which.
+    client = serve.context._get_global_client()
+    port = client.http_config.port
+    grpc_port = ray.get(client._controller.get_grpc_config.remote()).port
     with pytest.MonkeyPatch.context() as env:  # build_app reads $GANRAY_API_KEY when the config has no key
         env.delenv("GANRAY_API_KEY", raising=False)
         main_app = build_app(app_config(model={"registry": url, "poll_interval_s": 0.5},
@@ -142,11 +156,13 @@ def service(ray_session, registry, bulk_faces, stylegan2_version):
         env.setenv("GANRAY_API_KEY", ENV_KEY)
         reload_app = build_app(app_config(model={"registry": url, "alias": "staging", "poll_interval_s": 0.3}))
         arch_app = build_app(app_config(model={"registry": url, "alias": "arch", "poll_interval_s": 0.3}))
-    apps = {"main": main_app, "reload": reload_app, "overload": overload_app, "arch": arch_app}
-    # All three at once: their replicas start in parallel.
+        metrics_app = build_app(app_config(model={"registry": url, "poll_interval_s": 0}, api={"api_key": MAIN_KEY}))
+    apps = {"main": main_app, "reload": reload_app, "overload": overload_app, "arch": arch_app,
+            "metrics": metrics_app}
+    # All at once: their replicas start in parallel.
     serve.run_many([serve.RunTarget(app, name=f"test-serve-{name}", route_prefix=f"/{name}")
                     for name, app in apps.items()])
-    yield {name: f"http://127.0.0.1:{port}/{name}" for name in apps}
+    yield {**{name: f"http://127.0.0.1:{port}/{name}" for name in apps}, "grpc": f"127.0.0.1:{grpc_port}"}
     for name in apps:
         serve.delete(f"test-serve-{name}")
 
@@ -589,6 +605,241 @@ def test_style_mixing_over_http_is_the_bulk_jobs_bytes(service, registry, styleg
 
 
 # ---------------------------------------------------------------------------------------------
+# gRPC: the same API over Serve's gRPC proxy
+
+
+def grpc_client(service, application: str = "main", api_key: str | None = MAIN_KEY):
+    from ganray.serve.grpc_client import FaceClient
+
+    return FaceClient(service["grpc"], api_key=api_key, application=f"test-serve-{application}")
+
+
+def grpc_code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    return refused.value.code(), refused.value.details()
+
+
+def test_grpc_gives_the_https_bytes(service, main, registry):
+    reg, _, versions = registry
+    with grpc_client(service) as client:
+        face = client.get_face(7, psi=0.7, conditions={"age": "old"})
+        http = main.get("/v1/faces/7.png", params={"psi": 0.7, "age": "old"})
+        assert face.png == http.content == expected_pngs(reg, versions[0], [7], 0.7, {"age": "old"})[0]
+        assert (face.seed, face.psi, face.model_version) == (7, 0.7, http.headers["x-model-version"])
+        assert dict(face.conditions) == dict(parse_qsl(http.headers["x-conditions"]))
+        assert not face.HasField("mix_seed")
+
+        batch = client.get_faces(seeds=[1, 2, 3], psi=0.5, conditions={"smile": "yes"})
+        posted = main.post("/v1/faces", json={"seeds": [1, 2, 3], "psi": 0.5, "conditions": {"smile": "yes"}}).json()
+        assert [f.png for f in batch.faces] == [base64.b64decode(f["image_base64"]) for f in posted["faces"]]
+        assert [(f.seed, f.psi, dict(f.conditions)) for f in batch.faces] == \
+            [(f["seed"], f["psi"], f["conditions"]) for f in posted["faces"]]
+        assert batch.model_version == posted["model_version"] == versions[0]
+        drawn = client.get_faces(count=2)  # random seeds, returned with the faces
+        assert len(drawn.faces) == 2 and all(0 <= f.seed <= MAX_SEED and f.png for f in drawn.faces)
+
+        model, http_model = client.get_model(), main.get("/v1/model").json()
+        assert (model.version, model.alias, model.resolution, model.precision) == \
+            (http_model["version"], http_model["alias"], http_model["resolution"], http_model["precision"])
+        assert {k: list(v.values) for k, v in model.conditions.items()} == http_model["conditions"] == ATTRIBUTES
+        assert not model.HasField("num_ws")  # a DCGAN: nothing to mix
+        limits = http_model["limits"]
+        assert (model.max_count, model.max_seed, model.psi_min, model.psi_max, model.default_psi) == \
+            (limits["max_count"], limits["max_seed"], limits["psi_min"], limits["psi_max"], limits["default_psi"])
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda c: c.get_face(-1), "seed"),
+    (lambda c: c.get_face(MAX_SEED + 1), "seed"),                # beyond the configured max_seed
+    (lambda c: c.get_face(1, psi=2.5), "psi"),
+    (lambda c: c.get_face(1, psi=float("nan")), "psi"),
+    (lambda c: c.get_face(1, conditions={"hair": "red"}), "hair"),
+    (lambda c: c.get_face(1, conditions={"age": "ancient"}), "age"),
+    (lambda c: c.get_face(1, mix_seed=2), "crossover"),
+    (lambda c: c.get_face(1, mix_seed=2, crossover=1), "crossover"),  # a DCGAN cannot mix
+    (lambda c: c.get_faces(count=9), "count"),                   # over max_count
+    (lambda c: c.get_faces(count=0), "count"),
+    (lambda c: c.get_faces(seeds=[1, 2], count=3), "count"),
+    (lambda c: c.get_faces(seeds=[-1]), "seeds"),
+    (lambda c: c.get_faces(seeds=[1], mix_seeds=[2, 3], crossover=1), "mix_seeds"),
+])
+def test_bad_grpc_request_is_invalid_argument_naming_the_field(service, call, field):
+    with grpc_client(service) as client:
+        code, details = grpc_code(lambda: call(client))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    assert field in details, details
+
+
+def test_grpc_needs_the_api_key_and_overload_is_resource_exhausted(service):
+    for key in [None, "wrong", MAIN_KEY[:-1]]:
+        with grpc_client(service, api_key=key) as client:
+            # The key is checked first: a bad request without it says nothing about the request.
+            for call in (lambda: client.get_face(1), lambda: client.get_face(-1), client.get_model):
+                code, details = grpc_code(call)
+                assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key (metadata x-api-key)")
+    with grpc_client(service, "reload", api_key=ENV_KEY) as client:
+        assert client.get_model().version  # the key from $GANRAY_API_KEY
+    # Full queues (the /overload application's): RESOURCE_EXHAUSTED, at least one answered.
+    with grpc_client(service, "overload", api_key=None) as client, ThreadPoolExecutor(24) as pool:
+        def call(seed: int) -> grpc.StatusCode:
+            try:
+                client.get_face(seed)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                return e.code()
+        codes = list(pool.map(call, range(24)))
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics on Ray's Prometheus endpoint
+
+
+def scrape_prometheus() -> dict[tuple[str, frozenset], float]:
+    """Every sample on this node's Prometheus endpoint (Ray's metrics export port): (name, labels) -> value."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_metrics_count_what_was_sent(service):
+    from ganray.serve.metrics import EXPORTED
+
+    app = {"application": "test-serve-metrics"}
+    key = {"X-API-Key": MAIN_KEY}
+    base = service["metrics"]
+    get, post = "/v1/faces/{seed}.png", "/v1/faces"
+    scrapes_during_load: list[dict] = []
+    loading = threading.Event()
+
+    def scrape_while_loading():
+        while loading.is_set():
+            scrapes_during_load.append(scrape_prometheus())
+            time.sleep(0.3)
+
+    def http_get(i: int) -> int:  # 16 faces: 8 asking for age=old, 8 drawing every attribute
+        params = {"psi": 0.6, "age": "old"} if i % 2 else {"psi": 0.6}
+        return httpx.get(f"{base}/v1/faces/{200 + i}.png", params=params, headers=key, timeout=30).status_code
+
+    loading.set()
+    scraper = threading.Thread(target=scrape_while_loading)
+    scraper.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(http_get, range(16)))
+        with httpx.Client(base_url=base, headers=key, timeout=30) as client:
+            posts = [client.post(post, json={"seeds": [300 + i, 400 + i, 500 + i], "conditions": {"smile": "yes"}})
+                     for i in range(3)]                                       # 9 faces
+            invalid = [client.get("/v1/faces/1.png", params={"psi": 5}) for _ in range(2)]
+            unauthenticated = [httpx.get(f"{base}/v1/faces/1.png", timeout=30) for _ in range(3)]
+        with grpc_client(service, "metrics") as client:
+            grpc_faces = [client.get_face(600 + i, conditions={"age": "young"}) for i in range(2)]
+            grpc_faces += list(client.get_faces(seeds=[700, 701, 702]).faces)  # 5 faces over gRPC
+            grpc_code(lambda: client.get_face(1, psi=-1))
+        with grpc_client(service, "metrics", api_key=None) as client:
+            grpc_code(lambda: client.get_model())
+    finally:
+        loading.clear()
+        scraper.join()
+    assert statuses == [200] * 16 and [r.status_code for r in posts] == [200] * 3
+    assert [r.status_code for r in invalid] == [422] * 2 and [r.status_code for r in unauthenticated] == [401] * 3
+    assert len(grpc_faces) == 5 and scrapes_during_load, "no scrape while the load ran"
+
+    latency = EXPORTED["latency"] + "_count"
+    expected = {
+        (EXPORTED["faces"], "http"): 16 + 9, (EXPORTED["faces"], "grpc"): 5,
+        (latency, "http", get, "200"): 16, (latency, "http", post, "200"): 3, (latency, "http", get, "422"): 2,
+        (latency, "http", "-", "401"): 3,
+        (latency, "grpc", "GetFace", "OK"): 2, (latency, "grpc", "GetFaces", "OK"): 1,
+        (latency, "grpc", "GetFace", "INVALID_ARGUMENT"): 1, (latency, "grpc", "GetModel", "UNAUTHENTICATED"): 1,
+    }
+
+    def counts(samples: dict) -> dict:
+        found = {}
+        for what in expected:
+            name, protocol, *rest = what
+            labels = {"protocol": protocol, **dict(zip(("route", "code"), rest))}
+            found[what] = total(samples, name, **app, **labels)
+        return found
+
+    # Metrics reach the endpoint at Ray's export interval: poll until they show everything sent.
+    deadline, samples = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        samples = scrape_prometheus()
+        if counts(samples) == expected and total(samples, EXPORTED["batch_faces"] + "_count", **app) >= 1 \
+                and total(samples, EXPORTED["queue_depth"], **app) == 0:
+            break
+        time.sleep(0.5)
+    assert counts(samples) == expected
+    rejected = EXPORTED["rejected"]
+    assert {(p, r): total(samples, rejected, **app, protocol=p, reason=r)
+            for p in ("http", "grpc") for r in ("invalid", "unauthenticated", "overload")} == {
+        ("http", "invalid"): 2, ("http", "unauthenticated"): 3, ("http", "overload"): 0,
+        ("grpc", "invalid"): 1, ("grpc", "unauthenticated"): 1, ("grpc", "overload"): 0}
+    # The condition mix: every face counted once per attribute; requested values apart from drawn ones.
+    mix = EXPORTED["condition_faces"]
+    assert total(samples, mix, **app, attribute="age") == total(samples, mix, **app, attribute="smile") == 30
+    assert total(samples, mix, **app, attribute="age", value="old", source="requested") == 8
+    assert total(samples, mix, **app, attribute="age", value="young", source="requested") == 2
+    assert total(samples, mix, **app, attribute="smile", value="yes", source="requested") == 9
+    assert total(samples, mix, **app, attribute="age", source="drawn") == 16 + 9 + 5 - 8 - 2
+    # Batches: at most one per rendering request, none above max_batch_size (16), and the generator
+    # holds no request once the load is answered. (Ray reports a histogram's _sum from its buckets'
+    # midpoints: only the counts are exact.)
+    batches = total(samples, EXPORTED["batch_faces"] + "_count", **app)
+    assert 1 <= batches <= 16 + 3 + 2 + 1
+    at_most_16 = sum(v for (n, ls), v in samples.items() if n == EXPORTED["batch_faces"] + "_bucket"
+                     and set(app.items()) <= ls and float(dict(ls)["le"]) == 16)
+    assert at_most_16 == batches
+    assert total(samples, EXPORTED["queue_depth"], **app) == 0
+
+    # The Grafana dashboard charts only metrics this endpoint exports.
+    exported = {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name, _ in samples}
+    for panel, metric in dashboard_metrics():
+        assert metric in exported, f"panel {panel!r}: {metric} is not on the Prometheus endpoint"
+
+
+def dashboard_metrics() -> list[tuple[str, str]]:
+    """(panel title, metric name) for every metric a panel of cluster/grafana-face-api.json queries."""
+    import re
+
+    dashboard = json.loads((REPO / "cluster" / "grafana-face-api.json").read_text())
+    found = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name in re.findall(r"\b(ray_[a-z0-9_]+)", target["expr"]):
+                found.append((panel["title"], name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")))
+    return found
+
+
+def test_grafana_dashboard_is_valid_and_charts_the_face_apis_metrics():
+    from ganray.serve.metrics import EXPORTED
+
+    dashboard = json.loads((REPO / "cluster" / "grafana-face-api.json").read_text())
+    assert dashboard["title"] and dashboard["uid"] and isinstance(dashboard["schemaVersion"], int)
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "application"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        assert panel["type"] in {"timeseries", "stat", "heatmap", "bargauge"}, panel["title"]
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"]), panel["title"]
+    charted = {metric for _, metric in dashboard_metrics()}
+    assert set(EXPORTED.values()) <= charted, set(EXPORTED.values()) - charted  # a panel for each
+
+
+# ---------------------------------------------------------------------------------------------
 # Config files and the CLI (no Ray needed)
 
 
@@ -611,6 +862,19 @@ def test_local_config_and_cli_errors(tmp_path, capsys):
     assert main(["serve", "--set", "api.max_count=1000"]) == 2  # above generator.max_batch_size
     assert main(["serve", "--set", f"model.registry={tmp_path}"]) == 2  # nothing to serve there
     assert "error" in capsys.readouterr().err
+
+
+def test_grpc_port_is_off_unless_set(capsys):
+    from ganray.cli import main
+    from ganray.serve.grpc_ingress import SERVICER_FUNCTION, grpc_options
+
+    job = load_config(ServeJob, REPO / "configs" / "serve_local.yaml")
+    assert job.grpc.port is None  # HTTP only by default
+    assert load_config(ServeJob, REPO / "configs" / "serve_local.yaml", ["grpc.port=9000"]).grpc.port == 9000
+    assert main(["serve", "--set", "grpc.port=0"]) == 2 and "grpc.port" in capsys.readouterr().err
+    options = grpc_options(9000)
+    assert options.port == 9000 and options.grpc_servicer_functions == [SERVICER_FUNCTION]
+    assert [f.__name__ for f in options.grpc_servicer_func_callable] == ["add_FaceServiceServicer_to_server"]
 
 
 def test_api_config_errors(monkeypatch):
