@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from _result import BenchmarkRun
+from ganray.config import ServeJob
 from ganray.serve.schemas import FacesRequest, FacesResponse  # module level: FastAPI resolves the route's annotations here
 
 RESULT_NAME = "serve_vs_plain"
@@ -52,8 +53,11 @@ LAYOUTS: dict[str, tuple[dict, dict[str, str]]] = {
     "single+haproxy": ({"layout": "single"}, {"RAY_SERVE_ENABLE_HA_PROXY": "1"}),
     "single+haproxy+throughput": ({"layout": "single"}, {"RAY_SERVE_ENABLE_HA_PROXY": "1",
                                                           "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
+    # ganray's defaults: FaceServiceConfig's layout, and what `ganray serve` puts in its Ray's environment.
+    "default": ({}, ServeJob().http.ray_serve_env()),
 }
 WATCHED_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS",
+               "RAY_SERVE_HAPROXY_RETRY_ON",
                "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP")
 LEVELS = (1, 8, 32, 128)
 CHECK_SEEDS = list(range(7, 12))
@@ -321,7 +325,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=600, help="GETs per level")
     parser.add_argument("--post-requests", type=int, default=40, help="POSTs of 64 faces per level (at least "
                         "one per client)")
-    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated: " + ", ".join(LAYOUTS))
+    parser.add_argument("--layouts", default=",".join(n for n in LAYOUTS if n != "default"), help="comma-separated: " + ", ".join(LAYOUTS))
     parser.add_argument("--quick", action="store_true", help="200 GETs and 16 POSTs per level")
     parser.add_argument("--server", help=argparse.SUPPRESS)
     parser.add_argument("--registry", help=argparse.SUPPRESS)

@@ -148,7 +148,11 @@ class ServeHTTPConfig(Section):
         """The RAY_SERVE_* variables for `proxy`. Serve reads them when its modules import, in every Ray
         process (controller, proxy, replicas): they belong in the environment of the process that
         starts Ray, before Ray and Serve import (its raylet and workers inherit it), or of each node."""
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if self.proxy == "haproxy" else "0"}
+        if self.proxy == "serve":
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        # Every route is free of side effects (a face is a pure function of its request), so HAProxy may
+        # send a request again to another replica when its replica died before answering.
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 
 
 class ServeGRPCConfig(Section):
