@@ -66,7 +66,7 @@ def test_every_shipped_ganray_config_is_valid(path):
     from ganray import config as C
 
     tree = yaml.safe_load(path.read_text())
-    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob", "HumanEvalJob") if hasattr(C, n)]
+    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob", "HumanEvalJob", "UtilityJob") if hasattr(C, n)]
     job_types += [C.LabelerTrainJob, C.LabelerEvalJob]
     errors = []
     for job_type in job_types:
@@ -103,6 +103,7 @@ def test_every_subcommand_registers_and_answers_help():
     assert set(sub.choices) == EXPECTED_COMMANDS
     nested = {"data": ["import"], "registry": ["push", "list", "show", "promote"]}
     nested["labeler"] = ["train", "eval", "list", "show", "promote"]
+    nested["eval"] = ["utility"]
     for name in sorted(EXPECTED_COMMANDS):
         for argv in [[name]] + [[name, action] for action in nested.get(name, [])]:
             proc = subprocess.run([sys.executable, "-m", "ganray.cli", *argv, "--help"],

@@ -1,5 +1,6 @@
 """`ganray eval`: FID, KID, precision/recall (and IS) of a model's faces against an imported dataset;
-`ganray eval human serve|results`: human pairwise judgments (ganray.eval.human)."""
+`ganray eval human serve|results`: human pairwise judgments (ganray.eval.human);
+`ganray eval utility`: train on synthetic, test on real (ganray.eval.utility)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,35 @@ def _eval(args: argparse.Namespace) -> int:
     except (EvalError, ExtractorError, MetricError, RegistryError, UnsafePathError) as e:
         raise UsageError(str(e)) from None
     return 0
+
+
+def _utility(args: argparse.Namespace) -> int:
+    from ganray.config.eval import UtilityJob
+
+    job = load_config(UtilityJob, args.config, args.overrides)
+    from ganray.config import ConfigError
+    from ganray.eval.utility import UtilityError, run_utility
+    from ganray.registry import RegistryError
+    from ganray.storage import UnsafePathError
+
+    try:
+        run_utility(job)
+    except (UtilityError, ConfigError, RegistryError, UnsafePathError) as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+def _register_utility(subparsers: argparse._SubParsersAction) -> None:
+    utility = subparsers.add_parser(
+        "utility", help="train on synthetic, test on real: the attribute classifier trained on real, generated "
+                        "and real+generated faces, tested on the same real held-out images",
+        description="Train the attribute classifier (the `labeler:` recipe, on Ray Train) on the real dataset's "
+                    "training split, on a generated output, and on both; test each on the real held-out split; "
+                    "write accuracy overall, per group and the worst group with bootstrap intervals to "
+                    "OUT/utility.json and OUT/utility.png. Refuses a generated output whose generator was "
+                    "trained on held-out images.")
+    add_config_args(utility, default_config=CONFIG_DIR / "eval_utility_demo.yaml")
+    utility.set_defaults(handler=_utility)
 
 
 def _human_serve(args: argparse.Namespace) -> int:
@@ -94,4 +124,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(parser, default_config=CONFIG_DIR / "eval_demo.yaml")
     parser.set_defaults(handler=_eval)
     # `ganray eval` alone runs the metrics job; `ganray eval human ...` the human evaluation.
-    _register_human(parser.add_subparsers(dest="eval_command", metavar="{human}", required=False))
+    commands = parser.add_subparsers(dest="eval_command", metavar="{human,utility}", required=False)
+    _register_human(commands)
+    _register_utility(commands)

@@ -30,7 +30,8 @@ from ganray.config.data import (
     LabelConfig,
     SyntheticData,
 )
-from ganray.config.eval import EvalConfig, EvalJob, ExtractorConfig, MemorizationConfig, TrainEvalConfig
+from ganray.config.eval import (EvalConfig, EvalJob, ExtractorConfig, MemorizationConfig, TrainEvalConfig, UtilityConfig,
+                                UtilityJob)
 from ganray.config.generate import STRATUM_SEPARATOR, ClosedLoopConfig, GenerateConfig, GenerateJob
 from ganray.config.human_eval import HumanEvalConfig, HumanEvalJob
 from ganray.config.labels import (
@@ -64,7 +65,7 @@ __all__ = [
     "PSI_MAX", "PSI_MIN", "RAY_ADDRESS_FIELD", "ConfigError", "Precision", "RegistryConfig", "RunConfig", "Section",
     "UTKFACE_AGE_BAND_STARTS", "DataConfig", "ImportBalanceConfig", "ImportConfig", "ImportJob", "LabelConfig",
     "SyntheticData",
-    "EvalConfig", "EvalJob", "ExtractorConfig", "MemorizationConfig", "TrainEvalConfig",
+    "EvalConfig", "EvalJob", "ExtractorConfig", "MemorizationConfig", "TrainEvalConfig", "UtilityConfig", "UtilityJob",
     "STRATUM_SEPARATOR", "ClosedLoopConfig", "GenerateConfig", "GenerateJob",
     "HumanEvalConfig", "HumanEvalJob", "StudioConfig",
     "ClassifierModelConfig", "HeldoutConfig", "LabelerConfig", "LabelerEvalConfig", "LabelerEvalJob",

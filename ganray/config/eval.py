@@ -1,5 +1,5 @@
-"""`ganray eval` (EvalJob), its feature extractor and memorization check, and a train job's
-evaluation during training (`eval:` of TrainJob)."""
+"""`ganray eval` (EvalJob), its feature extractor and memorization check, a train job's
+evaluation during training (`eval:` of TrainJob), and `ganray eval utility` (UtilityJob)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ganray.config.base import RAY_ADDRESS_FIELD, Precision, RegistryConfig, Section, _psi_field
+from ganray.config.labels import LabelerTrainJob
 
 
 class ExtractorConfig(Section):
@@ -131,3 +132,46 @@ class TrainEvalConfig(Section):
     kid_subset_size: int = Field(100, ge=2, description="KID subset size (capped at the smaller set)")
     kid_subsets: int = Field(10, gt=0)
     extractor: ExtractorConfig = ExtractorConfig()
+
+
+class UtilityConfig(Section):
+    """`ganray eval utility` (ganray.eval.utility): train on synthetic, test on real."""
+
+    generated: str = Field(..., min_length=1, description="the synthetic set: a finished `ganray generate` output "
+                                                           "(Parquet shards) whose faces carry the classifier's attributes")
+    output: str = Field(..., min_length=1, description="folder for utility.json, utility.png, the runs and a registry "
+                                                       "of the three classifiers")
+    arms: list[Literal["real", "generated", "real+generated"]] = Field(
+        ["real", "generated", "real+generated"], min_length=1,
+        description="training sources compared, each with the same labeler recipe")
+    labels: Literal["labeler", "conditions"] = Field(
+        "labeler", description="a generated face's label: its label_<attribute> where the job labeled it, or the "
+                               "condition it was rendered with")
+    groups: list[str] = Field(..., min_length=1, description="attributes whose value combinations (true labels of "
+                                                             "the held-out images) are the groups")
+    min_group_images: int = Field(10, ge=1, description="groups with fewer held-out images are reported but never "
+                                                        "the worst group")
+    bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of the held-out images (shared by the arms)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the percentile-bootstrap intervals")
+    seed: int = Field(0, ge=0, description="seeds the bootstrap resamples")
+    allow_unverified_generator: bool = Field(
+        False, description="run even when the generator's training data cannot be checked against the held-out "
+                           "images (the result says so)")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "UtilityConfig":
+        for key in ("arms", "groups"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"utility.{key} lists a value twice: {values}")
+        return self
+
+
+class UtilityJob(Section):
+    """configs/eval_utility_*.yaml for `ganray eval utility` / jobs/eval_utility.py: `labeler` is the
+    classifier recipe (as `ganray labeler train` takes it; its run and publish are set per arm)."""
+
+    ray_address: str | None = RAY_ADDRESS_FIELD
+    registry: RegistryConfig = RegistryConfig()
+    labeler: LabelerTrainJob
+    utility: UtilityConfig

@@ -122,6 +122,27 @@ class HeldoutConfig(Section):
         return self
 
 
+class TrainingSourceConfig(Section):
+    """Which images the attribute classifier trains on (ganray.labels.dataset.split_rows). The held-out
+    and validation splits are the real dataset's (`data:`) whatever the source, so classifiers trained
+    on different sources are tested on the same real images."""
+
+    use: Literal["real", "generated", "real+generated"] = Field(
+        "real", description="real: the dataset's training split; generated: the faces of source.generated only; "
+                            "real+generated: both")
+    generated: str | None = Field(None, description="a finished `ganray generate` output (Parquet shards)")
+    labels: Literal["labeler", "conditions"] = Field(
+        "labeler", description="a generated face's label: labeler = its label_<attribute> column where the job "
+                               "labeled it (else its condition); conditions = the condition it was rendered with")
+
+    @model_validator(mode="after")
+    def _generated(self) -> "TrainingSourceConfig":
+        if (self.use != "real") != (self.generated is not None):
+            raise ValueError("source.generated (an output folder) is needed exactly when source.use is "
+                             f"'generated' or 'real+generated' (use is {self.use!r})")
+        return self
+
+
 class LabelerPublishConfig(Section):
     registry: str | None = Field(None, description="registry URL (local path or s3://); None = $GANRAY_REGISTRY "
                                                    "or ./registry")
@@ -140,6 +161,7 @@ class LabelerTrainJob(Section):
     train: LabelerTrainConfig = LabelerTrainConfig()
     heldout: HeldoutConfig = HeldoutConfig()
     publish: LabelerPublishConfig = LabelerPublishConfig()
+    source: TrainingSourceConfig = TrainingSourceConfig()
 
     @model_validator(mode="after")
     def _checks(self) -> "LabelerTrainJob":

@@ -6,6 +6,10 @@ on row order, sharding, worker count or which other images the dataset holds, an
 is held out in every import of it at every resolution. The content hash is the imported dataset's
 `content_hash` column (sha256 of the source file's bytes); for the built-in faces, which have no
 source file, it is the sha256 of the rendered pixels (uint8, at the configured resolution).
+
+The training rows may come from a finished `ganray generate` output instead of, or beside, the
+dataset's training split (`source:` of the job); the held-out and validation splits stay the real
+dataset's, so classifiers trained on different sources are tested on the same real images.
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ import ray.data
 
 from ganray.config import ConfigError, DataConfig, HeldoutConfig
 from ganray.data.dataset import IndexedRows, dataset_attributes, shards_manifest
-from ganray.data.manifest import read_dataset, shard_paths
+from ganray.config.labels import TrainingSourceConfig
+from ganray.data.manifest import (column_names, generated_parquet_paths, read_columns, read_dataset,
+                                  read_generated_manifest, shard_paths)
 from ganray.data.synthetic import render_batch
 from ganray.images import decode_png
-from ganray.storage import url_to_fs
+from ganray.storage import normalize_url, url_to_fs
 
 HELDOUT_RULE = "sha256-unit-interval/1"  # int(content sha256[:16], 16) / 2**64 < fraction: held out
 
@@ -76,6 +82,57 @@ def labeled_dataset(cfg: DataConfig, label_names: list[str]) -> ray.data.Dataset
                   fn_kwargs={"resolution": cfg.resolution, "label_names": label_names})
 
 
+def generated_label_columns(url: str, attributes: dict[str, list[str]], labels: str) -> tuple[list[str], dict[str, str]]:
+    """A generate output's Parquet shards and, per attribute, the column its labels are read from
+    (`label_<attribute>` when the job labeled it and `labels` is "labeler", else the condition)."""
+    manifest = read_generated_manifest(url)
+    if manifest is None:
+        raise ConfigError(f"source.generated: {url} is not a finished `ganray generate` output (no readable "
+                          "manifest.json)")
+    paths = generated_parquet_paths(url, manifest)
+    if not paths:
+        raise ConfigError(f"source.generated: {url} has no Parquet shards (generated with format png?)")
+    fs, _ = url_to_fs(url)
+    present = set(column_names(fs, paths[0]))
+    columns = {}
+    for name in attributes:
+        labeled = f"label_{name}"
+        columns[name] = labeled if labels == "labeler" and labeled in present else name
+    missing = sorted(n for n, c in columns.items() if c not in present)
+    if missing:
+        raise ConfigError(f"source.generated: the faces of {url} carry no label or condition for {missing}; the "
+                          f"classifier learns {list(attributes)}")
+    for name, column in columns.items():  # every value known, before any image is decoded
+        found = {v for path in paths for v in read_columns(fs, path, [column])[column].to_pylist()}
+        unknown = sorted(str(v) for v in found - set(attributes[name]))
+        if unknown:
+            raise ConfigError(f"source.generated: {column} values {unknown} of {url} are not among the dataset's "
+                              f"{name} values {attributes[name]}")
+    return paths, columns
+
+
+def _generated_batch(batch: pa.Table, *, resolution: int, columns: dict[str, str],
+                     attributes: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    images = np.stack([decode_png(png, resolution) for png in batch["image"].to_pylist()])
+    out = {"image": images}
+    for name, column in columns.items():
+        index = {value: i for i, value in enumerate(attributes[name])}  # values checked by generated_label_columns
+        out[name] = np.array([index[v] for v in batch[column].to_pylist()], dtype=np.int64)
+    return out
+
+
+def generated_training_dataset(source: TrainingSourceConfig, attributes: dict[str, list[str]],
+                               resolution: int) -> ray.data.Dataset:
+    """A generate output's faces in the training schema (image, one int64 column per attribute, numbered
+    as the real dataset numbers its values)."""
+    url = normalize_url(source.generated)
+    paths, columns = generated_label_columns(url, attributes, source.labels)
+    fs, _ = url_to_fs(url)
+    return read_dataset(fs, paths, ["image", *sorted(set(columns.values()))]).map_batches(
+        _generated_batch, batch_format="pyarrow",
+        fn_kwargs={"resolution": resolution, "columns": columns, "attributes": attributes})
+
+
 def _select(batch: dict[str, np.ndarray], *, fraction: float, heldout: bool, keep_hash: bool,
             validation: float = 0.0, band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     if band is not None:
@@ -116,8 +173,10 @@ def heldout_arrays(cfg: DataConfig, attributes: dict[str, list[str]], heldout: H
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def split_rows(cfg: DataConfig, attributes: dict[str, list[str]], heldout: HeldoutConfig) -> LabeledSplit:
-    """Decode the dataset once (in a fixed row order) and split it into training rows and held-out arrays."""
+def split_rows(cfg: DataConfig, attributes: dict[str, list[str]], heldout: HeldoutConfig,
+               source: TrainingSourceConfig | None = None) -> LabeledSplit:
+    """Decode the dataset once (in a fixed row order) and split it into training rows and held-out arrays;
+    `source` (the job's `source:`) may put a generate output's faces in, or beside, the training rows."""
     context = ray.data.DataContext.get_current()
     preserve_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # row i is the same row in every run
@@ -127,6 +186,9 @@ def split_rows(cfg: DataConfig, attributes: dict[str, list[str]], heldout: Heldo
         train = decoded.map_batches(_select, batch_format="numpy",
                                     fn_kwargs={"fraction": heldout.fraction, "heldout": False, "keep_hash": False,
                                                "validation": validation})
+        if source is not None and source.use != "real":
+            generated = generated_training_dataset(source, attributes, cfg.resolution)
+            train = generated if source.use == "generated" else train.union(generated)
         rows = IndexedRows.from_dataset(train)
         held = heldout_arrays(cfg, attributes, heldout, decoded)
         val = heldout_arrays(cfg, attributes, heldout, decoded,
