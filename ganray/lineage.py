@@ -127,7 +127,8 @@ def version_lineage(store: Registry | LabelerRegistry, ref: str, catalogs: list[
     run = {k: provenance.get(k) for k in ("run_name", "run", "storage_path", "run_url", "checkpoint", "step",
                                            "trained_at") if provenance.get(k) is not None}
     return {
-        "model": {"registry": getattr(store, "registry_url", store.url), "kind": type(store).KIND,
+        "model": {"registry": getattr(store, "registry_url", store.url),
+                  "kind": registry_events.LABELER if isinstance(store, LabelerRegistry) else registry_events.GENERATOR,
                   "version": info.version, "content_hash": info.content_hash, "created_at": info.created_at,
                   "aliases": info.aliases},
         "training_run": run or None, "data_version": data, "parents": parents, "source": source,
@@ -195,7 +196,8 @@ def format_lineage(chain: dict[str, Any]) -> str:
     run = chain.get("training_run") or {}
     if run:
         name = run.get("run_name") or run.get("run")
-        lines.append(f"training run  {name} step {run.get('step')} at {run.get('storage_path') or run.get('run_url')}"
+        where = run.get("storage_path") or run.get("run_url")
+        lines.append(f"training run  {name} step {run.get('step')}" + (f" at {where}" if where else "")
                      + (f" (checkpoint {run['checkpoint']})" if run.get("checkpoint") else ""))
     else:
         lines.append("training run  (none recorded)")
