@@ -195,8 +195,8 @@ def test_bad_input_exits_2_and_records_nothing(initial, retrained, monkeypatch, 
     before = registry_events.events(registry, "generator")
     assert cli(["retrain", "--registry", registry.url, "--cause", "generator-99999999"]) == 2
     assert "no event 'generator-99999999'" in capsys.readouterr().err
-    record = before[0]["id"]  # a retrain event is not a reason to retrain
-    assert cli(["retrain", "--registry", registry.url, "--cause", record]) == 2
+    step = next(e["id"] for e in before if e["kind"] == "retrain")  # a retrain step is no reason to retrain
+    assert cli(["retrain", "--registry", registry.url, "--cause", step]) == 2
     assert "a retraining answers one of" in capsys.readouterr().err
     assert cli(["retrain", "--registry", registry.url, "--data", str(tmp_path)]) == 2
     assert "is not an imported dataset" in capsys.readouterr().err
@@ -244,3 +244,20 @@ def test_retrain_refuses_a_version_without_a_run_config(tmp_path):
     job = RetrainJob.model_validate({"registry": {"url": registry.url}, "retrain": {"data": str(tmp_path)}})
     with pytest.raises(RetrainError, match="no run config"):
         plan_retrain(job, registry)
+
+
+def test_the_raycronjob_runs_the_monitor_with_a_config_that_loads():
+    import shlex
+
+    import yaml
+
+    from ganray.config import MonitorJob
+
+    manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "raycronjob-monitor.yaml").read_text())
+    job = manifest["spec"]["jobTemplate"]
+    argv = shlex.split(job["entrypoint"])
+    assert argv[:2] == ["python", "jobs/monitor.py"] and (REPO / argv[1]).is_file()
+    config = load_config(MonitorJob, REPO / "configs" / "monitor.yaml", [a for a in argv[2:] if a != "--set"])
+    assert config.registry.url.startswith("s3://") and config.monitor.url.startswith("http://")
+    assert job["shutdownAfterJobFinishes"] is True and job["backoffLimit"] == 0  # a drift is a failed run, once
+    assert job["rayClusterSpec"]["rayVersion"] == "2.60.0"

@@ -142,8 +142,8 @@ def run_retrain(job: RetrainJob, say: Callable[[str], None] = print) -> RetrainO
 
     def step(name: str, payload: dict[str, Any], version: str | None = None) -> str:
         cause = trail[-1] if trail else (plan.cause["id"] if plan.cause else None)
-        trail.append(registry_events.append_event(registry, MODEL, RETRAIN, {"step": name, "alias": plan.alias,
-                                                                             **payload}, cause=cause, version=version))
+        trail.append(registry_events.append_event(registry, MODEL, RETRAIN, {"alias": plan.alias, **payload,
+                                                                             "step": name}, cause=cause, version=version))
         return trail[-1]
 
     step("started", {"from_version": plan.from_version, "data": plan.train_job.data.model_dump(mode="json"),
@@ -156,8 +156,8 @@ def run_retrain(job: RetrainJob, say: Callable[[str], None] = print) -> RetrainO
     try:
         outcome = run_training(plan.train_job)
         version = push_run(registry, storage_root(plan.train_job), plan.train_job.run.name)
-        step("trained", {"run_name": plan.train_job.run.name, "checkpoint": outcome.checkpoint, "step": outcome.step},
-             version=version)
+        step("trained", {"run_name": plan.train_job.run.name, "checkpoint": outcome.checkpoint,
+                         "steps": outcome.step}, version=version)
         say(f"trained {plan.train_job.run.name} to step {outcome.step}: {version}")
         results = evaluate(registry, plan, version, say)
         step("evaluated", results, version=version)
