@@ -7,12 +7,22 @@ One section per script in benchmarks/ (its docstring's first line as the heading
 commit, date, mode and load average of its latest result, the command that reproduces it, its
 figures and tables. A script without a result file is listed with its command and "no result yet".
 tests/test_benchmarks.py checks that the committed page equals this script's output.
+
+Other docs pages quote results the same way, never by hand: a block
+
+    <!-- results: NAME -->                 the figures of result NAME
+    <!-- results: NAME table="TITLE" -->   or one of its tables
+    <!-- /results -->
+
+is filled by this script with the table and the machine and date it was measured on (`--check`
+compares those blocks too).
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -172,23 +182,64 @@ def render(results_dir: Path = RESULTS, scripts_dir: Path = BENCHMARKS) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+QUOTE = re.compile(r'(<!-- results: (?P<name>[A-Za-z0-9_]+)(?: table="(?P<table>[^"]+)")? -->\n)(?P<body>.*?)(<!-- /results -->)',
+                   re.DOTALL)
+
+
+def table_lines(columns: list[Any], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)]
+
+
+def quote(results: dict[str, dict], name: str, table: str | None) -> str:
+    """A quote block's body: one table of result `name` and where and when it was measured."""
+    record = results.get(name)
+    if record is None:
+        return f"_No result yet: run the [{name}](benchmarks.md#{name}) benchmark._\n"
+    if table is None:
+        lines = table_lines(["measurement", "value", "unit"],
+                            [[f["name"], f["value"], f.get("unit", "")] for f in record["figures"]])
+    else:
+        found = [t for t in record.get("tables", []) if t["title"] == table]
+        if not found:
+            raise ValueError(f"result {name!r} has no table titled {table!r}")
+        lines = table_lines(found[0]["columns"], found[0]["rows"])
+    m = record["machine"]
+    lines += ["", f"_Measured {record['date'][:10]} on {m['cpu']} ({m['cores']} cores"
+                  f"{'' if m['gpu'] == 'none' else ', ' + m['gpu']}), mode {record['mode']}: "
+                  f"[{name}](benchmarks.md#{name}) has the command and the full result._"]
+    return "\n".join(lines) + "\n"
+
+
+def render_quotes(text: str, results: dict[str, dict]) -> str:
+    """`text` with every results block filled from `results`."""
+    return QUOTE.sub(lambda m: m.group(1) + quote(results, m.group("name"), m.group("table")) + m.group(5), text)
+
+
+def quoting_pages(docs: Path = PAGE.parent) -> list[Path]:
+    return sorted(p for p in docs.glob("*.md") if p != PAGE and QUOTE.search(p.read_text()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare: exit 1 if the page is out of date")
     args = parser.parse_args()
     try:
-        text = render()
+        pages = {PAGE: render()}
+        results = load_results()
+        pages.update({p: render_quotes(p.read_text(), results) for p in quoting_pages()})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    stale = [p for p, text in pages.items() if not p.exists() or p.read_text() != text]
     if args.check:
-        if not PAGE.exists() or PAGE.read_text() != text:
-            print(f"{PAGE.relative_to(REPO)} is out of date: run .venv/bin/python benchmarks/render_docs.py",
+        for p in stale:
+            print(f"{p.relative_to(REPO)} is out of date: run .venv/bin/python benchmarks/render_docs.py",
                   file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(text)
-    print(f"wrote {PAGE.relative_to(REPO)}")
+        return 1 if stale else 0
+    for p in stale:
+        p.write_text(pages[p])
+        print(f"wrote {p.relative_to(REPO)}")
     return 0
 
 

@@ -93,3 +93,26 @@ def test_an_incomplete_result_is_refused_by_name(tmp_path):
         render_docs.load_results(tmp_path)
     with pytest.raises(ValueError, match="measured nothing"):
         BenchmarkRun("empty").write(tmp_path)
+
+
+def test_docs_pages_quote_results_as_rendered_from_the_result_files():
+    results = render_docs.load_results()
+    for page in render_docs.quoting_pages():
+        assert page.read_text() == render_docs.render_quotes(page.read_text(), results), \
+            f"{page.name} quotes results that differ from the files: run .venv/bin/python benchmarks/render_docs.py"
+
+
+def test_a_quote_block_is_filled_from_its_result_and_a_hand_edit_is_undone(tmp_path):
+    run = BenchmarkRun("fast", mode="quick", title="The fast one.", argv=["fast.py"])
+    run.figure("faces per second", 480.0, unit="faces/s")
+    run.table("by clients", ["clients", "faces/s"], [[1, 120.5], [32, 480.0]])
+    record = json.loads(run.write(tmp_path).read_text())
+    page = ('Intro.\n<!-- results: fast table="by clients" -->\n| clients | faces/s |\n| 32 | 999 |\n'
+            '<!-- /results -->\nAfter.\n<!-- results: fast -->\n<!-- /results -->\n')
+    filled = render_docs.render_quotes(page, {"fast": record})
+    assert "| 32 | 480 |" in filled and "999" not in filled and "| faces per second | 480 | faces/s |" in filled
+    assert filled.startswith("Intro.\n") and "\nAfter.\n" in filled and "benchmarks.md#fast" in filled
+    assert render_docs.render_quotes(filled, {"fast": record}) == filled
+    with pytest.raises(ValueError, match="no table titled 'missing'"):
+        render_docs.render_quotes('<!-- results: fast table="missing" -->\n<!-- /results -->', {"fast": record})
+    assert "No result yet" in render_docs.render_quotes("<!-- results: slow -->\n<!-- /results -->", {})
