@@ -73,10 +73,8 @@ def _ganray_commit() -> str | None:
 def _ganray_version() -> str:
     try:
         return metadata.version("ganray")
-    except metadata.PackageNotFoundError:
-        from ganray import __version__
-
-        return __version__
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _training_data(provenance: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +82,8 @@ def _training_data(provenance: dict[str, Any]) -> dict[str, Any]:
     data = (provenance.get("train_config") or {}).get("data") or {}
     facts: dict[str, Any] = {"manifest_hash": provenance.get("dataset_manifest_hash"),
                              "source": data.get("source")}
+    if provenance.get("data_version"):
+        facts["data_version"] = provenance["data_version"]  # `ganray lineage OUT` follows it back
     if data.get("source", "synthetic") == "synthetic" and provenance.get("train_config"):
         facts.update(description="the built-in procedural faces (drawn by ganray; no photographs)",
                      license=BUILT_IN_DATA_LICENSE)
@@ -94,9 +94,8 @@ def _training_data(provenance: dict[str, Any]) -> dict[str, Any]:
         except (OSError, ValueError):
             manifest = {}
         facts["license"] = manifest.get("license") or "unknown"
-        for key in ("data_version", "version", "license_note"):
-            if manifest.get(key):
-                facts[key] = manifest[key]
+        if manifest.get("license_note"):
+            facts["license_note"] = manifest["license_note"]
     facts.setdefault("license", "unknown")
     return facts
 
