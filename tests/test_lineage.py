@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from ganray import registry_events
@@ -16,10 +17,15 @@ from ganray.data.importer import run_import
 from ganray.data.synthetic import ATTRIBUTES, render_face
 from ganray.eval.gate import promote
 from ganray.generate.job import run_generate
+from ganray.lineage import lineage
+from ganray.models import build_generator
 from ganray.registry import Registry
 from ganray.registry_events import EventLogError, append_event, causes, events
 from ganray.train.publish import push_run
 from ganray.train.trainer import run_training
+
+from tiny_generators import ATTRIBUTES as TINY_ATTRIBUTES
+from tiny_generators import RESOLUTION, TINY, push_random_model
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 32
@@ -149,6 +155,28 @@ def test_every_import_is_a_data_version_listed_with_its_counts_license_and_paren
         assert code == 2 and bad in err, err
 
 
+def test_a_re_import_derives_from_what_it_replaces_and_the_same_data_is_the_same_version(lifecycle, capsys):
+    data, full, balanced = lifecycle["data"], lifecycle["full"]["data_version"], lifecycle["balanced"]["data_version"]
+    common = ["--resolution", str(RES), "--set", f"import.labels.pattern={json.dumps(PATTERN)}",
+              "--set", "import.min_size=8", "--set", "import.blank_std=0", "--set", "import.blur_threshold=0"]
+    # The same data again, elsewhere, with --parent: the same version; its first record stays.
+    assert run_cli(capsys, "data", "import", str(lifecycle["src"]), str(data / "faces-copy"), *common,
+                   "--parent", str(data / "faces-balanced"))[0] == 0
+    copy = json.loads((data / "faces-copy" / "manifest.json").read_text())
+    assert copy["data_version"] == full and copy["parent"]["version"] == balanced
+    # Re-imported from the same source into data/faces with other settings: derives from the one it replaces.
+    code, out, _ = run_cli(capsys, "data", "import", str(lifecycle["src"]), str(data / "faces"), *common,
+                           "--set", "import.balance={attributes: [age_group], mode: resample_up}")
+    assert code == 0 and "data version" in out
+    upsampled = json.loads((data / "faces" / "manifest.json").read_text())["data_version"]
+    code, out, _ = run_cli(capsys, "data", "list", str(data), "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["version"] for r in records] == [full, balanced, upsampled]
+    assert records[0]["location"] == str(data / "faces") and records[2]["parent"]["version"] == full
+    code, out, _ = run_cli(capsys, "data", "list", str(data))
+    assert code == 0 and [line.endswith("(replaced)") for line in out.splitlines()[1:]] == [True, False, False]
+
+
 def test_lineage_of_an_output_reaches_the_imported_source(lifecycle, capsys):
     code, out, _ = run_cli(capsys, "lineage", str(lifecycle["output"]), "--json")
     chain = json.loads(out)
@@ -168,6 +196,22 @@ def test_lineage_of_an_output_reaches_the_imported_source(lifecycle, capsys):
     for bad in (str(lifecycle["root"] / "no-such-output"), str(lifecycle["data"] / "faces"), "v9", "nomodel:v1"):
         code, _, err = run_cli(capsys, "lineage", bad, "--registry", lifecycle["registry"].url)
         assert code == 2 and "error:" in err, (bad, err)
+    other = Registry(str(lifecycle["root"] / "other-registry"))  # its v1 has other weights
+    push_random_model(other, init_seed=3)
+    code, _, err = run_cli(capsys, "lineage", str(lifecycle["output"]), "--registry", other.url)
+    assert code == 2 and "not the same model" in err, err
+
+
+def test_a_model_trained_on_the_built_in_faces_ends_at_them(tmp_path):
+    registry = Registry(str(tmp_path / "registry"))
+    torch.manual_seed(0)
+    generator = build_generator(TINY, RESOLUTION, TINY_ATTRIBUTES)
+    version = registry.push(generator.state_dict(), TINY.model_dump(), RESOLUTION, TINY_ATTRIBUTES, {
+        "run_name": "demo", "step": 10, "dataset_manifest_hash": "ab" * 32,
+        "train_config": {"data": {"source": "synthetic"}}})
+    chain = lineage(version, registry.url)
+    assert chain["data_version"]["version"] == "ab" * 6 and chain["data_version"]["location"] == "built-in"
+    assert chain["parents"] == [] and "built-in" in chain["source"]
 
 
 def test_history_shows_a_version_s_life_in_time_order(lifecycle, capsys):
