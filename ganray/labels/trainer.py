@@ -28,12 +28,14 @@ from ganray import storage as st
 from ganray.config import ConfigError, LabelerEvalJob, LabelerTrainJob
 from ganray.console import ProgressLine
 from ganray.data.dataset import dataset_manifest_hash
+from ganray.data.versions import training_data_version
 from ganray.labels import checkpoint as ckpt
 from ganray.labels.dataset import choose_attributes, heldout_arrays, split_rows
 from ganray.labels.evaluate import heldout_report
 from ganray.labels.train import run_loop, train_loop_per_worker
 from ganray.models.classifier import build_classifier
 from ganray.registry import LabelerRegistry, RegistryError
+from ganray.registry_events import LABELER, append_event
 from ganray.runtime import init_ray
 
 # Settings a resumed run may change; anything else must match the run's checkpoints.
@@ -230,11 +232,15 @@ def run_labeler_training(job: LabelerTrainJob) -> LabelerOutcome:
                   "step": state["step"], "weights_step": best["step"] if best else state["step"],
                   "stopped_early": bool(state.get("stopped_early")),
                   "train_seconds_this_run": round(train_s, 1), "dataset_manifest_hash": manifest_hash,
+                  "data_version": training_data_version(job.data.model_dump(mode="json"), manifest_hash),
                   "data": job.data.model_dump(mode="json"), "heldout": job.heldout.model_dump(mode="json"),
                   "train": job.train.model_dump(mode="json"),
                   "metrics": next((h for h in reversed(state["history"]) if "loss" in h), {})}
     version = registry.push(weights, job.model.model_dump(mode="json"), job.data.resolution, attributes,
                             provenance, report)
+    append_event(registry, LABELER, "training_run", {"run_name": job.run.name, "step": int(state["step"]),
+                                                     "data_version": provenance["data_version"]["version"]},
+                 version=version)
     if job.publish.alias:
         registry.promote(version, job.publish.alias)
     print(f"[ganray labeler] labeler {version}" + (f" (alias {job.publish.alias})" if job.publish.alias else "")
