@@ -91,7 +91,8 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
     assert not storage.exists()  # nothing written
 
 
-EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "samples", "report", "eval", "labeler", "serve"}
+EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "samples", "report", "eval", "labeler", "serve",
+                     "lineage"}
 
 
 def test_every_subcommand_registers_and_answers_help():
@@ -101,7 +102,7 @@ def test_every_subcommand_registers_and_answers_help():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == EXPECTED_COMMANDS
-    nested = {"data": ["import"], "registry": ["push", "list", "show", "promote"]}
+    nested = {"data": ["import", "list", "show"], "registry": ["push", "list", "show", "promote", "history"]}
     nested["labeler"] = ["train", "eval", "list", "show", "promote"]
     nested["eval"] = ["utility"]
     for name in sorted(EXPECTED_COMMANDS):
