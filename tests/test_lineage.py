@@ -234,3 +234,21 @@ def test_history_shows_a_version_s_life_in_time_order(lifecycle, capsys):
     for bad in ("generator:v9", "nomodel:v1"):
         code, _, err = run_cli(capsys, "registry", "history", bad, "--registry", registry.url)
         assert code == 2 and "error:" in err, (bad, err)
+
+
+def test_data_list_and_show_default_to_the_env_catalog_else_dot_data(tmp_path, monkeypatch, capsys):
+    from ganray.data import versions
+
+    manifest = {"manifest_hash": "cd" * 32, "source": "./raw", "counts": {"seen": 3, "kept": 2, "dropped": 1}}
+    for catalog in (tmp_path / "data", tmp_path / "elsewhere"):
+        record = versions.make_record(manifest, dst=str(catalog / "faces"), catalog=str(catalog), import_id=None,
+                                      parent=None, license=None, license_note=None)
+        assert versions.write_record(record) and not versions.write_record(record)  # the first record stays
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(versions.CATALOG_ENV, raising=False)
+    code, out, _ = run_cli(capsys, "data", "show", "cdcdcd", "--json")
+    assert code == 0 and json.loads(out)["location"] == str(tmp_path / "data" / "faces")
+    monkeypatch.setenv(versions.CATALOG_ENV, str(tmp_path / "elsewhere"))
+    code, out, _ = run_cli(capsys, "data", "list", "--json")
+    assert code == 0 and [json.loads(line)["catalog"] for line in out.splitlines()] == [str(tmp_path / "elsewhere")]
+    assert json.loads(out)["license"] == "unknown"
