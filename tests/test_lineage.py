@@ -252,3 +252,15 @@ def test_data_list_and_show_default_to_the_env_catalog_else_dot_data(tmp_path, m
     code, out, _ = run_cli(capsys, "data", "list", "--json")
     assert code == 0 and [json.loads(line)["catalog"] for line in out.splitlines()] == [str(tmp_path / "elsewhere")]
     assert json.loads(out)["license"] == "unknown"
+
+
+def test_history_shows_ungated_alias_moves_and_events_caused_by_the_version_s(tmp_path, capsys):
+    registry = Registry(str(tmp_path / "registry"))
+    version = push_random_model(registry, init_seed=1)  # pushed without a training_run event
+    registry.promote(version, "demo")  # no gate: no decision, only the alias file
+    alert = append_event(registry, "generator", "drift_alert", {"summary": "drift"}, version=version)
+    append_event(registry, "generator", "retrain", {"summary": "started"}, cause=alert)  # no version: caused by v1's
+    code, out, _ = run_cli(capsys, "registry", "history", version, "--registry", registry.url, "--json")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [e["kind"] for e in entries] == ["training_run", "promotion", "drift_alert", "retrain"]
+    assert entries[1]["summary"] == f"demo -> {version} (no gate)" and entries[3]["cause"] == alert
