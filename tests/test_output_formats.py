@@ -249,7 +249,7 @@ def test_every_recipe_in_consuming_md_runs_on_a_generated_output(parquet_out, we
     assert -1 <= float(ray_data["images"].min()) < float(ray_data["images"].max()) <= 1
     assert hf["face"]["image"].size == (32, 32) and hf["name"] in ATTRIBUTES["age_group"]
     torch_face = hf["torch_faces"][0]
-    assert tuple(torch_face["image"].shape) == (32, 32, 3) and torch_face["image"].dtype == torch.uint8
+    assert tuple(torch_face["image"].shape) == (3, 32, 32) and torch_face["image"].dtype == torch.uint8
     assert torch_face["age_group"].dtype == torch.int64
     assert tuple(webdataset["images"].shape) == (12, 3, 32, 32) and webdataset["classes"].tolist() == [0, 1, 2] * 4
     assert arrow["names"] == ATTRIBUTES["age_group"] and arrow["children"].num_rows == 4
