@@ -123,3 +123,21 @@ def test_true_balance_crosses_attributes_into_strata():
     assert sum(r["estimated_true_count"] for r in result["strata"]) == pytest.approx(4, abs=0.05)
     assert "label_precision" in {r["stratum"]: r for r in result["strata"]}["a/c"]
     assert "label_precision" not in {r["stratum"]: r for r in result["strata"]}["c/c"]
+
+
+def test_a_precision_sets_per_value_confidences_and_a_label_that_never_reaches_it_refuses_the_plan():
+    from fractions import Fraction
+
+    from ganray.config import ClosedLoopConfig
+    from ganray.generate.closedloop import ClosedLoopPlan, stratum_verdict
+
+    thresholds = {"x": {"a": 0.7, "b": None}}
+    cfg = ClosedLoopConfig(strata=["x"], min_label_precision=0.95, min_confidence=0.5)
+    with pytest.raises(ValueError, match=r"x=b"):
+        ClosedLoopPlan.build(cfg, {"x": ["a", "b"]}, [Fraction(1), Fraction(1)], 10, 5, 0, thresholds)
+    only_a = ClosedLoopConfig(strata=["x"], min_label_precision=0.95, target="proportions", proportions={"a": 1.0})
+    plan = ClosedLoopPlan.build(only_a, {"x": ["a", "b"]}, [Fraction(1), Fraction(0)], 10, 5, 0, thresholds)
+    assert plan.min_confidence == {"x": {"a": 0.7}} and plan.identity()["min_label_precision"] == 0.95
+    face = {"reject": None, "labels": {"x": "a"}, "confidence": {"x": 0.69}}
+    assert stratum_verdict(face, ["x"], ["a"], plan.min_confidence) == "low_confidence:x"
+    assert stratum_verdict({**face, "confidence": {"x": 0.7}}, ["x"], ["a"], plan.min_confidence) is None
