@@ -275,7 +275,8 @@ def test_a_job_without_labels_keeps_the_identity_it_had_before_labels(model, ray
     assert plan.labeling is None and plan.closed is None
     assert set(plan.identity["parameters"]) == {
         "layout", "balance_order", "model_version", "model_content_hash", "resolution", "count", "shard_size",
-        "format", "psi", "seed_offset", "conditions", "balance", "precision", "device", "device_kind", "torch"}
+        "format", "psi", "seed_offset", "conditions", "balance", "precision", "device", "device_kind", "torch",
+        "table_layout"}  # how Parquet files hold images and labels (not a label setting)
     assert plan.identity["parameters"]["layout"] == "ganray-generate/2"
 
 

@@ -174,7 +174,7 @@ def keep_existing_layout(layout: OutputLayout, job: dict[str, Any]) -> tuple[Out
     try:
         theirs = json.loads(storage.read_bytes(layout.path(JOB_FILE)))
         older = theirs["parameters"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # no output there yet (check_output says why not)
         return layout, job
     mine = {k: v for k, v in job["parameters"].items() if k != "table_layout"}
     if "table_layout" in older or older != mine:
