@@ -126,8 +126,8 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
         ax.scatter(x, [r["target"] for r in strata], color="#e45756", marker="_", s=300, label="target", zorder=3)
         if any("estimated_true_count" in r for r in strata):
             est = [r.get("estimated_true_count", 0.0) for r in strata]
-            lo = [e - r.get("true_count_interval", [e, e])[0] for e, r in zip(est, strata)]
-            hi = [r.get("true_count_interval", [e, e])[1] - e for e, r in zip(est, strata)]
+            lo = [max(e - r.get("true_count_interval", [e, e])[0], 0.0) for e, r in zip(est, strata)]
+            hi = [max(r.get("true_count_interval", [e, e])[1] - e, 0.0) for e, r in zip(est, strata)]
             ax.errorbar(list(x), est, yerr=[lo, hi], fmt="o", ms=3, color="#54a24b", capsize=2, zorder=4,
                         label="estimated true count")
         ax.set_xticks(list(x), [r["stratum"] for r in strata], rotation=60, ha="right", fontsize=7)
@@ -143,7 +143,8 @@ def draw_report(report: Mapping[str, Any]) -> bytes:
         if any("label_precision" in r for r in strata):
             p = [r.get("label_precision", float("nan")) for r in strata]
             interval = [r.get("label_precision_interval", [v, v]) for v, r in zip(p, strata)]
-            ax.errorbar(list(x), p, yerr=[[v - i[0] for v, i in zip(p, interval)], [i[1] - v for v, i in zip(p, interval)]],
+            ax.errorbar(list(x), p, yerr=[[max(v - i[0], 0.0) for v, i in zip(p, interval)],
+                                          [max(i[1] - v, 0.0) for v, i in zip(p, interval)]],
                         fmt="D", ms=3, color="#54a24b", capsize=2, label="label precision (est.)")
         ax.set_ylim(0, 1.05)
         ax.set_xticks(list(x), [r["stratum"] for r in strata], rotation=60, ha="right", fontsize=7)

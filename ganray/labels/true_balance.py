@@ -90,6 +90,7 @@ def estimate_true_balance(evidence: Mapping[str, Mapping[str, Any]], attributes:
         for s, mine in members.items():
             precision_draws[s][part] = joint[:, mine, s] @ (counts[mine] / counts[mine].sum())
     true_lo, true_hi = np.quantile(np.clip(true_draws, 0, n_faces), quantiles, axis=0)
+    true_lo, true_hi = np.minimum(true_lo, true_point), np.maximum(true_hi, true_point)
 
     labeled = Counter(tuple(k[0] for k in key) for key in keys)
     rows = []
@@ -102,6 +103,7 @@ def estimate_true_balance(evidence: Mapping[str, Mapping[str, Any]], attributes:
             mine = members[s]
             precision = float((counts[mine] / counts[mine].sum()) @ joint_point[mine, s])
             lo, hi = np.quantile(precision_draws[s], quantiles)
+            lo, hi = min(lo, precision), max(hi, precision)  # the draws' prior can leave a point of 1 outside
             row.update(label_precision=round(precision, 4), label_precision_interval=[round(float(lo), 4),
                                                                                       round(float(hi), 4)])
         rows.append(row)
