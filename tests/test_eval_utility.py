@@ -2,6 +2,7 @@
 of the labeler's dataset, the generator's held-out check, and the bootstrap table's arithmetic."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from ganray.cli import main as cli
 from ganray.config import ConfigError, DataConfig, DCGANConfig, HeldoutConfig
 from ganray.config.labels import TrainingSourceConfig
-from ganray.data.synthetic import ATTRIBUTES
+from ganray.data.synthetic import ATTRIBUTES, render_batch
 from ganray.config.eval import UtilityJob
 from ganray.eval.utility import accuracy_table, check_generator
 from ganray.labels.dataset import generated_label_columns, heldout_mask, split_rows
@@ -34,19 +35,18 @@ def push(registry: Registry, trained_on: dict | None) -> str:
 
 @pytest.fixture(scope="module")
 def setup(ray_session, tmp_path_factory):
-    """A registry holding three versions of one generator: trained (by its record) on other built-in faces
-    (seed 7), on the classifier's own faces (seed 1), and with no record; a generate output of each."""
+    """One generate output of a generator v1, and three registries whose v1 (the same weights) records
+    other built-in faces (seed 7), the classifier's own faces (seed 1), or no training data."""
     root = tmp_path_factory.mktemp("utility")
-    registry = Registry(str(root / "registry"))
-    versions = {"clean": push(registry, {**DATA, "synthetic": {"count": 64, "seed": 7}}),
-                "leaky": push(registry, DATA), "unrecorded": push(registry, None)}
-    outputs = {}
-    for name, version in versions.items():
-        outputs[name] = str(root / f"gen-{name}")
-        assert cli(["generate", "--set", f"registry.url={registry.url}", "--set", f"generate.model={version}",
-                    "--set", f"generate.output={outputs[name]}", "--set", f"generate.count={GENERATED}",
-                    "--set", "generate.shard_size=24", "--set", "generate.balance=[age_group]"]) == 0
-    return registry, outputs, root
+    registries = {name: Registry(str(root / f"registry-{name}")) for name in ("clean", "leaky", "unrecorded")}
+    push(registries["clean"], {**DATA, "synthetic": {"count": 64, "seed": 7}})
+    push(registries["leaky"], DATA)
+    push(registries["unrecorded"], None)
+    output = str(root / "generated")
+    assert cli(["generate", "--set", f"registry.url={registries['clean'].url}", "--set", "generate.model=v1",
+                "--set", f"generate.output={output}", "--set", f"generate.count={GENERATED}",
+                "--set", "generate.shard_size=24", "--set", "generate.balance=[age_group]"]) == 0
+    return registries, output
 
 
 def utility(registry: Registry, generated: str, output, *extra: str) -> int:
@@ -63,8 +63,8 @@ def utility(registry: Registry, generated: str, output, *extra: str) -> int:
 
 
 def test_utility_trains_three_classifiers_and_tests_them_on_the_same_real_heldout_images(setup, tmp_path):
-    registry, outputs, _ = setup
-    assert utility(registry, outputs["clean"], tmp_path / "u") == 0
+    registries, output = setup
+    assert utility(registries["clean"], output, tmp_path / "u") == 0
     result = json.loads((tmp_path / "u/utility.json").read_text())
     assert (tmp_path / "u/utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check = result["generator_check"]
@@ -89,40 +89,40 @@ def test_utility_trains_three_classifiers_and_tests_them_on_the_same_real_heldou
 
 
 def test_generator_trained_on_heldout_images_or_unrecorded_is_refused(setup, tmp_path, capsys):
-    registry, outputs, _ = setup
-    assert utility(registry, outputs["leaky"], tmp_path / "leaky") == 2
+    registries, output = setup
+    assert utility(registries["leaky"], output, tmp_path / "leaky") == 2
     assert "held-out images: testing on them would leak" in capsys.readouterr().err
-    assert utility(registry, outputs["unrecorded"], tmp_path / "unrecorded") == 2
+    assert utility(registries["unrecorded"], output, tmp_path / "unrecorded") == 2
     assert "utility.allow_unverified_generator" in capsys.readouterr().err
     assert not (tmp_path / "leaky").exists() and not (tmp_path / "unrecorded").exists()
-    assert utility(registry, outputs["clean"], tmp_path / "bad", "--set", "utility.groups=[smile]") == 2
+    assert utility(registries["clean"], output, tmp_path / "bad", "--set", "utility.groups=[smile]") == 2
     assert "not among the classifier's attributes" in capsys.readouterr().err
     # Allowed explicitly, an unverifiable generator runs and the result says so.
-    job = UtilityJob.model_validate({"registry": {"url": registry.url}, "labeler": {"data": DATA},
-                                     "utility": {"generated": outputs["unrecorded"], "output": str(tmp_path / "x"),
+    job = UtilityJob.model_validate({"registry": {"url": registries["unrecorded"].url}, "labeler": {"data": DATA},
+                                     "utility": {"generated": output, "output": str(tmp_path / "x"),
                                                  "groups": ["age_group"], "allow_unverified_generator": True}})
     check = check_generator(job, ["0" * 64])
     assert check["verified"] is False and "records no training data" in check["reason"]
 
 
-def test_training_source_puts_generated_faces_in_or_beside_the_real_training_split(setup):
-    _, outputs, _ = setup
+def test_training_source_puts_generated_faces_beside_the_real_training_split(setup):
+    _, output = setup
     data, heldout = DataConfig.model_validate(DATA), HeldoutConfig(fraction=0.3)
     attributes = {"age_group": ATTRIBUTES["age_group"]}
-    real = split_rows(data, attributes, heldout)
-    generated = split_rows(data, attributes, heldout, TrainingSourceConfig(use="generated",
-                                                                          generated=outputs["clean"]))
-    both = split_rows(data, attributes, heldout, TrainingSourceConfig(use="real+generated",
-                                                                     generated=outputs["clean"]))
-    assert generated.train.num_rows == GENERATED and both.train.num_rows == real.train.num_rows + GENERATED
-    rows = generated.train.read(np.arange(GENERATED))
-    counts = np.bincount(rows["age_group"], minlength=3)
-    assert counts.tolist() == [GENERATED // 3] * 3  # balanced over age_group by the generate job
-    for split in (generated, both):  # the held-out split stays the real dataset's
-        np.testing.assert_array_equal(split.heldout["content_hash"], real.heldout["content_hash"])
-    assert heldout_mask(real.heldout["content_hash"], 0.3).all()
+    both = split_rows(data, attributes, heldout, TrainingSourceConfig(use="real+generated", generated=output))
+    rendered = render_batch(np.arange(192), RES, 1)
+    hashes = np.array([hashlib.sha256(image.tobytes()).hexdigest() for image in rendered["image"]], dtype=object)
+    real = ~heldout_mask(hashes, 0.3 + getattr(heldout, "validation_fraction", 0.0))  # the real training split
+    assert both.train.num_rows == int(real.sum()) + GENERATED
+    labels = both.train.read(np.arange(both.train.num_rows))["age_group"]
+    # The real training split's labels plus the generated faces', balanced over age_group by the job.
+    expected = np.bincount(np.asarray(rendered["age_group"])[real], minlength=3) + GENERATED // 3
+    assert np.bincount(labels, minlength=3).tolist() == expected.tolist()
+    assert sorted(both.heldout["content_hash"]) == sorted(hashes[heldout_mask(hashes, 0.3)])  # the real split
     with pytest.raises(ConfigError, match=r"age_group values \['adult', 'child', 'senior'\]"):
-        generated_label_columns(outputs["clean"], {"age_group": ["young", "old"]}, "labeler")
+        generated_label_columns(output, {"age_group": ["young", "old"]}, "labeler")
+    with pytest.raises(ConfigError, match=r"carry no label or condition for \['skin_tone'\]"):
+        generated_label_columns(output, {"skin_tone": ATTRIBUTES["skin_tone"]}, "labeler")
 
 
 def test_accuracy_table_bootstrap_is_paired_and_worst_group_is_the_minimum():
