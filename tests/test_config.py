@@ -149,3 +149,11 @@ def test_ray_address_is_top_level_in_every_job_config():
         assert "ray_address" in job_type.model_fields, job_type.__name__
     with pytest.raises(ConfigError, match="run.ray_address: unknown key"):
         load_config(C.TrainJob, None, ["run.ray_address=auto"])
+
+
+def test_a_generated_training_source_with_the_local_runner_is_refused_naming_both_keys():
+    from ganray.config import LabelerTrainJob
+
+    with pytest.raises(ConfigError, match="source.use 'generated' needs train.runner 'ray'"):
+        load_config(LabelerTrainJob, None, ["train.runner=local", "train.num_workers=1", "source.use=generated",
+                                            "source.generated=/tmp/out"])

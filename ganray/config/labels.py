@@ -169,6 +169,9 @@ class LabelerTrainJob(Section):
             raise ValueError(f"data.resolution {self.data.resolution}: the classifier needs 16 px or more")
         if len(set(self.attributes)) != len(self.attributes):
             raise ValueError(f"attributes lists an attribute twice: {self.attributes}")
+        if self.train.runner == "local" and self.source.use != "real":
+            raise ValueError(f"source.use {self.source.use!r} needs train.runner 'ray' (the local runner "
+                             "trains on the real training split only)")
         return self
 
 
