@@ -103,6 +103,8 @@ def test_retrain_on_a_new_data_version_promotes_through_the_gate_and_ties_every_
     assert steps[0]["payload"]["data"]["url"] == faces and steps[0]["payload"]["reason"] == "new data"
     for before, after in zip(steps, steps[1:]):
         assert after["cause"] == before["id"]
+    (run,) = [e for e in registry_events.events(registry, "generator") if e["kind"] == "training_run"]
+    assert (run["version"], run["cause"]) == (v2, steps[0]["id"])  # the publish step ties back too
     assert [e["id"] for e in registry_events.causes(registry, steps[-1]["id"])] == [e["id"] for e in reversed(steps)]
     # The promotion went through the gate: the decision it names allowed v2 over v1 on the recorded FID.
     decision = next(d for d in registry.decisions() if d["id"] == steps[-1]["payload"]["decision"])

@@ -155,7 +155,7 @@ def run_retrain(job: RetrainJob, say: Callable[[str], None] = print) -> RetrainO
     version = None
     try:
         outcome = run_training(plan.train_job)
-        version = push_run(registry, storage_root(plan.train_job), plan.train_job.run.name)
+        version = push_run(registry, storage_root(plan.train_job), plan.train_job.run.name, cause=trail[-1])
         step("trained", {"run_name": plan.train_job.run.name, "checkpoint": outcome.checkpoint,
                          "steps": outcome.step}, version=version)
         say(f"trained {plan.train_job.run.name} to step {outcome.step}: {version}")
