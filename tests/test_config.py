@@ -66,7 +66,7 @@ def test_every_shipped_ganray_config_is_valid(path):
     from ganray import config as C
 
     tree = yaml.safe_load(path.read_text())
-    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob", "HumanEvalJob", "UtilityJob") if hasattr(C, n)]
+    job_types = [C.TrainJob, C.ImportJob] + [getattr(C, n) for n in ("GenerateJob", "ServeJob", "EvalJob", "HumanEvalJob", "UtilityJob", "MonitorJob", "RetrainJob") if hasattr(C, n)]
     job_types += [C.LabelerTrainJob, C.LabelerEvalJob]
     errors = []
     for job_type in job_types:
@@ -92,7 +92,7 @@ def test_cli_config_error_exits_2_before_ray(tmp_path):
 
 
 EXPECTED_COMMANDS = {"demo", "train", "data", "registry", "generate", "samples", "report", "eval", "labeler", "serve",
-                     "lineage"}
+                     "lineage", "card", "studio", "monitor", "retrain"}
 
 
 def test_every_subcommand_registers_and_answers_help():
