@@ -12,10 +12,11 @@ import argparse
 import sys
 
 from ganray import console
-from ganray.cli import data, demo, generate, labeler, registry, serve, train
+from ganray.cli import card, data, demo, generate, labeler, registry, serve, train
 from ganray.cli import eval as eval_command  # not `eval`: that name is a builtin
 from ganray.cli import report as report_command  # not shadowing the module-level name `report`
 from ganray.cli import samples, studio
+from ganray.cli import monitor, retrain
 from ganray.cli import lineage as lineage_command  # not shadowing ganray.lineage
 from ganray.cli.common import UsageError
 from ganray.config import ConfigError
@@ -25,7 +26,7 @@ from ganray.storage import LocationError, describe_failure, endpoint_words, stor
 EXIT_STORAGE_FAILED = 1
 
 # In the order `ganray --help` lists them.
-COMMAND_MODULES = (demo, train, data, registry, generate, samples, report_command, eval_command, labeler, serve, studio, lineage_command)
+COMMAND_MODULES = (demo, train, data, registry, generate, samples, report_command, card, eval_command, labeler, serve, studio, monitor, retrain, lineage_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

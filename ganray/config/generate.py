@@ -32,10 +32,6 @@ class ClosedLoopConfig(Section):
         None, gt=0.0, le=1.0, description="classifier labeler: keep a face only when each of its stratum labels "
                                           "is given at a confidence where that label's held-out precision reaches "
                                           "this (the labeler's stored curve); None = min_confidence alone")
-    min_label_precision: float | None = Field(
-        None, gt=0.0, le=1.0, description="classifier labeler: keep a face only when each of its stratum labels "
-                                          "is given at a confidence where that label's held-out precision reaches "
-                                          "this (the labeler's stored curve); None = min_confidence alone")
 
     @model_validator(mode="after")
     def _proportions(self) -> "ClosedLoopConfig":

@@ -401,6 +401,7 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
 
     report = write_balance_report(layout.url, plan.model.conditions, registry_url=plan.registry_url)
     wall_s = time.monotonic() - started
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
     summary = {
         "job_id": plan.job_id,
         "model": cfg.model,
@@ -417,6 +418,11 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
         "bytes_this_run": bytes_written,
         "faces_per_s": round(faces_written / pipeline_s, 1) if faces_written else None,
         "wall_s": round(wall_s, 2),
+        "pipeline_s": round(pipeline_s, 2),
+        # The card's cost: the cluster's CPUs and GPUs for the pipeline's wall time (an upper bound).
+        "cluster": cluster,
+        "cpu_seconds": round(cluster.get("CPU", 0.0) * pipeline_s, 1),
+        "gpu_seconds": round(cluster.get("GPU", 0.0) * pipeline_s, 1),
         "batch_size": cfg.batch_size,
         "replicas": cfg.replicas,
         "environment": plan.environment,
@@ -425,6 +431,9 @@ def _run_holding_lease(plan: GeneratePlan, lease: OutputLease, started: float,
                     "short_strata": report["total"].get("short_strata", [])},
     }
     storage.atomic_write(layout.path(SUMMARY_FILE), json_bytes(summary))
+    from ganray.generate.card import write_card
+
+    write_card(layout.url, plan.registry_url)
     log(f"generate: done: {summary['faces']} faces in {summary['shards']} shards, {summary['bytes'] / 1e6:.1f} MB; "
         f"this run {faces_written} faces in {wall_s:.1f} s"
         + (f" ({summary['faces_per_s']:.0f} faces/s)" if faces_written else "")
