@@ -263,3 +263,20 @@ def test_the_raycronjob_runs_the_monitor_with_a_config_that_loads():
     assert config.registry.url.startswith("s3://") and config.monitor.url.startswith("http://")
     assert job["shutdownAfterJobFinishes"] is True and job["backoffLimit"] == 0  # a drift is a failed run, once
     assert job["rayClusterSpec"]["rayVersion"] == "2.60.0"
+
+
+def test_retrain_takes_a_data_version_id_from_the_catalog(initial, faces, monkeypatch):
+    import json
+    from pathlib import Path
+
+    registry, _, _ = initial
+    version = json.loads(Path(faces, "manifest.json").read_text())["data_version"]
+    monkeypatch.setenv("GANRAY_DATA_CATALOG", str(Path(faces).parent))  # where the import recorded it
+
+    def plan(data: str):
+        return plan_retrain(load_config(RetrainJob, None, [f"registry.url={registry.url}", f"retrain.data={data}"]),
+                            registry)
+
+    assert plan(version).train_job.data.url == plan(faces).train_job.data.url == str(Path(faces).resolve())
+    with pytest.raises(RetrainError, match="unknown data version 'abcdef012345'"):
+        plan("abcdef012345")

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "was measured, and promote it through the gate; or stop and say why. Every step is a `retrain` "
                     "event in the registry's event log, tied to its cause. Exit 0: promoted; 1: stopped (the gate "
                     "refused); 2: bad input.")
-    parser.add_argument("--data", metavar="PATH_OR_URL", help="the new training data: an imported dataset folder")
+    parser.add_argument("--data", metavar="PATH_OR_VERSION",
+                        help="the new training data: an imported dataset folder, or its data version id")
     parser.add_argument("--cause", metavar="EVENT_ID", help="the drift alert (event id) this retraining answers")
     parser.add_argument("--alias", default="production", help="the alias retrained and promoted (default production)")
     parser.add_argument("--registry", default=None, metavar="URL", help="registry (default $GANRAY_REGISTRY or ./registry)")

@@ -134,6 +134,11 @@ def find_version(version: str, catalog: str) -> dict[str, Any]:
     raise DataVersionError(f"{version!r} names {len(matches)} data versions in {catalog}: give more digits")
 
 
+def looks_like_version(text: str) -> bool:
+    """Whether `text` is spelled like a data version id (or a prefix of one)."""
+    return bool(_VERSION.fullmatch(text))
+
+
 def is_current(record: dict[str, Any]) -> bool:
     """Whether the import at the record's location is still this version (not replaced since)."""
     from ganray.data.manifest import read_manifest

@@ -94,6 +94,27 @@ def eval_settings(result: dict[str, Any] | None, version: str, name: str) -> dic
             "pr_k": comparable["pr_k"], "extractor": extractor, "memorization": {"enabled": False}}
 
 
+def _data_location(data: str) -> str:
+    """retrain.data as the folder to train on: an imported dataset's folder, or a data version id
+    (looked up in the data catalog; refused when another import has replaced it since)."""
+    from ganray.data import versions
+
+    if not storage.exists(normalize_url(data)) and versions.looks_like_version(data):
+        try:
+            record = versions.find_version(data, versions.default_catalog())
+        except versions.DataVersionError as e:
+            raise RetrainError(f"retrain.data: {e}") from None
+        manifest = read_manifest(record["location"])
+        if manifest is None or versions.version_of(manifest) != record["version"]:
+            raise RetrainError(f"retrain.data: data version {record['version']} is no longer at {record['location']} "
+                               "(another import replaced it); import it again or name the folder")
+        return normalize_url(record["location"])
+    if read_manifest(normalize_url(data)) is None:
+        raise RetrainError(f"retrain.data: {data} is not an imported dataset (no ganray manifest.json) nor a data "
+                           "version of the catalog; make one with `ganray data import`")
+    return normalize_url(data)
+
+
 def plan_retrain(job: RetrainJob, registry: Registry) -> RetrainPlan:
     """Check everything and build the train and eval jobs, before any Ray work or event."""
     cfg = job.retrain
@@ -114,10 +135,7 @@ def plan_retrain(job: RetrainJob, registry: Registry) -> RetrainPlan:
     if storage_path:
         overrides.append(f"run.storage_path={storage_path}")
     if cfg.data:
-        if read_manifest(normalize_url(cfg.data)) is None:
-            raise RetrainError(f"retrain.data: {cfg.data} is not an imported dataset (no ganray manifest.json); "
-                               "make one with `ganray data import`")
-        overrides += ["data.source=shards", f"data.url={normalize_url(cfg.data)}"]
+        overrides += ["data.source=shards", f"data.url={_data_location(cfg.data)}"]
     if job.ray_address:
         overrides.append(f"ray_address={job.ray_address}")
     train_job = load_config(TrainJob, base=train_config, overrides=overrides + list(cfg.train_overrides))
