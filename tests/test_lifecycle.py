@@ -84,7 +84,7 @@ def initial(faces, tmp_path_factory):
 def retrained(initial, faces):
     registry, v1, root = initial
     status = cli(["retrain", "--registry", registry.url, "--data", faces, "--run-name", "retrain-new-data",
-                  *sets(["train.max_steps=120"])])
+                  "--warm-start", *sets(["train.max_steps=120"])])
     return status
 
 
@@ -111,6 +111,24 @@ def test_retrain_on_a_new_data_version_promotes_through_the_gate_and_ties_every_
     assert (decision["candidate"], decision["holder"], decision["outcome"]) == (v2, v1, "allowed")
     assert registry.evaluation(v2, "default")["comparable"] == registry.evaluation(v1, "default")["comparable"]
     assert promoted_version(registry, "production") == (v2, decision["id"])
+    # --warm-start: the new run's generator started from v1's weights (their digest, in the run's history).
+    from ganray.train.checkpoint import load_state, state_digest
+
+    history = load_state(registry.show(v2).provenance["checkpoint"])["history"]
+    (warm,) = [h for h in history if h.get("event") == "warm_start"]
+    assert warm["state_digest"] == state_digest({"G_ema": registry.load_generator(v1).generator.state_dict()},
+                                                keys=("G_ema",))
+    assert steps[0]["payload"]["warm_start"] is True
+
+
+def test_a_warm_start_whose_weights_do_not_fit_the_new_run_is_refused_before_any_work(initial, faces):
+    registry, _, _ = initial
+    job = load_config(RetrainJob, None, [f"registry.url={registry.url}", f"retrain.data={faces}",
+                                         "retrain.warm_start=true", 'retrain.train_overrides=["model.g_width=16"]'])
+    before = registry_events.events(registry, "generator")
+    with pytest.raises(RetrainError, match=r"warm_start: v\d+'s weights do not fit"):
+        plan_retrain(job, registry)
+    assert registry_events.events(registry, "generator") == before
 
 
 # ---------------------------------------------------------------------------------------------

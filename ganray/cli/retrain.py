@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-name", default=None, help="the new run's name (default retrain-<version>-<time>)")
     parser.add_argument("--storage-path", default=None, metavar="URL",
                         help="where the new run's checkpoints go (default: the promoted run's storage_path)")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="start the new generator from the promoted version's weights (the discriminator starts fresh)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else local)")
     parser.add_argument("--set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the promoted run's train config, e.g. --set train.max_steps=400 (repeatable)")
@@ -39,6 +41,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     job = load_config(RetrainJob, base={"ray_address": args.ray_address, "registry": {"url": args.registry},
                                         "retrain": {"alias": args.alias, "data": args.data, "cause": args.cause,
                                                     "run_name": args.run_name, "storage_path": args.storage_path,
+                                                    "warm_start": args.warm_start,
                                                     "train_overrides": args.train_overrides,
                                                     "eval_overrides": args.eval_overrides}})
     from ganray.eval.extractors import ExtractorError

@@ -82,6 +82,8 @@ class RetrainConfig(Section):
     run_name: str | None = Field(None, description="the new run's name; None: retrain-<time>")
     storage_path: str | None = Field(None, description="where the new run's checkpoints go; None: the promoted "
                                                        "run's storage_path")
+    warm_start: bool = Field(False, description="start the new run's generator (G and its EMA) from the promoted "
+                                                "version's weights; the discriminator starts fresh")
     train_overrides: list[str] = Field(
         [], description="dotted overrides of the promoted version's train config (e.g. train.max_steps=400)")
     eval_overrides: list[str] = Field(

@@ -44,6 +44,7 @@ class RetrainPlan:
     cause: dict[str, Any] | None
     train_job: TrainJob
     eval_job: EvalJob
+    init_generator: dict | None = None  # retrain.warm_start: the promoted version's generator weights
 
 
 @dataclass
@@ -148,7 +149,26 @@ def plan_retrain(job: RetrainJob, registry: Registry) -> RetrainPlan:
                                           "eval": {**settings, "model": from_version, "record_as": name,
                                                    "output": output}},
                            overrides=list(cfg.eval_overrides))
-    return RetrainPlan(cfg.alias, from_version, cause, train_job, eval_job)
+    return RetrainPlan(cfg.alias, from_version, cause, train_job, eval_job,
+                       _warm_start(registry, from_version, train_job) if cfg.warm_start else None)
+
+
+def _warm_start(registry: Registry, version: str, train_job: TrainJob) -> dict:
+    """The promoted version's generator weights, checked to fit the new run's generator (its model
+    config and the new data's attributes) before any Ray work."""
+    from ganray.data.dataset import dataset_attributes
+    from ganray.models import build_generator
+
+    state = registry.load_generator(version).generator.state_dict()
+    attributes = dataset_attributes(train_job.data)
+    generator = build_generator(train_job.model, train_job.data.resolution,
+                                attributes if train_job.model.conditional else None)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RetrainError(f"retrain.warm_start: {version}'s weights do not fit the new run's generator (its model "
+                           f"config or the new data's attributes differ): {str(e).splitlines()[0]}") from None
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 def run_retrain(job: RetrainJob, say: Callable[[str], None] = print) -> RetrainOutcome:
@@ -165,14 +185,14 @@ def run_retrain(job: RetrainJob, say: Callable[[str], None] = print) -> RetrainO
         return trail[-1]
 
     step("started", {"from_version": plan.from_version, "data": plan.train_job.data.model_dump(mode="json"),
-                     "run_name": plan.train_job.run.name,
+                     "run_name": plan.train_job.run.name, "warm_start": cfg.warm_start,
                      "storage_path": storage_root(plan.train_job),
                      "reason": "drift alert" if plan.cause and plan.cause["kind"] == "drift_alert" else
                      ("new data" if cfg.data else plan.cause["kind"] if plan.cause else "requested")},
          version=plan.from_version)
     version = None
     try:
-        outcome = run_training(plan.train_job)
+        outcome = run_training(plan.train_job, init_generator=plan.init_generator)
         version = push_run(registry, storage_root(plan.train_job), plan.train_job.run.name, cause=trail[-1])
         step("trained", {"run_name": plan.train_job.run.name, "checkpoint": outcome.checkpoint,
                          "steps": outcome.step}, version=version)

@@ -144,6 +144,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # The data stream continues at the saved position, whatever the worker count now: its
         # global batches do not depend on it.
         sampler.load_state_dict(state["data_position"])
+    elif loop_config.get("init_generator") is not None:  # a warm start: a fresh run from given weights
+        G.load_state_dict(loop_config["init_generator"])
+        G_ema.load_state_dict(loop_config["init_generator"])
+        progress.history.append({"event": "warm_start", "state_digest": ckpt.state_digest(
+            {"G_ema": G_ema.state_dict()}, keys=("G_ema",))})
 
     steps = GANSteps(ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D), G_ema, cfg,
                      job.model.z_dim, device)

@@ -82,9 +82,12 @@ def check_resumable(job: TrainJob, manifest_hash: str) -> str | None:
     return latest
 
 
-def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None) -> TrainOutcome:
+def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None,
+                 init_generator: dict | None = None) -> TrainOutcome:
     """Train (or resume) `job`'s run. With `job.eval.every_images`, `evaluator` evaluates G_ema then
-    (`ganray train` passes ganray.eval.training.TrainingEvaluator; its `prepare()` runs here once Ray is up)."""
+    (`ganray train` passes ganray.eval.training.TrainingEvaluator; its `prepare()` runs here once Ray is up).
+    `init_generator`: a generator state dict G and G_ema start from (a warm start; D starts fresh); a
+    run that resumes from its own checkpoint ignores it."""
     if (job.eval.every_images is None) != (evaluator is None):
         raise ConfigError("eval.every_images and an evaluator go together: `ganray train` builds the evaluator "
                           "(ganray.eval.training.TrainingEvaluator) when eval.every_images is set")
@@ -122,7 +125,7 @@ def run_training(job: TrainJob, evaluator: GeneratorEvaluator | None = None) -> 
         train_loop_config={"job": job.model_dump(mode="json"), "attributes": attributes,
                            "manifest_hash": manifest_hash, "rows": rows, "progress_board": board,
                            "run_url": ckpt.run_url(storage_root(job), job.run.name),
-                           "evaluator": evaluator},
+                           "evaluator": evaluator, "init_generator": init_generator},
         torch_config=TorchConfig(backend="nccl" if job.train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
