@@ -97,3 +97,12 @@ def test_demo_runs_end_to_end_from_any_directory_and_fits_on_one_screen(tmp_path
     assert where["faces"].resolve() == (workdir / "out" / "demo-faces-v1").resolve()
     assert "100 labeled faces" in made["faces"]
     assert made["model"].split()[:3] == ["v1", "in", str(workdir / "registry")]
+    # The demo's output carries its card and opens in the studio: a page of its faces, with their labels.
+    from ganray.images import decode_png
+    from ganray.studio.output import StudioOutput
+
+    assert json.loads((where["faces"] / "card.json").read_text())["faces"] == 100
+    studio = StudioOutput(str(where["faces"]))
+    rows = studio.rows([0, 99], ["face_id", *studio.columns.facets], images=True)
+    assert [r["face_id"] for r in rows] == [0, 99] and all(r[f] for r in rows for f in studio.columns.facets)
+    assert decode_png(studio.png(99)).shape[-1] == 3
