@@ -1,8 +1,10 @@
 """The face API on Ray Serve (`ganray serve`, or `serve deploy configs/serve.yaml`).
 
-app.py: build_app, the application (import_path ganray.serve.app:build_app); ingress.py: the FastAPI
-routes; request_guard.py: API key and body size before any route; generator.py: the batched model
-deployment; schemas.py: what goes over the wire.
+app.py: build_app, the application (import_path ganray.serve.app:build_app) in either layout;
+single.py: FaceService, routes and model in one replica (the default layout); ingress.py: the FastAPI
+routes (the split layout's ingress); request_guard.py: API key and body size before any route;
+generator.py: the batched model deployment; grpc_ingress.py and proto/: the same API over gRPC
+(grpc_client.py: a client); metrics.py: the operator metrics; schemas.py: what goes over the wire.
 
 Endpoints (OpenAPI docs at /docs):
 

@@ -1,6 +1,6 @@
 """The one-deployment layout (`layout: single`): the FastAPI routes and the batched model in one replica.
 
-    HTTP -> Serve proxy -> FaceService (FaceAPI's routes and request guard, calling an in-process
+    HTTP -> proxy (HAProxy or Serve's) -> FaceService (FaceAPI's routes and request guard, calling an in-process
                            FaceGenerator: same @serve.batch batches, same encoder threads, same bytes)
 
 It saves the actor hop between ingress and generator (a serialization and a second event loop per
