@@ -88,3 +88,19 @@ def test_ganray_card_refuses_a_folder_that_is_not_a_finished_output(tmp_path, ca
     assert cli(["card", str(tmp_path)]) == 2
     assert "not a finished ganray generate output" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_splits_of_whole_shards_load_as_named_splits_and_bad_ones_change_nothing(output, capsys):
+    datasets = pytest.importorskip("datasets")
+    out, registry = output
+    assert cli(["card", out, "--registry", registry, "--splits", "train=0.5,test=0.5"]) == 0
+    card = json.loads(Path(out, "card.json").read_text())
+    assert {name: s["faces"] for name, s in card["splits"].items()} == {"train": 6, "test": 6}
+    loaded = datasets.load_dataset(out)  # the card's configs name each split's shards
+    assert {name: len(part) for name, part in loaded.items()} == {"train": 6, "test": 6}
+    before = Path(out, "README.md").read_bytes()
+    for bad, message in [("train=0.9,test=0.2", "add up to 1"), ("train=0.9,test=0.1", "cannot give split 'test'"),
+                         ("Train=1", "not a new split name")]:
+        assert cli(["card", out, "--registry", registry, "--splits", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert Path(out, "README.md").read_bytes() == before

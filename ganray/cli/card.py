@@ -9,13 +9,14 @@ from ganray.cli.common import UsageError, add_verbose_arg
 
 def _card(args: argparse.Namespace) -> int:
     from ganray import storage
-    from ganray.generate.card import CARD_FILE, README_FILE, build_card, write_card
+    from ganray.generate.card import CARD_FILE, README_FILE, build_card, parse_splits, write_card
     from ganray.generate.output import GenerateError
     from ganray.registry import registry_url
 
     url = storage.normalize_url(args.out)
     try:
-        card = build_card(url, registry_url(args.registry)) if args.dry_run else write_card(url, registry_url(args.registry))
+        splits = parse_splits(args.splits) if args.splits else None
+        card = (build_card if args.dry_run else write_card)(url, registry_url(args.registry), splits)
     except GenerateError as e:
         raise UsageError(str(e)) from None
     except (OSError, ValueError, KeyError) as e:
@@ -38,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out", metavar="OUT", help="a finished `ganray generate` output")
     parser.add_argument("--registry", default=None, metavar="URL",
                         help="the model registry (default: $GANRAY_REGISTRY or ./registry)")
+    parser.add_argument("--splits", metavar="NAME=SHARE,...",
+                        help="cut the Parquet shards into named splits of whole shards, e.g. train=0.9,test=0.1 "
+                             "(default: one split, train)")
     parser.add_argument("--json", action="store_true", help="also print card.json")
     parser.add_argument("--dry-run", action="store_true", help="print card.json, write nothing")
     add_verbose_arg(parser)

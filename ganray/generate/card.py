@@ -181,8 +181,49 @@ def _cost(summary: dict[str, Any] | None, manifest: dict[str, Any]) -> dict[str,
     return cost
 
 
-def build_card(url: str, registry_url: str | None = None) -> dict[str, Any]:
-    """card.json's content for the finished output at `url` (read-only)."""
+_SPLIT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def parse_splits(text: str) -> dict[str, float]:
+    """`train=0.9,test=0.1` as {name: share}; GenerateError naming what is wrong."""
+    splits: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        name = name.strip()
+        try:
+            value = float(share)
+        except ValueError:
+            raise GenerateError(f"splits: {part.strip()!r} is not NAME=SHARE (e.g. train=0.9,test=0.1)") from None
+        if not _SPLIT_NAME.fullmatch(name) or name in splits:
+            raise GenerateError(f"splits: {name!r} is not a new split name (lower-case letters, digits, _)")
+        if not 0 < value <= 1:
+            raise GenerateError(f"splits: the share of {name!r} must be in (0, 1], got {share}")
+        splits[name] = value
+    if abs(sum(splits.values()) - 1) > 1e-6:
+        raise GenerateError(f"splits: the shares must add up to 1, got {sum(splits.values()):g}")
+    return splits
+
+
+def _split_shards(manifest: dict[str, Any], splits: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Whole Parquet shards per split, in shard order: the first share of the shards to the first split..."""
+    shards = [(rel, entry["rows"]) for entry in manifest.get("shards", []) for rel in sorted(entry.get("files", {}))
+              if rel.startswith(PARQUET_DIR + "/") and rel.endswith(".parquet")]
+    out, start, total = {}, 0, 0.0
+    for name, share in splits.items():
+        total += share
+        stop = round(total * len(shards))
+        if stop <= start:
+            raise GenerateError(f"splits: {len(shards)} Parquet shards cannot give split {name!r} a whole shard; "
+                                "splits are made of whole shards (use a smaller generate.shard_size)")
+        part = shards[start:stop]
+        out[name] = {"shards": [rel for rel, _ in part], "faces": sum(rows for _, rows in part)}
+        start = stop
+    return out
+
+
+def build_card(url: str, registry_url: str | None = None, splits: dict[str, float] | None = None) -> dict[str, Any]:
+    """card.json's content for the finished output at `url` (read-only). `splits` ({name: share}) cuts
+    the Parquet shards into named splits of whole shards; None: one split, `train`."""
     url = storage.normalize_url(url)
     job = _read_json(storage.join(url, JOB_FILE))
     manifest = _read_json(storage.join(url, MANIFEST_FILE))
@@ -194,7 +235,10 @@ def build_card(url: str, registry_url: str | None = None) -> dict[str, Any]:
     summary = _read_json(storage.join(url, SUMMARY_FILE))
     model, extra = _model(parameters, registry_url)
     evaluations = extra["evaluations"]
+    if splits and parameters.get("format") not in ("parquet", "both"):
+        raise GenerateError(f"splits: they name Parquet shards, and this output's format is {parameters.get('format')}")
     return {
+        "splits": _split_shards(manifest, splits) if splits else None,
         "card_format": 1,
         "faces": manifest.get("faces"),
         "shards": len(manifest.get("shards", [])),
@@ -270,8 +314,9 @@ def _front_matter(card: dict[str, Any], hf_features: dict[str, Any] | None) -> d
         "pretty_name": f"ganray synthetic faces ({card['faces']} faces, model {card['provenance']['model']['version']})",
     })
     if card["format"] in ("parquet", "both"):
-        matter["configs"] = [{"config_name": "default",
-                              "data_files": [{"split": "train", "path": f"{PARQUET_DIR}/*.parquet"}]}]
+        files = ([{"split": name, "path": split["shards"]} for name, split in card["splits"].items()]
+                 if card.get("splits") else [{"split": "train", "path": f"{PARQUET_DIR}/*.parquet"}])
+        matter["configs"] = [{"config_name": "default", "data_files": files}]
     if hf_features:
         matter["dataset_info"] = {"features": _card_features(hf_features)}
     return matter
@@ -299,6 +344,10 @@ def render_readme(card: dict[str, Any], hf_features: dict[str, Any] | None = Non
                      ["training data license", data.get("license")],
                      ["ganray", f"{prov['ganray']['version']} (commit {prov['ganray']['git_commit'] or 'unknown'})"],
                      ["job id", prov.get("job_id")]], ["", ""]), ""]
+    if card.get("splits"):
+        parts += ["## Splits", "", _table([[name, split["faces"], len(split["shards"])]
+                                           for name, split in card["splits"].items()], ["split", "faces", "shards"]),
+                  "", "Splits are made of whole Parquet shards, in shard order (the README's `configs` name them).", ""]
     counts = card["counts"]
     if counts["per_stratum"]:
         parts += ["## Counts", "", _table(sorted(counts["per_stratum"].items()), ["stratum", "faces"]), ""]
@@ -325,10 +374,10 @@ def render_readme(card: dict[str, Any], hf_features: dict[str, Any] | None = Non
     return "\n".join(parts)
 
 
-def write_card(url: str, registry_url: str | None = None) -> dict[str, Any]:
+def write_card(url: str, registry_url: str | None = None, splits: dict[str, float] | None = None) -> dict[str, Any]:
     """Write OUT/card.json and OUT/README.md for the finished output at `url`; returns the card."""
     url = storage.normalize_url(url)
-    card = build_card(url, registry_url)
+    card = build_card(url, registry_url, splits)
     storage.atomic_write(storage.join(url, CARD_FILE), json_bytes(card))
     storage.atomic_write(storage.join(url, README_FILE), render_readme(card, _shard_features(url, card)).encode())
     return card
