@@ -12,10 +12,11 @@ Other docs pages quote results the same way, never by hand: a block
 
     <!-- results: NAME -->                 the figures of result NAME
     <!-- results: NAME table="TITLE" -->   or one of its tables
+    <!-- results: NAME figures="A|B" -->   or the figures named A and B
     <!-- /results -->
 
 is filled by this script with the table and the machine and date it was measured on (`--check`
-compares those blocks too).
+compares those blocks too). README.md may quote results the same way.
 """
 from __future__ import annotations
 
@@ -182,8 +183,8 @@ def render(results_dir: Path = RESULTS, scripts_dir: Path = BENCHMARKS) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-QUOTE = re.compile(r'(<!-- results: (?P<name>[A-Za-z0-9_]+)(?: table="(?P<table>[^"]+)")? -->\n)(?P<body>.*?)(<!-- /results -->)',
-                   re.DOTALL)
+QUOTE = re.compile(r'(<!-- results: (?P<name>[A-Za-z0-9_]+)(?: table="(?P<table>[^"]+)")?'
+                   r'(?: figures="(?P<figures>[^"]+)")? -->\n)(?P<body>.*?)(<!-- /results -->)', re.DOTALL)
 
 
 def table_lines(columns: list[Any], rows: list[list[Any]]) -> list[str]:
@@ -191,14 +192,22 @@ def table_lines(columns: list[Any], rows: list[list[Any]]) -> list[str]:
             *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)]
 
 
-def quote(results: dict[str, dict], name: str, table: str | None) -> str:
-    """A quote block's body: one table of result `name` and where and when it was measured."""
+def quote(results: dict[str, dict], name: str, table: str | None, figures: str | None = None,
+          page: str = "benchmarks.md") -> str:
+    """A quote block's body: one table of result `name` (its figures, the ones named `A|B`, or the
+    table titled `table`) and where and when it was measured; `page`: the benchmarks page's link."""
     record = results.get(name)
     if record is None:
-        return f"_No result yet: run the [{name}](benchmarks.md#{name}) benchmark._\n"
+        return f"_No result yet: run the [{name}]({page}#{name}) benchmark._\n"
     if table is None:
-        lines = table_lines(["measurement", "value", "unit"],
-                            [[f["name"], f["value"], f.get("unit", "")] for f in record["figures"]])
+        chosen = record["figures"]
+        if figures is not None:
+            wanted = figures.split("|")
+            chosen = [f for f in record["figures"] if f["name"] in wanted]
+            missing = sorted(set(wanted) - {f["name"] for f in chosen})
+            if missing:
+                raise ValueError(f"result {name!r} has no figures named {missing}")
+        lines = table_lines(["measurement", "value", "unit"], [[f["name"], f["value"], f.get("unit", "")] for f in chosen])
     else:
         found = [t for t in record.get("tables", []) if t["title"] == table]
         if not found:
@@ -207,17 +216,24 @@ def quote(results: dict[str, dict], name: str, table: str | None) -> str:
     m = record["machine"]
     lines += ["", f"_Measured {record['date'][:10]} on {m['cpu']} ({m['cores']} cores"
                   f"{'' if m['gpu'] == 'none' else ', ' + m['gpu']}), mode {record['mode']}: "
-                  f"[{name}](benchmarks.md#{name}) has the command and the full result._"]
+                  f"[{name}]({page}#{name}) has the command and the full result._"]
     return "\n".join(lines) + "\n"
 
 
-def render_quotes(text: str, results: dict[str, dict]) -> str:
-    """`text` with every results block filled from `results`."""
-    return QUOTE.sub(lambda m: m.group(1) + quote(results, m.group("name"), m.group("table")) + m.group(5), text)
+def render_quotes(text: str, results: dict[str, dict], page: str = "benchmarks.md") -> str:
+    """`text` with every results block filled from `results` (`page`: the benchmarks page, relative to it)."""
+    return QUOTE.sub(lambda m: m.group(1) + quote(results, m.group("name"), m.group("table"), m.group("figures"),
+                                                  page) + m.group(6), text)
 
 
 def quoting_pages(docs: Path = PAGE.parent) -> list[Path]:
-    return sorted(p for p in docs.glob("*.md") if p != PAGE and QUOTE.search(p.read_text()))
+    """Pages with results blocks: docs pages, and the README (which links the page as docs/benchmarks.md)."""
+    pages = [p for p in docs.glob("*.md") if p != PAGE] + [REPO / "README.md"]
+    return sorted(p for p in pages if p.exists() and QUOTE.search(p.read_text()))
+
+
+def benchmarks_link(page: Path) -> str:
+    return "benchmarks.md" if page.parent == PAGE.parent else str(PAGE.relative_to(page.parent))
 
 
 def main() -> int:
@@ -227,7 +243,7 @@ def main() -> int:
     try:
         pages = {PAGE: render()}
         results = load_results()
-        pages.update({p: render_quotes(p.read_text(), results) for p in quoting_pages()})
+        pages.update({p: render_quotes(p.read_text(), results, benchmarks_link(p)) for p in quoting_pages()})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

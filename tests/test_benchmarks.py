@@ -98,7 +98,8 @@ def test_an_incomplete_result_is_refused_by_name(tmp_path):
 def test_docs_pages_quote_results_as_rendered_from_the_result_files():
     results = render_docs.load_results()
     for page in render_docs.quoting_pages():
-        assert page.read_text() == render_docs.render_quotes(page.read_text(), results), \
+        assert page.read_text() == render_docs.render_quotes(page.read_text(), results,
+                                                             render_docs.benchmarks_link(page)), \
             f"{page.name} quotes results that differ from the files: run .venv/bin/python benchmarks/render_docs.py"
 
 
@@ -116,3 +117,8 @@ def test_a_quote_block_is_filled_from_its_result_and_a_hand_edit_is_undone(tmp_p
     with pytest.raises(ValueError, match="no table titled 'missing'"):
         render_docs.render_quotes('<!-- results: fast table="missing" -->\n<!-- /results -->', {"fast": record})
     assert "No result yet" in render_docs.render_quotes("<!-- results: slow -->\n<!-- /results -->", {})
+    subset = render_docs.render_quotes('<!-- results: fast figures="faces per second" -->\n<!-- /results -->',
+                                       {"fast": record}, "docs/benchmarks.md")
+    assert "| faces per second | 480 | faces/s |" in subset and "docs/benchmarks.md#fast" in subset
+    with pytest.raises(ValueError, match="no figures named \\['nope'\\]"):
+        render_docs.render_quotes('<!-- results: fast figures="nope" -->\n<!-- /results -->', {"fast": record})
