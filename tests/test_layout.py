@@ -11,12 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ganray"
 
 # Room -> the rooms it may import. Rooms not listed on the right are above it.
-BASE = {"ganray.config", "ganray.storage", "ganray.images", "ganray.console"}
+BASE = {"ganray.config", "ganray.storage", "ganray.images", "ganray.console", "ganray.local_web"}
 ALLOWED = {
     "ganray.config": set(),
     "ganray.storage": set(),
     "ganray.images": set(),
     "ganray.console": set(),
+    "ganray.local_web": set(),
     "ganray.runtime": {"ganray.console"},
     "ganray.checkpoints": {"ganray.storage"},
     "ganray.worker": {"ganray.checkpoints"},

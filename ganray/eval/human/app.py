@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import socket
 from importlib import resources
 from typing import Literal
 
@@ -26,6 +25,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ganray.eval.human import results as human_results
+from ganray.local_web import listen, page_url
 from ganray.eval.human.session import HumanEvalSession
 from ganray.eval.human.store import PAIR_ID, AlreadyAnswered, UnknownPair
 
@@ -131,21 +131,11 @@ def token_of(configured: str | None) -> str | None:
 
 
 def serve(session: HumanEvalSession, host: str, port: int, token: str | None) -> None:
-    """Serve until interrupted. The socket is bound here, so port 0 can be printed as the real port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"human.host/human.port: cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(2048)  # before the URL is printed: a client that reads it can connect at once
-    bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
+    """Serve until interrupted (the socket bound first: port 0 is printed as the real port)."""
+    sock = listen(host, port, "human.host/human.port", backlog=2048)
     print(f"[ganray eval human] {session.cfg.mode}: {', '.join(session.describe()['items'])}; judgments -> "
           f"{session.cfg.db}", flush=True)
-    print(f"[ganray eval human] open http://{shown_host}:{bound_port}/"
+    print(f"[ganray eval human] open {page_url(host, sock)}"
           + (" (token required: X-Eval-Token)" if token else ""), flush=True)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[ganray eval human] warning: listening on {host} without a token: anyone who can reach it can "
