@@ -21,6 +21,7 @@ from ganray import storage
 from ganray.storage import UnsafePathError, sha256_hex, url_to_fs
 from ganray.config import ConfigError, DataConfig, ImportConfig
 from ganray.data import importer, preprocess
+from ganray.data.hash_split import HELDOUT_RULE, heldout_mask
 from ganray.data.dataset import build_train_dataset, dataset_manifest_hash
 from ganray.data.importer import run_import
 from ganray.data.manifest import read_manifest
@@ -221,6 +222,18 @@ def test_import_regex_labels_and_shard_shrink(ray_session, source_dir, tmp_path)
     keep_copies = run_import(ImportConfig(src=str(source_dir), dst=str(dst), resolution=RES, deduplicate=False,
                                           labels={"pattern": REGEX}))
     assert keep_copies["counts"]["kept"] == len(KEPT) + 1 and keep_copies["dropped"]["duplicate"] == 0
+
+    # Leaving out a content-hash split: exactly the images whose source sha256 falls in it, counted.
+    files = source_files()
+    held = {n for n in KEPT if heldout_mask([sha256_hex(files[n])], 0.5)[0]}
+    assert 0 < len(held) < len(KEPT)
+    without = run_import(ImportConfig(src=str(source_dir), dst=str(dst), resolution=RES, leave_out_heldout=0.5,
+                                      labels={"pattern": REGEX}))
+    assert sorted(read_shards(dst)) == sorted(set(KEPT) - held)
+    assert without["dropped"]["held_out"] == len(held) and without["dropped_examples"]["held_out"] == sorted(held)
+    assert without["counts"]["kept"] == len(KEPT) - len(held)
+    assert without["settings"]["leave_out_heldout"] == {"rule": HELDOUT_RULE, "fraction": 0.5}
+    assert without["manifest_hash"] != manifest["manifest_hash"]
 
 
 def test_import_s3_to_s3(ray_session, source_dir, s3_bucket):

@@ -136,6 +136,10 @@ class ImportConfig(Section):
     )
     balance: ImportBalanceConfig | None = Field(None, description="balance the rows over label attributes "
                                                                   "(None: every kept row once)")
+    leave_out_heldout: float | None = Field(
+        None, gt=0, lt=1, description="leave out the images whose content hash falls in the first FRACTION of "
+        "the unit interval (rule sha256-unit-interval/1): a classifier's heldout.fraction plus "
+        "heldout.validation_fraction, so a generator trained on this import never sees its test images")
     # The data version this import becomes (ganray.data.versions): where it is listed, what it derives from.
     catalog: str | None = Field(None, description="data catalog that lists this version (None: $GANRAY_DATA_CATALOG, "
                                                   "else the folder holding dst)")

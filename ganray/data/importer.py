@@ -6,7 +6,8 @@ The steps, and where each runs:
 2. Ray Data: `from_items(paths)` -> `map_batches` that reads each file with fsspec (ZIP members
    through fsspec too), hashes it and preprocesses it (ganray.data.preprocess) -> materialized.
 3. driver: pulls only (path, hash, drop reason, labels) back to find exact duplicates: the first
-   file in sorted path order keeps its place, later copies are dropped as `duplicate`.
+   file in sorted path order keeps its place, later copies are dropped as `duplicate`; with
+   `leave_out_heldout`, images in that content-hash split are dropped as `held_out`.
 4. Ray: the kept rows, still in sorted path order, are cut into `shard_rows` slices and one task
    writes each slice as a Parquet shard under a fresh prefix, `imports/<import id>/`, that no
    manifest names yet.
@@ -49,6 +50,7 @@ from ganray.config import ConfigError, ImportConfig
 from ganray.data import balance as balancing
 from ganray.data import preprocess
 from ganray.data import versions
+from ganray.data.hash_split import HELDOUT_RULE, heldout_mask
 from ganray.data.manifest import (FORMAT, IMPORT_ID, IMPORTS_DIR, MANIFEST_NAME, SHARD_NAME, WEIGHT_COLUMN,
                                   manifest_hash, read_manifest, shard_paths)
 from ganray.data.source_labels import infer_values, make_source_labels
@@ -91,14 +93,14 @@ def preprocess_batch(batch: dict[str, np.ndarray], *, src: str, label_names: lis
     return pa.table(columns, schema=_output_schema(label_names))
 
 
-def keep_rows(batch: pa.Table, *, duplicates: set[str], copies: dict[str, int] | None = None,
+def keep_rows(batch: pa.Table, *, left_out: set[str], copies: dict[str, int] | None = None,
               weights: dict[str, float] | None = None) -> pa.Table:
-    """The rows that passed every check and are not a later copy of an earlier file.
+    """The rows that passed every check and are not left out (a later copy of an earlier file, a held-out image).
 
     Balancing (ganray.data.balance): `copies` says how often each kept path is written (0: left out;
     copies follow their row), `weights` adds a float64 `weight` column.
     """
-    keep = [r == "" and p not in duplicates
+    keep = [r == "" and p not in left_out
             for r, p in zip(batch["drop_reason"].to_pylist(), batch["source_path"].to_pylist())]
     kept = batch.filter(pa.array(keep, type=pa.bool_())).drop_columns(["drop_reason"])
     paths = kept["source_path"].to_pylist()
@@ -218,6 +220,10 @@ def run_import(cfg: ImportConfig) -> dict:
         else:
             first_with_hash[row["content_hash"]] = row["source_path"]
             kept_rows.append(row)
+    if cfg.leave_out_heldout is not None:
+        held = heldout_mask([r["content_hash"] for r in kept_rows], cfg.leave_out_heldout)
+        dropped["held_out"] = [r["source_path"] for r, h in zip(kept_rows, held) if h]
+        kept_rows = [r for r, h in zip(kept_rows, held) if not h]
     if not kept_rows:
         raise ValueError(f"import: every image in {cfg.src} was dropped: "
                          f"{ {r: len(p) for r, p in dropped.items() if p} }")
@@ -241,6 +247,8 @@ def run_import(cfg: ImportConfig) -> dict:
             for n, vs in attributes.items()
         },
     }
+    if cfg.leave_out_heldout is not None:  # only then, as with balance below
+        manifest["settings"]["leave_out_heldout"] = {"rule": HELDOUT_RULE, "fraction": cfg.leave_out_heldout}
     if balanced is not None:  # only then: an unbalanced import keeps the settings (and hash) it always had
         manifest["settings"]["balance"] = cfg.balance.model_dump()
         manifest["counts"]["rows"] = sum(copies)
@@ -253,7 +261,7 @@ def run_import(cfg: ImportConfig) -> dict:
     _add_version(manifest, cfg, catalog, parent, previous)
     paths_kept = [r["source_path"] for r in kept_rows]
     kept = processed.map_batches(keep_rows, batch_format="pyarrow", fn_kwargs={
-        "duplicates": set(dropped["duplicate"]),
+        "left_out": set(dropped["duplicate"]) | set(dropped.get("held_out", [])),
         "copies": dict(zip(paths_kept, copies)) if balanced is not None else None,
         "weights": dict(zip(paths_kept, weights)) if weights is not None else None})
     import_id = _write_and_commit(cfg, kept, sum(copies), manifest, previous)

@@ -1,11 +1,10 @@
 """Labeled images for the attribute classifier, and the held-out split fixed by content hash.
 
 An image is held out when the sha256 of its content, read as a number in [0, 1), is below
-`heldout.fraction` (rule HELDOUT_RULE). The split therefore depends on nothing but the images: not
-on row order, sharding, worker count or which other images the dataset holds, and the same photo
-is held out in every import of it at every resolution. The content hash is the imported dataset's
-`content_hash` column (sha256 of the source file's bytes); for the built-in faces, which have no
-source file, it is the sha256 of the rendered pixels (uint8, at the configured resolution).
+`heldout.fraction` (ganray.data.hash_split: the split depends on nothing but the images). The
+content hash is the imported dataset's `content_hash` column (sha256 of the source file's bytes);
+for the built-in faces, which have no source file, it is the sha256 of the rendered pixels (uint8,
+at the configured resolution).
 
 The training rows may come from a finished `ganray generate` output instead of, or beside, the
 dataset's training split (`source:` of the job); the held-out and validation splits stay the real
@@ -23,26 +22,13 @@ import ray.data
 
 from ganray.config import ConfigError, DataConfig, HeldoutConfig
 from ganray.data.dataset import IndexedRows, dataset_attributes, shards_manifest
+from ganray.data.hash_split import HELDOUT_RULE, hash_band_mask, heldout_mask  # noqa: F401 (re-exported)
 from ganray.config.labels import TrainingSourceConfig
 from ganray.data.manifest import (column_names, generated_parquet_paths, read_columns, read_dataset,
                                   read_generated_manifest, shard_paths)
 from ganray.data.synthetic import render_batch
 from ganray.images import decode_png
 from ganray.storage import normalize_url, url_to_fs
-
-HELDOUT_RULE = "sha256-unit-interval/1"  # int(content sha256[:16], 16) / 2**64 < fraction: held out
-
-
-def heldout_mask(content_hashes, fraction: float) -> np.ndarray:
-    """True for the images the held-out split takes (see HELDOUT_RULE)."""
-    return np.array([int(h[:16], 16) / 2.0 ** 64 < fraction for h in content_hashes], dtype=bool)
-
-
-def hash_band_mask(content_hashes, low: float, high: float) -> np.ndarray:
-    """True for the images whose content hash (as in HELDOUT_RULE) lies in [low, high): the
-    validation split is the band just above the held-out one, so the two never share an image."""
-    units = np.array([int(h[:16], 16) / 2.0 ** 64 for h in content_hashes], dtype=np.float64)
-    return (units >= low) & (units < high)
 
 
 def choose_attributes(cfg: DataConfig, names: list[str], key: str = "attributes") -> dict[str, list[str]]:
