@@ -96,7 +96,7 @@ def run_job(args, work: Path, kind: str, env: dict[str, str]) -> dict:
 
 def label_shares(output: Path, attributes: list[str]) -> dict[str, dict[str, float]]:
     """Per attribute, the share of each labeler value among the output's faces."""
-    table = pq.read_table(output / "parquet", columns=[f"label_{a}" for a in attributes])
+    table = pq.read_table(output / "data", columns=[f"label_{a}" for a in attributes])
     shares = {}
     for a in attributes:
         values = table.column(f"label_{a}").to_pylist()

@@ -197,7 +197,7 @@ def generate_args(registry: str, model: str, output: str, count: int) -> list[st
 
 
 def check_face_ids(output: Path, count: int) -> dict:
-    ids = pq.read_table(output / "parquet", columns=["face_id"]).column("face_id").to_numpy()
+    ids = pq.read_table(output / "data", columns=["face_id"]).column("face_id").to_numpy()
     distinct = len(set(ids.tolist()))
     return {"rows": int(len(ids)), "distinct_face_ids": distinct,
             "exactly_0_to_count": bool(len(ids) == count == distinct and ids.min() == 0 and ids.max() == count - 1)}
@@ -234,7 +234,7 @@ def local_run(args, env: dict[str, str], work: Path) -> dict:
         raise SystemExit(f"the re-run failed (exit {code}); see {work / 'run2.log'}")
     verify = subprocess.run(GANRAY + ["generate", "--verify", str(output)], env=env, capture_output=True, text=True)
     ids = check_face_ids(output, args.count)
-    parquet_bytes = disk_bytes(output / "parquet")
+    parquet_bytes = disk_bytes(output / "data")
     (work / "memory.json").write_text(json.dumps({"run1": first.series, "run2": second.series}))
     plot_memory([("run 1", first), ("run 2", second)], work / "memory.png")
     return {

@@ -80,5 +80,5 @@ def test_workers_come_for_the_job_and_go_when_idle(tmp_path):
     assert f"all {FACES // 20} shards intact" in verify.stdout
     manifest = json.loads(Path(timeline["output"], "manifest.json").read_text())
     assert manifest["faces"] == FACES
-    ids = pq.read_table(Path(timeline["output"], "parquet"), columns=["face_id"]).column("face_id").to_pylist()
+    ids = pq.read_table(Path(timeline["output"], "data"), columns=["face_id"]).column("face_id").to_pylist()
     assert sorted(ids) == list(range(FACES))

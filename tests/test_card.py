@@ -64,7 +64,7 @@ def test_every_output_carries_a_card_that_states_what_the_output_and_registry_ho
     readme = Path(out, "README.md").read_text()
     front = yaml.safe_load(readme.split("---\n")[1])
     assert front["license"] == "apache-2.0" and front["size_categories"] == ["n<1K"]
-    assert front["configs"][0]["data_files"][0]["path"] == "parquet/*.parquet"
+    assert front["configs"][0]["data_files"][0]["path"] == "data/*.parquet"
     assert "v1" in readme and "0.9" in readme and "Limitations" in readme
 
 

@@ -86,7 +86,7 @@ def reference(ray_session, model, tmp_path_factory) -> str:
 
 
 def test_quotas_are_exact_and_every_face_passed_its_verification(reference, model):
-    table = to_ganray_table(pq.read_table(os.path.join(reference, "parquet"))).sort_by("face_id")
+    table = to_ganray_table(pq.read_table(os.path.join(reference, "data"))).sort_by("face_id")
     assert exact_quotas(31, [1, 1, 1]) == [11, 10, 10] and exact_quotas(10, [1, 1, 1]) == [4, 3, 3]
     assert table.num_rows == 31 and table.column("face_id").to_pylist() == list(range(31))
     strata = table.column("stratum").to_pylist()
@@ -169,7 +169,7 @@ def test_attempt_budget_spent_error_exit_or_partial_set_with_report(model, ray_s
     summary = generate(model, partial, **tight, quality=gate(model))
     report = json.loads(Path(partial, "balance_report.json").read_text())
     assert summary["balance"]["short_strata"] == ["adult", "child", "senior"]
-    rows = to_ganray_table(pq.read_table(os.path.join(partial, "parquet")))
+    rows = to_ganray_table(pq.read_table(os.path.join(partial, "data")))
     assert rows.num_rows == summary["faces"] < 31
     for r in report["strata"]:
         assert r["short"] and r["attempts"] == r["target"] and r["count"] == r["accepted"] < r["target"]
@@ -193,7 +193,7 @@ def test_training_set_target_and_proportions(model, ray_session, tmp_path):
     generate(model, output, count=7, shard_size=4, labeler={"name": "conditions"},
              closed_loop={"strata": ["age_group", "smile"], "target": "proportions",
                           "proportions": {"child/no": 0.5, "senior/yes": 0.25, "adult/yes": 0.25}})
-    table = to_ganray_table(pq.read_table(os.path.join(output, "parquet")))
+    table = to_ganray_table(pq.read_table(os.path.join(output, "data")))
     # 3.5, 1.75, 1.75 -> 3, 1, 1 and two left: to the largest remainders (0.75, 0.75), then 0.5 is left out.
     assert sorted(table.column("stratum").to_pylist()) == ["adult/yes"] * 2 + ["child/no"] * 3 + ["senior/yes"] * 2
 
@@ -202,7 +202,7 @@ def test_label_stage_without_closed_loop_drops_rejects_and_counts_them(model, ra
     output = str(tmp_path / "labeled")
     summary = generate(model, output, count=24, shard_size=8, balance=["age_group"], labeler={"name": "conditions"},
                        quality=gate(model))
-    table = to_ganray_table(pq.read_table(os.path.join(output, "parquet")))
+    table = to_ganray_table(pq.read_table(os.path.join(output, "data")))
     assert 0 < table.num_rows == summary["faces"] < 24  # rejected faces are never written
     assert table.column("label_age_group").to_pylist() == table.column("age_group").to_pylist()
     manifest = json.loads(Path(output, "manifest.json").read_text())
@@ -276,7 +276,7 @@ def test_a_job_without_labels_keeps_the_identity_it_had_before_labels(model, ray
     assert set(plan.identity["parameters"]) == {
         "layout", "balance_order", "model_version", "model_content_hash", "resolution", "count", "shard_size",
         "format", "psi", "seed_offset", "conditions", "balance", "precision", "device", "device_kind", "torch",
-        "table_layout"}  # how Parquet files hold images and labels (not a label setting)
+        "table_layout", "parquet_files"}  # how Parquet files hold images and labels, their names (not labels)
     assert plan.identity["parameters"]["layout"] == "ganray-generate/2"
 
 

@@ -182,8 +182,8 @@ def outputs(registry, tmp_path_factory, reference) -> tuple[str, str]:
     copied = str(root / "copied")
     shutil.copytree(out, copied)
     rows = reference_rows(reference)
-    for shard, first in ((root / "copied/parquet/shard-00000.parquet", 0),
-                         (root / "copied/parquet/shard-00001.parquet", 16)):
+    for shard, first in ((root / "copied/data/train-00000-of-00002.parquet", 0),
+                         (root / "copied/data/train-00001-of-00002.parquet", 16)):
         replace_images(shard, {g - first: rows[r] for g, r in COPIES.items() if first <= g < first + 16})
     return out, copied
 
@@ -255,8 +255,8 @@ def test_memorization_searches_every_training_image_by_default(registry, referen
     shutil.copytree(original, planted)
     last = decode_png(reference_rows(reference)[-1]).astype(np.int16)
     near = np.clip(last + np.where(np.indices(last.shape).sum(0) % 2 == 0, 2, -2), 0, 255).astype(np.uint8)
-    replace_images(Path(planted) / "parquet/shard-00000.parquet", {7: encode_png(near)})
-    replace_images(Path(planted) / "parquet/shard-00001.parquet", {})  # one table layout for the whole output
+    replace_images(Path(planted) / "data/train-00000-of-00002.parquet", {7: encode_png(near)})
+    replace_images(Path(planted) / "data/train-00001-of-00002.parquet", {})  # one table layout for the whole output
     common = {"eval.model": "null", "eval.generated": planted, "eval.reference_count": 16}
     out = tmp_path / "all.json"
     assert run_eval(registry, reference, out, **common) == 0

@@ -96,7 +96,7 @@ def interrupted_reference(ray_session, registry_url, tmp_path_factory) -> str:
 
 
 def test_rows_are_unique_complete_balanced_and_decode_to_the_generator_output(reference, registry_url):
-    table = to_ganray_table(pq.read_table(os.path.join(reference, "parquet"))).sort_by("face_id")
+    table = to_ganray_table(pq.read_table(os.path.join(reference, "data"))).sort_by("face_id")
     assert table.num_rows == 50 and table.column("face_id").to_pylist() == list(range(50))
     assert table.column("seed").to_pylist() == [1000 + i for i in range(50)]
     assert set(table.column("model_version").to_pylist()) == {"v1"}
@@ -167,9 +167,9 @@ def test_resume_after_the_driver_is_killed_gives_the_uninterrupted_bytes(
     committed = len(entries(output))
     assert not Path(output, "_manifest", "shard-00038.json").exists()
     # What a writer killed mid-shard leaves: a temporary file and a shard file without its entry.
-    Path(output, "parquet").mkdir(exist_ok=True)
-    Path(output, "parquet", "shard-00039.parquet.tmp-0123456789ab").write_bytes(b"partial")
-    Path(output, "parquet", "shard-00038.parquet").write_bytes(b"uncommitted")
+    Path(output, "data").mkdir(exist_ok=True)
+    Path(output, "data", "train-00039-of-00040.parquet.tmp-0123456789ab").write_bytes(b"partial")
+    Path(output, "data", "train-00038-of-00040.parquet").write_bytes(b"uncommitted")
 
     summary = generate(registry_url, output, **INTERRUPTED)
     assert summary["resumed"] and summary["shards_this_run"] == 40 - committed  # only the missing shards
@@ -292,7 +292,7 @@ def test_a_second_driver_is_refused_naming_the_holder_and_deletes_nothing(ray_se
     output = tmp_path / "faces"
     small = {**REFERENCE, "count": 8, "shard_size": 4}
     first = OutputLease.acquire(str(output), "job-of-the-first-driver", expires_after_s=60)
-    in_flight = output / "parquet" / "shard-00000.parquet.tmp-0123456789ab"  # the first driver's writer at work
+    in_flight = output / "data" / "train-00000-of-00002.parquet.tmp-0123456789ab"  # the first driver's writer at work
     in_flight.parent.mkdir(parents=True)
     in_flight.write_bytes(b"half a shard")
     with pytest.raises(GenerateError, match=rf"being written by another driver: host {platform.node()}, "
@@ -320,14 +320,14 @@ def test_verify_finds_damage_by_content_and_the_next_run_rewrites_only_those_sha
     assert cli(["generate", "--verify", str(output)]) == 0
     assert "all 4 shards intact" in capsys.readouterr().out
 
-    corrupt(output / "parquet" / "shard-00000.parquet")
+    corrupt(output / "data" / "train-00000-of-00004.parquet")
     corrupt(output / "png" / "shard-00001" / "000000020.png")
     entry = output / "_manifest" / "shard-00002.json"
     entry.write_text(entry.read_text().replace(json.loads(entry.read_text())["job_id"], "0123456789abcdef"))
     (output / "png" / "shard-00003" / "metadata.parquet").unlink()
     assert cli(["generate", "--verify", str(output)]) == 1
     report = capsys.readouterr().out
-    assert "damaged: shard-00000: parquet/shard-00000.parquet does not match its sha256" in report
+    assert "damaged: shard-00000: data/train-00000-of-00004.parquet does not match its sha256" in report
     assert "damaged: shard-00001: png/shard-00001/ does not match its sha256" in report
     assert "damaged: shard-00002: it was committed by job 0123456789abcdef" in report
     assert "damaged: shard-00003: png/shard-00003/ does not match its sha256 (2 files, 3 committed)" in report
@@ -348,7 +348,7 @@ def test_a_path_outside_the_output_in_an_entry_is_refused_never_read_or_deleted(
     (tmp_path / "outside.parquet").write_bytes(b"not yours")
     entry_path = output / "_manifest" / "shard-00001.json"
     entry = json.loads(entry_path.read_text())
-    entry["files"][bad_path] = entry["files"].pop("parquet/shard-00001.parquet")
+    entry["files"][bad_path] = entry["files"].pop("data/train-00001-of-00004.parquet")
     entry_path.write_text(json.dumps(entry))
     before = snapshot(str(output))
 
@@ -363,7 +363,7 @@ def test_a_run_refuses_an_entry_with_an_unsafe_path_and_deletes_nothing(referenc
     (tmp_path / "outside.parquet").write_bytes(b"not yours")
     entry_path = output / "_manifest" / "shard-00001.json"
     entry = json.loads(entry_path.read_text())
-    entry["files"]["../outside.parquet"] = entry["files"].pop("parquet/shard-00001.parquet")
+    entry["files"]["../outside.parquet"] = entry["files"].pop("data/train-00001-of-00004.parquet")
     entry_path.write_text(json.dumps(entry))
     before = snapshot(str(output))
     with pytest.raises(GenerateError, match=r"unsafe path '\.\./outside\.parquet'(.|\n)*refused: nothing it names"):

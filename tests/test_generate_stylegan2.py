@@ -41,11 +41,11 @@ def _bulk_job(stylegan2, tmp_path_factory, name: str, **generate) -> Path:
 @pytest.fixture(scope="module")
 def stylegan2_bulk(ray_session, stylegan2, tmp_path_factory):
     """A bulk job's faces of the tiny StyleGAN2, balanced over both attributes."""
-    from ganray.generate.output import PARQUET_DIR
+    from ganray.generate.output import HUB_DIR
 
     output = _bulk_job(stylegan2, tmp_path_factory, "stylegan2-bulk", count=8, format="parquet",
                        balance=["age", "smile"])
-    return sorted(to_ganray_table(pq.read_table(output / PARQUET_DIR)).to_pylist(), key=lambda row: row["seed"])
+    return sorted(to_ganray_table(pq.read_table(output / HUB_DIR)).to_pylist(), key=lambda row: row["seed"])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def stylegan2_mixed_bulk(ray_session, stylegan2, tmp_path_factory):
     """A style-mixing bulk job of the tiny StyleGAN2, in PNG folders (the metadata rows)."""
     output = _bulk_job(stylegan2, tmp_path_factory, "stylegan2-mixed", count=4, format="both",
                        conditions={"age": "old"}, **MIX)
-    rows = sorted(to_ganray_table(pq.read_table(output / "parquet")).to_pylist(), key=lambda row: row["seed"])
+    rows = sorted(to_ganray_table(pq.read_table(output / "data")).to_pylist(), key=lambda row: row["seed"])
     png_folder = next(output.glob("png/*"))
     return rows, to_ganray_table(pq.read_table(next(png_folder.glob("*.parquet")))).to_pylist(), png_folder
 

@@ -349,7 +349,7 @@ def test_a_generated_output_is_a_contestant_against_real_faces_and_models(regist
     out = tmp_path / "gen-v1"
     run_generate(load_config(GenerateJob, None, [f"registry.url={registry.url}", f"generate.output={out}",
                                                  "generate.model=v1", "generate.count=4", "generate.shard_size=4"]))
-    generated = [row for path in sorted(out.glob("parquet/*.parquet")) for row in
+    generated = [row for path in sorted(out.glob("data/*.parquet")) for row in
                  to_ganray_table(pq.read_table(path))["image"].to_pylist()]
     for mode, extra in (("real", {"real": real_faces, "models": []}), ("models", {"models": ["v2"]})):
         job = HumanEvalJob.model_validate({"registry": {"url": registry.url}, "human": {

@@ -388,7 +388,7 @@ def test_closed_loop_keeps_only_faces_the_classifier_labels_as_their_stratum(run
                  "generate.closed_loop.proportions={" + ", ".join(f'"{v}": {1 / len(reached)}' for v in reached) + "}"]
     run_generate(load_config(GenerateJob, None, settings))
 
-    table = to_ganray_table(pq.read_table(output / "parquet")).sort_by("face_id").to_pylist()
+    table = to_ganray_table(pq.read_table(output / "data")).sort_by("face_id").to_pylist()
     assert table, "the classifier accepted no face at all"
     labeler = build_labeler(LabelerConfig(name="classifier", model="tiny"), runs["registry"])
     for row in table:

@@ -87,5 +87,5 @@ def test_generation_that_loses_a_node_ends_byte_identical_to_a_single_node_run(s
     single, multi = out / "single", out / "multi"
     assert snapshot(multi) == snapshot(single)
     assert not verify_output(str(multi))["damaged"]
-    ids = pq.read_table(multi / "parquet", columns=["face_id"]).column("face_id").to_pylist()
+    ids = pq.read_table(multi / "data", columns=["face_id"]).column("face_id").to_pylist()
     assert sorted(ids) == list(range(count))  # every face id exactly once

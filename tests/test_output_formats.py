@@ -15,14 +15,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from ganray import storage
 from ganray.config import DCGANConfig, GenerateJob, load_config
 from ganray.data.hf_features import HF_LAYOUT, PLAIN_LAYOUT, features_of, hf_table, to_ganray_table
 from ganray.data.manifest import read_face_rows
 from ganray.generate import job as generate_job
+from ganray.generate.card import build_card
 from ganray.generate.job import plan_job, run_generate
-from ganray.generate.output import GenerateError, OutputLayout, verify_output
+from ganray.generate.output import (HUB_FILES, SHARD_FILES, GenerateError, OutputLayout, keep_existing_layout,
+                                    verify_output)
+from ganray.generate.plan import ShardRange
 from ganray.models import build_generator
 from ganray.registry import Registry
 
@@ -72,7 +76,7 @@ def webdataset_out(ray_session, registry_url, tmp_path_factory) -> Path:
     return out
 
 
-def rows(out: Path, layout_dir: str = "parquet") -> list[dict]:
+def rows(out: Path, layout_dir: str = "data") -> list[dict]:
     fs, _ = storage.url_to_fs(str(out))
     return [row for path in sorted((out / layout_dir).iterdir())
             for row in read_face_rows(fs, str(path)).to_pylist()]
@@ -130,24 +134,46 @@ def _check_hf_dataset(ds, expected: list[dict]) -> None:
         assert row["seed"] == want["seed"]
 
 
-def test_a_parquet_output_loads_in_datasets_as_images_and_class_labels(parquet_out):
+def test_a_parquet_output_folder_loads_in_datasets_as_images_and_class_labels(parquet_out, tmp_path):
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_dir=str(parquet_out / "parquet"), split="train")
-    _check_hf_dataset(ds, rows(parquet_out))
+    loaded = datasets.load_dataset("parquet", data_dir=str(parquet_out))  # the output's folder, as it is
+    assert list(loaded) == ["train"]
+    ds = loaded["train"]
+    expected = rows(parquet_out)
+    assert [r["face_id"] for r in ds] == list(range(12))  # every face once, in face order
+    _check_hf_dataset(ds, expected)
+    assert ds.cast_column("image", datasets.Image(decode=False))["image"] == [
+        {"bytes": r["image"], "path": None} for r in expected]  # the very PNG bytes ganray reads
     manifest = json.loads((parquet_out / "manifest.json").read_text())
     assert manifest["table_layout"] == manifest["parameters"]["table_layout"] == HF_LAYOUT
+    assert manifest["parameters"]["parquet_files"] == HUB_FILES
+    assert sorted(p.name for p in (parquet_out / "data").iterdir()) == [
+        f"train-0000{k}-of-00003.parquet" for k in range(3)]
+    # Other files in an output (evaluation results the studio shows, files named like splits, PNG
+    # folders) are not read: the shards' names are the first pattern datasets looks for.
+    kept = tmp_path / "faces"
+    shutil.copytree(parquet_out, kept)
+    for extra in ("eval.json", "eval-closest-pairs.png", "test/notes.json", "validation.json"):
+        (kept / extra).parent.mkdir(exist_ok=True)
+        (kept / extra).write_text("{}")
+    (kept / "png" / "shard-00000").mkdir(parents=True)  # format both: a PNG folder's rows
+    shutil.copy(next((kept / "data").iterdir()), kept / "png" / "shard-00000" / "metadata.parquet")
+    assert datasets.load_dataset("parquet", data_dir=str(kept), split="train")["face_id"] == list(range(12))
 
 
 def test_a_parquet_output_on_s3_loads_in_datasets(parquet_out, s3_server, s3_bucket):
     import datasets
 
-    for shard in sorted((parquet_out / "parquet").iterdir()):  # the shards' bytes, as the job wrote them
-        storage.atomic_write(f"s3://{s3_bucket}/faces/parquet/{shard.name}", shard.read_bytes())
-    ds = datasets.load_dataset(
-        "parquet", data_files=f"s3://{s3_bucket}/faces/parquet/*.parquet", split="train",
-        storage_options={"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}})
+    for shard in sorted((parquet_out / "data").iterdir()):  # the shards' bytes, as the job wrote them
+        storage.atomic_write(f"s3://{s3_bucket}/faces/data/{shard.name}", shard.read_bytes())
+    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}
+    ds = datasets.load_dataset("parquet", data_files=f"s3://{s3_bucket}/faces/data/*.parquet", split="train",
+                               storage_options=options)
     _check_hf_dataset(ds, rows(parquet_out))
+    # datasets resolves `data_dir` as a local folder (docs/consuming.md: on S3, name the files)
+    with pytest.raises(datasets.data_files.EmptyDatasetError, match="doesn't contain any data files"):
+        datasets.load_dataset("parquet", data_dir=f"s3://{s3_bucket}/faces", split="train", storage_options=options)
 
 
 # -- the one reader, and an output of the older layout ---------------------------------------------
@@ -155,12 +181,14 @@ def test_a_parquet_output_on_s3_loads_in_datasets(parquet_out, s3_server, s3_buc
 
 @pytest.fixture(scope="module")
 def older_layout_out(ray_session, registry_url, tmp_path_factory) -> Path:
-    """JOB's output as ganray wrote it before table layouts (plain/1, no `table_layout` in job.json),
-    with its last shard's commit and the manifest gone: a run killed before it finished."""
+    """JOB's output as ganray wrote it before table layouts and shard naming (plain/1 in
+    parquet/shard-NNNNN.parquet, neither key in job.json), with its last shard's commit and the
+    manifest gone: a run killed before it finished."""
     out = tmp_path_factory.mktemp("older") / "faces"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(generate_job, "output_parameters", lambda layout: {})
-        mp.setattr(generate_job, "OutputLayout", functools.partial(OutputLayout, table_layout=PLAIN_LAYOUT))
+        mp.setattr(generate_job, "OutputLayout",
+                   functools.partial(OutputLayout, table_layout=PLAIN_LAYOUT, parquet_files=SHARD_FILES))
         generate(registry_url, str(out), **JOB)
     (out / "_manifest" / "shard-00002.json").unlink()
     (out / "manifest.json").unlink()
@@ -180,9 +208,32 @@ def test_resuming_an_older_layout_output_keeps_its_layout_and_reads_as_the_same_
     assert all(features_of(pq.read_schema(p)) is None for p in (out / "parquet").iterdir())
     assert verify_output(str(out))["damaged"] == {}
     # One reader, both layouts: the same rows (PNG bytes, label strings); only the job ids differ.
-    old, new = rows(out), rows(parquet_out)
+    old, new = rows(out, "parquet"), rows(parquet_out)
     assert [r.pop("job_id") for r in old] != [r.pop("job_id") for r in new]
     assert old == new and isinstance(new[0]["image"], bytes) and new[0]["age_group"] in ATTRIBUTES["age_group"]
+    # Its shards keep their names, and its card points at them.
+    assert sorted(p.name for p in (out / "parquet").iterdir()) == [f"shard-0000{k}.parquet" for k in range(3)]
+    assert not (out / "data").exists()
+    card = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    assert card["configs"][0]["data_files"] == [{"split": "train", "path": "parquet/*.parquet"}]
+    assert build_card(str(out), splits={"train": 0.5, "test": 0.5})["splits"] == {
+        "train": {"shards": ["parquet/shard-00000.parquet", "parquet/shard-00001.parquet"], "faces": 8},
+        "test": {"shards": ["parquet/shard-00002.parquet"], "faces": 4}}
+
+
+def test_an_output_started_before_shard_naming_keeps_its_names_and_identity(tmp_path):
+    parameters = {"format": "parquet", "count": 12, "table_layout": HF_LAYOUT}
+    theirs = {"job_id": "0123456789abcdef", "parameters": parameters}
+    (tmp_path / "job.json").write_text(json.dumps(theirs))
+    layout = OutputLayout(str(tmp_path), "parquet", shard_count=3)
+    mine = {"job_id": "fedcba9876543210", "parameters": {**parameters, "parquet_files": HUB_FILES}}
+    kept, identity = keep_existing_layout(layout, mine)
+    assert (kept.parquet_files, kept.table_layout, identity) == (SHARD_FILES, HF_LAYOUT, theirs)
+    assert kept.parquet_relpath(ShardRange(2, 8, 12)) == "parquet/shard-00002.parquet"
+    assert layout.parquet_relpath(ShardRange(2, 8, 12)) == "data/train-00002-of-00003.parquet"
+    for other in ({**parameters, "count": 13}, mine["parameters"]):  # another job, or one that has the key
+        (tmp_path / "job.json").write_text(json.dumps({"job_id": "0123456789abcdef", "parameters": other}))
+        assert keep_existing_layout(layout, mine) == (layout, mine)
 
 
 # -- WebDataset ---------------------------------------------------------------------------------

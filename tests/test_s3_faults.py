@@ -189,7 +189,7 @@ def test_generation_cut_mid_shard_commits_nothing_partial_and_a_rerun_equals_the
     bucket = base.removeprefix("s3://")
     assert cli(generate_args(f"{base}/registry", f"{base}/generated")) == 0
     output = f"{base}/generated-cut"
-    s3_proxy.cut_at(rf"PUT /{bucket}/generated-cut/parquet/shard-00001\.parquet".encode())
+    s3_proxy.cut_at(rf"PUT /{bucket}/generated-cut/data/train-00001-of-00003\.parquet".encode())
     assert cli(generate_args(f"{base}/registry", output)) == 1
     assert s3_proxy.cuts and not s3_proxy.is_up
     assert_clear_failure(capsys, "storage request failed", s3_proxy.endpoint.split("//")[1])
@@ -204,7 +204,7 @@ def test_generation_cut_mid_shard_commits_nothing_partial_and_a_rerun_equals_the
 
     assert cli(generate_args(f"{base}/registry", output)) == 0
     assert files_under(output) == files_under(f"{base}/generated")
-    rows = to_ganray_table(pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/parquet/shard-00001.parquet")))).to_pylist()
+    rows = to_ganray_table(pq.read_table(io.BytesIO(storage.read_bytes(f"{output}/data/train-00001-of-00003.parquet")))).to_pylist()
     assert [r["face_id"] for r in rows] == [4, 5, 6, 7]
 
 

@@ -95,7 +95,7 @@ def bulk_faces(ray_session, registry, tmp_path_factory):
 
     from ganray.config import GenerateJob
     from ganray.generate.job import run_generate
-    from ganray.generate.output import PARQUET_DIR
+    from ganray.generate.output import HUB_DIR
 
     _, url, _ = registry
     output = tmp_path_factory.mktemp("bulk") / "faces"
@@ -103,7 +103,7 @@ def bulk_faces(ray_session, registry, tmp_path_factory):
         "model": "production", "output": str(output), "count": 6, "shard_size": 6, "format": "parquet",
         "psi": 0.7, "conditions": {"age": "old"}, "seed_offset": 40, "batch_size": 4}})
     run_generate(job, log=lambda line: None)
-    return to_ganray_table(pq.read_table(output / PARQUET_DIR)).to_pylist()
+    return to_ganray_table(pq.read_table(output / HUB_DIR)).to_pylist()
 
 
 @pytest.fixture(scope="module")

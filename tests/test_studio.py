@@ -36,7 +36,7 @@ KEY = "studio-key-for-tests"
 def shard_rows(out: Path) -> list[dict]:
     """Every row of the output, read straight from its Parquet shards in order (image as PNG bytes)."""
     rows = []
-    for path in sorted((out / "parquet").glob("*.parquet")):
+    for path in sorted((out / "data").glob("*.parquet")):
         rows += to_ganray_table(pq.read_table(path)).to_pylist()
     return rows
 
@@ -139,7 +139,7 @@ def test_a_face_detail_is_its_whole_row(out, studio):
     assert base64.b64decode(face.pop("image")) == truth[7]["image"]
     assert face.pop("index") == 7
     assert face == {k: v for k, v in truth[7].items() if k != "image"}
-    assert body["shard"] == "parquet/shard-00001.parquet"
+    assert body["shard"] == "data/train-00001-of-00006.parquet"
     for bad in ("24", "-1", "1.5", "x"):
         assert httpx.get(f"{studio.url}/api/faces/{bad}").status_code == 404
 
@@ -149,7 +149,7 @@ def test_the_outputs_files_and_nothing_else_are_served(out, studio):
     assert "balance_report.png" in files and "balance_report.json" in files
     chart = httpx.get(f"{studio.url}/api/files/balance_report.png")
     assert chart.status_code == 200 and chart.content == (out / "balance_report.png").read_bytes()
-    for name in ("job.json", "manifest.json", "_manifest", "parquet"):
+    for name in ("job.json", "manifest.json", "_manifest", "data"):
         assert httpx.get(f"{studio.url}/api/files/{name}").status_code == 404, name
 
 
@@ -192,17 +192,17 @@ def test_the_api_key_guards_every_api_call(out):
 def test_a_corrupt_shard_and_a_vanished_output_are_readable_errors(out, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    (copy / "parquet" / "shard-00001.parquet").write_bytes(b"not parquet at all" * 100)
+    (copy / "data" / "train-00001-of-00006.parquet").write_bytes(b"not parquet at all" * 100)
     server = Studio(copy, page_size=5)
     try:
         info = httpx.get(f"{server.url}/api/info").json()
-        assert any("shard-00001.parquet" in e for e in info["unreadable_shards"])
+        assert any("train-00001-of-00006.parquet" in e for e in info["unreadable_shards"])
         assert httpx.get(f"{server.url}/api/faces", params={"page": 0}).status_code == 200  # shard 0 is fine
         for response in (httpx.get(f"{server.url}/api/faces", params={"page": 1}),
                          httpx.get(f"{server.url}/api/faces/6"),
                          httpx.get(f"{server.url}/api/faces", params={"eq.smile": "yes", "page": 3})):
             assert response.status_code == 500
-            assert "shard-00001.parquet cannot be read" in response.json()["detail"]
+            assert "train-00001-of-00006.parquet cannot be read" in response.json()["detail"]
             assert "Traceback" not in response.text
         shutil.rmtree(copy)
         gone = httpx.get(f"{server.url}/api/faces", params={"page": 3})

@@ -147,16 +147,16 @@ def test_the_page_loads_pages_filters_and_shows_a_face(out, browser):
 def test_a_corrupt_shard_and_an_unknown_page_read_as_errors(out, browser, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    (copy / "parquet" / "shard-00001.parquet").write_bytes(b"\0" * 64)
+    (copy / "data" / "train-00001-of-00006.parquet").write_bytes(b"\0" * 64)
     studio = Studio(copy, "--page-size", "5")
     try:
         browser.get(studio.url)
         grid(browser)
-        assert "shard-00001.parquet cannot be read" in browser.find_element("id", "status").text
+        assert "train-00001-of-00006.parquet cannot be read" in browser.find_element("id", "status").text
         browser.find_element("id", "next").click()  # page 2: faces 5..9, in the corrupt shard
         wait(browser, lambda d: d.find_element("id", "grid").get_attribute("data-ready") == "error", "the error")
         status = browser.find_element("id", "status").text
-        assert "shard-00001.parquet cannot be read" in status and "Traceback" not in status
+        assert "train-00001-of-00006.parquet cannot be read" in status and "Traceback" not in status
         browser.get(studio.url + "no/such/page")
         assert browser.find_element("tag name", "h1").text == "not found"
     finally:

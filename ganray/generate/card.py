@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from ganray import storage
-from ganray.generate.output import JOB_FILE, MANIFEST_FILE, PARQUET_DIR, SUMMARY_FILE, GenerateError, json_bytes
+from ganray.generate.output import JOB_FILE, MANIFEST_FILE, SUMMARY_FILE, GenerateError, json_bytes, parquet_dir
 from ganray.labels.report import REPORT_FILE
 
 CARD_FILE = "card.json"
@@ -206,8 +206,9 @@ def parse_splits(text: str) -> dict[str, float]:
 
 def _split_shards(manifest: dict[str, Any], splits: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Whole Parquet shards per split, in shard order: the first share of the shards to the first split..."""
+    folder = parquet_dir(manifest.get("parameters") or {})
     shards = [(rel, entry["rows"]) for entry in manifest.get("shards", []) for rel in sorted(entry.get("files", {}))
-              if rel.startswith(PARQUET_DIR + "/") and rel.endswith(".parquet")]
+              if rel.startswith(folder + "/") and rel.endswith(".parquet")]
     out, start, total = {}, 0, 0.0
     for name, share in splits.items():
         total += share
@@ -292,7 +293,8 @@ def _shard_features(url: str, card: dict[str, Any]) -> dict[str, Any] | None:
         return None
     import pyarrow.parquet as pq
 
-    shards = sorted(u for u in storage.ls(storage.join(url, PARQUET_DIR)) if u.endswith(".parquet"))
+    shards = sorted(u for u in storage.ls(storage.join(url, parquet_dir(card["provenance"]["job"])))
+                    if u.endswith(".parquet"))
     if not shards:
         return None
     fs, path = storage.url_to_fs(shards[0])
@@ -315,7 +317,8 @@ def _front_matter(card: dict[str, Any], hf_features: dict[str, Any] | None) -> d
     })
     if card["format"] in ("parquet", "both"):
         files = ([{"split": name, "path": split["shards"]} for name, split in card["splits"].items()]
-                 if card.get("splits") else [{"split": "train", "path": f"{PARQUET_DIR}/*.parquet"}])
+                 if card.get("splits") else
+                 [{"split": "train", "path": f"{parquet_dir(card['provenance']['job'])}/*.parquet"}])
         matter["configs"] = [{"config_name": "default", "data_files": files}]
     if hf_features:
         matter["dataset_info"] = {"features": _card_features(hf_features)}

@@ -99,13 +99,15 @@ def plan_job(job: GenerateJob) -> GeneratePlan:
         class_source(cfg.class_attribute, model.conditions, (labeling or {}).get("label_values") or {})
     if cfg.crossover is not None:
         _check_style_mix(cfg.crossover, model)
+    shards = list(closed.shards) if closed is not None else shard_ranges(cfg.count, cfg.shard_size)
     return GeneratePlan(
         job=job,
         registry_url=registry.url,
         model=model,
         conditions=conditions,
-        layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format, class_attribute=cfg.class_attribute),
-        shards=list(closed.shards) if closed is not None else shard_ranges(cfg.count, cfg.shard_size),
+        layout=OutputLayout(storage.normalize_url(cfg.output), cfg.format, class_attribute=cfg.class_attribute,
+                            shard_count=len(shards)),
+        shards=shards,
         labeling=labeling,
         closed=closed,
     )

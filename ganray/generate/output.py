@@ -2,7 +2,7 @@
 
     OUT/_lease/lease-00000001.json        the writing driver's lease (ganray/generate/lease.py)
     OUT/job.json                          job id + the parameters that determine the bytes (written FIRST)
-    OUT/parquet/shard-00000.parquet       format parquet|both: one row per face, PNG bytes in `image`
+    OUT/data/train-00000-of-00040.parquet format parquet|both: one row per face, PNG bytes in `image`
     OUT/png/shard-00000/000000042.png     format png|both: one file per face ...
     OUT/png/shard-00000/metadata.parquet  ... and the shard's rows without the image column
     OUT/webdataset/shard-00000.tar        format webdataset: KEY.png + KEY.json (+ KEY.cls) per face
@@ -21,6 +21,9 @@ outside the output is refused (GenerateError), and nothing it names is read or d
 Parquet files are written in a table layout (ganray/data/hf_features.py), recorded in job.json as
 `table_layout`: new jobs write `hf-datasets/1`; an output started before that key existed has none
 and keeps `plain/1` when its job is resumed (keep_existing_layout), so one output never mixes them.
+Parquet shards are named as Hugging Face names a sharded split (`parquet_files`: HUB_FILES), the
+first pattern `datasets.load_dataset("parquet", data_dir=OUT)` looks for, so it reads the shards
+alone whatever else OUT holds; an output started before that key keeps `parquet/shard-NNNNN.parquet`.
 """
 from __future__ import annotations
 
@@ -42,7 +45,11 @@ JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
 SUMMARY_FILE = "summary.json"
 ENTRIES_DIR = "_manifest"
-PARQUET_DIR = "parquet"
+PARQUET_DIR = "parquet"  # SHARD_FILES' folder
+HUB_DIR = "data"  # HUB_FILES' folder
+# How Parquet shards are named (job.json `parquet_files`; absent: SHARD_FILES, as before the key existed).
+HUB_FILES = "data/train-NNNNN-of-NNNNN.parquet"
+SHARD_FILES = "parquet/shard-NNNNN.parquet"
 PNG_DIR = "png"
 PNG_METADATA_FILE = "metadata.parquet"
 WEBDATASET_DIR = "webdataset"
@@ -53,7 +60,8 @@ RENDER_ENVIRONMENT_KEYS = {"torch", "device_kind", "device"}
 # concurrent reads much faster than one after another.
 VERIFY_CONCURRENCY = 8
 
-_SHARD_NAME = re.compile(r"^shard-(\d{5,})(\.parquet|\.json|\.tar)?$")
+# A shard's files and entry: shard-00007(.parquet|.json|.tar), PNG folder shard-00007, train-00007-of-00040.parquet.
+_SHARD_NAME = re.compile(r"^(?:shard-(\d{5,})(?:\.parquet|\.json|\.tar)?|train-(\d{5,})-of-\d{5,}\.parquet)$")
 
 
 class GenerateError(ValueError):
@@ -76,6 +84,8 @@ class OutputLayout:
     format: str  # parquet | png | both | webdataset
     table_layout: str = HF_LAYOUT  # how Parquet files hold images and labels (hf_features.py)
     class_attribute: str | None = None  # webdataset: the attribute whose index is KEY.cls
+    parquet_files: str = HUB_FILES  # how Parquet shards are named
+    shard_count: int = 0  # the job's number of shards (HUB_FILES names carry it)
 
     def path(self, *parts: str) -> str:
         return storage.join(self.url, *parts)
@@ -96,6 +106,8 @@ class OutputLayout:
         return self.path(ENTRIES_DIR, f"{shard.name}.json")
 
     def parquet_relpath(self, shard: ShardRange) -> str:
+        if self.parquet_files == HUB_FILES:
+            return f"{HUB_DIR}/train-{shard.index:05d}-of-{self.shard_count:05d}.parquet"
         return f"{PARQUET_DIR}/{shard.name}.parquet"
 
     def png_relpath(self, shard: ShardRange) -> str:
@@ -161,25 +173,38 @@ def check_output(layout: OutputLayout, job: dict[str, Any]) -> bool:
     return False
 
 
+def parquet_dir(parameters: dict[str, Any]) -> str:
+    """The folder holding the Parquet shards of an output with these job.json parameters."""
+    return HUB_DIR if parameters.get("parquet_files", SHARD_FILES) == HUB_FILES else PARQUET_DIR
+
+
 def output_parameters(layout: OutputLayout) -> dict[str, Any]:
-    """What the output's layout adds to the job's parameters (they change the bytes written)."""
+    """What the output's layout adds to the job's parameters (they change the bytes written);
+    `parquet_files` only where Parquet shards are written, so other jobs keep their identity."""
     return {"table_layout": layout.table_layout,
+            **({"parquet_files": layout.parquet_files} if layout.writes_parquet else {}),
             **({"class_attribute": layout.class_attribute} if layout.class_attribute is not None else {})}
+
+
+# Layout keys an output started before they existed lacks, and what their absence means.
+LAYOUT_DEFAULTS = {"table_layout": PLAIN_LAYOUT, "parquet_files": SHARD_FILES}
 
 
 def keep_existing_layout(layout: OutputLayout, job: dict[str, Any]) -> tuple[OutputLayout, dict[str, Any]]:
     """The layout and identity to write `layout.url` with: the output's own where it is this job
-    started before `table_layout` existed (the same parameters, none recorded), so resuming it
-    writes plain/1 shards beside plain/1 shards under its own job id; else `layout`, `job` as given."""
+    started before some LAYOUT_DEFAULTS key existed (the same parameters, that key not recorded), so
+    resuming it writes shards like its own under its own job id; else `layout`, `job` as given."""
     try:
         theirs = json.loads(storage.read_bytes(layout.path(JOB_FILE)))
         older = theirs["parameters"]
     except (OSError, ValueError, KeyError, TypeError):  # no output there yet (check_output says why not)
         return layout, job
-    mine = {k: v for k, v in job["parameters"].items() if k != "table_layout"}
-    if "table_layout" in older or older != mine:
+    absent = {key for key in LAYOUT_DEFAULTS if key not in older}
+    mine = {k: v for k, v in job["parameters"].items() if k not in absent}
+    if not absent or older != mine:
         return layout, job
-    return dataclasses.replace(layout, table_layout=PLAIN_LAYOUT), theirs
+    kept = {key: older.get(key, default) for key, default in LAYOUT_DEFAULTS.items()}
+    return dataclasses.replace(layout, **kept), theirs
 
 
 def create_output(layout: OutputLayout, job: dict[str, Any]) -> None:
@@ -251,7 +276,7 @@ def shard_damage(layout: OutputLayout, shard: ShardRange, job_id: str) -> str | 
 
 def _shard_index(url: str) -> int | None:
     match = _SHARD_NAME.match(url.rstrip("/").rsplit("/", 1)[-1])
-    return int(match.group(1)) if match else None
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def damaged_shards(layout: OutputLayout, shards: list[ShardRange], job_id: str) -> dict[int, str]:
@@ -288,7 +313,7 @@ def remove_uncommitted(layout: OutputLayout, committed: set[int]) -> None:
     for url in storage.ls(layout.path(ENTRIES_DIR)):
         if _shard_index(url) not in committed or not url.endswith(".json"):
             storage.remove(url)  # a temporary entry of a killed writer, or a damaged shard's entry
-    for folder in (PARQUET_DIR, PNG_DIR, WEBDATASET_DIR):
+    for folder in (PARQUET_DIR, HUB_DIR, PNG_DIR, WEBDATASET_DIR):
         for url in storage.ls(layout.path(folder)):
             if _shard_index(url) not in committed:
                 storage.remove(url)  # a shard (or its temporary copy) that was never committed
@@ -308,9 +333,10 @@ def verify_output(url: str) -> dict[str, Any]:
     try:
         job = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))
         parameters = job["parameters"]
-        layout = OutputLayout(url, parameters["format"], parameters.get("table_layout", PLAIN_LAYOUT),
-                              parameters.get("class_attribute"))
         shards = planned_shards(parameters)
+        layout = OutputLayout(url, parameters["format"], parameters.get("table_layout", PLAIN_LAYOUT),
+                              parameters.get("class_attribute"), parameters.get("parquet_files", SHARD_FILES),
+                              len(shards))
     except FileNotFoundError:
         raise GenerateError(f"{url} holds no {JOB_FILE}: it is not a ganray generate output") from None
     except (ValueError, KeyError, TypeError) as e:

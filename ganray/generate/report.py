@@ -24,12 +24,12 @@ from ganray.data.manifest import column_names, read_face_rows
 from ganray.generate.output import (
     JOB_FILE,
     MANIFEST_FILE,
-    PARQUET_DIR,
     PNG_DIR,
     PNG_METADATA_FILE,
     WEBDATASET_DIR,
     GenerateError,
     json_bytes,
+    parquet_dir,
 )
 from ganray.labels.report import CHART_FILE, REPORT_FILE, draw_report
 
@@ -38,7 +38,7 @@ def _row_files(url: str, parameters: dict[str, Any]) -> list[str]:
     if parameters["format"] == "webdataset":
         return sorted(u for u in storage.ls(storage.join(url, WEBDATASET_DIR)) if u.endswith(".tar"))
     if parameters["format"] in ("parquet", "both"):
-        return sorted(u for u in storage.ls(storage.join(url, PARQUET_DIR)) if u.endswith(".parquet"))
+        return sorted(u for u in storage.ls(storage.join(url, parquet_dir(parameters))) if u.endswith(".parquet"))
     return sorted(storage.join(u.rstrip("/"), PNG_METADATA_FILE) for u in storage.ls(storage.join(url, PNG_DIR)))
 
 
