@@ -3,6 +3,7 @@ the Parquet shards, local and on S3), WebDataset tar shards, the one ganray read
 new table layouts (an older output keeps its layout when resumed), and docs/consuming.md's recipes."""
 from __future__ import annotations
 
+import fnmatch
 import functools
 import io
 import json
@@ -230,10 +231,25 @@ def test_an_output_started_before_shard_naming_keeps_its_names_and_identity(tmp_
     kept, identity = keep_existing_layout(layout, mine)
     assert (kept.parquet_files, kept.table_layout, identity) == (SHARD_FILES, HF_LAYOUT, theirs)
     assert kept.parquet_relpath(ShardRange(2, 8, 12)) == "parquet/shard-00002.parquet"
-    assert layout.parquet_relpath(ShardRange(2, 8, 12)) == "data/train-00002-of-00003.parquet"
     for other in ({**parameters, "count": 13}, mine["parameters"]):  # another job, or one that has the key
         (tmp_path / "job.json").write_text(json.dumps({"job_id": "0123456789abcdef", "parameters": other}))
         assert keep_existing_layout(layout, mine) == (layout, mine)
+
+
+def test_datasets_takes_every_shard_by_its_name_or_past_99999_shards_none(tmp_path):
+    from datasets.data_files import SPLIT_PATTERN_SHARDED, get_data_patterns
+
+    few = OutputLayout(str(tmp_path), "parquet", shard_count=3).parquet_relpath
+    many = OutputLayout(str(tmp_path), "parquet", shard_count=100_000).parquet_relpath
+    names = [few(ShardRange(2, 8, 12)), many(ShardRange(7, 7, 8)), many(ShardRange(99_999, 0, 1))]
+    assert names[:2] == ["data/train-00002-of-00003.parquet", "data/train-000007-of-100000.parquet"]
+    sharded = SPLIT_PATTERN_SHARDED.replace("{split}", "*")
+    assert [fnmatch.fnmatch(name, sharded) for name in names] == [True, False, False]
+    (tmp_path / "data").mkdir()
+    (tmp_path / names[1]).write_bytes(b"")
+    (tmp_path / "job.json").write_text("{}")
+    patterns = get_data_patterns(str(tmp_path))  # past 99,999 shards: found by the word "train"
+    assert list(patterns) == ["train"] and fnmatch.fnmatch(names[1], patterns["train"][0])
 
 
 # -- WebDataset ---------------------------------------------------------------------------------

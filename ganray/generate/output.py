@@ -107,7 +107,10 @@ class OutputLayout:
 
     def parquet_relpath(self, shard: ShardRange) -> str:
         if self.parquet_files == HUB_FILES:
-            return f"{HUB_DIR}/train-{shard.index:05d}-of-{self.shard_count:05d}.parquet"
+            # Past 99,999 shards every name gets the wider width: datasets' sharded pattern then takes
+            # none of them (rather than the first 100,000) and it reads them all by the word "train".
+            width = max(5, len(str(self.shard_count)))
+            return f"{HUB_DIR}/train-{shard.index:0{width}d}-of-{self.shard_count:0{width}d}.parquet"
         return f"{PARQUET_DIR}/{shard.name}.parquet"
 
     def png_relpath(self, shard: ShardRange) -> str:
