@@ -207,7 +207,10 @@ def quote(results: dict[str, dict], name: str, table: str | None, figures: str |
             missing = sorted(set(wanted) - {f["name"] for f in chosen})
             if missing:
                 raise ValueError(f"result {name!r} has no figures named {missing}")
-        lines = table_lines(["measurement", "value", "unit"], [[f["name"], f["value"], f.get("unit", "")] for f in chosen])
+        noted = any(f.get("note") for f in chosen)  # a note (a goal, an interval) is part of the figure
+        lines = table_lines(["measurement", "value", "unit", *(["note"] if noted else [])],
+                            [[f["name"], f["value"], f.get("unit", ""), *([f.get("note", "")] if noted else [])]
+                             for f in chosen])
     else:
         found = [t for t in record.get("tables", []) if t["title"] == table]
         if not found:
