@@ -223,6 +223,7 @@ def test_import_regex_labels_and_shard_shrink(ray_session, source_dir, tmp_path)
                                           labels={"pattern": REGEX}))
     assert keep_copies["counts"]["kept"] == len(KEPT) + 1 and keep_copies["dropped"]["duplicate"] == 0
 
+    assert "leave_out_heldout" not in manifest["settings"] and "held_out" not in manifest["dropped"]
     # Leaving out a content-hash split: exactly the images whose source sha256 falls in it, counted.
     files = source_files()
     held = {n for n in KEPT if heldout_mask([sha256_hex(files[n])], 0.5)[0]}
