@@ -163,6 +163,23 @@ def test_a_parquet_output_folder_loads_in_datasets_as_images_and_class_labels(pa
     assert datasets.load_dataset("parquet", data_dir=str(kept), split="train")["face_id"] == list(range(12))
 
 
+def test_a_shard_without_faces_has_no_row_group_and_loads_in_datasets(parquet_out, tmp_path):
+    """A closed-loop stratum that got no face writes an empty shard; datasets fails on a 0-row row group."""
+    import datasets
+
+    from ganray.generate.pipeline import _parquet_bytes
+
+    kept = tmp_path / "faces"
+    shutil.copytree(parquet_out, kept)
+    last = sorted((kept / "data").iterdir())[-1]
+    schema = pq.read_schema(last)
+    names = {c: f["names"] for c, f in features_of(schema).items() if f.get("_type") == "ClassLabel"}
+    last.write_bytes(_parquet_bytes({c: [] for c in schema.names}, OutputLayout(str(kept), "parquet"), names))
+    empty = pq.ParquetFile(last)
+    assert empty.metadata.num_row_groups == 0 and empty.schema_arrow.names == schema.names
+    assert datasets.load_dataset("parquet", data_dir=str(kept), split="train")["face_id"] == list(range(8))
+
+
 def test_a_parquet_output_on_s3_loads_in_datasets(parquet_out, s3_server, s3_bucket):
     import datasets
 

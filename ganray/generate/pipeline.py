@@ -184,8 +184,13 @@ def _parquet_bytes(columns: dict[str, list], layout: OutputLayout, names: dict[s
     else:
         table = pa.table({name: pa.array(values, _column_type(name)) for name, values in columns.items()})
     buf = io.BytesIO()
+    if len(table) == 0:
+        # A shard with no faces (a closed-loop stratum that got none) has no row group at all:
+        # `datasets` fails on a row group of 0 rows ("BatchSize must be greater than 0").
+        pq.ParquetWriter(buf, table.schema, compression="none").close()
+        return buf.getvalue()
     # One row group per shard; no compression: PNG bytes do not compress further.
-    pq.write_table(table, buf, compression="none", row_group_size=max(1, len(table)))
+    pq.write_table(table, buf, compression="none", row_group_size=len(table))
     return buf.getvalue()
 
 
