@@ -337,9 +337,9 @@ def verify_output(url: str) -> dict[str, Any]:
         job = json.loads(storage.read_bytes(storage.join(url, JOB_FILE)))
         parameters = job["parameters"]
         shards = planned_shards(parameters)
-        layout = OutputLayout(url, parameters["format"], parameters.get("table_layout", PLAIN_LAYOUT),
-                              parameters.get("class_attribute"), parameters.get("parquet_files", SHARD_FILES),
-                              len(shards))
+        layout = OutputLayout(url, parameters["format"], class_attribute=parameters.get("class_attribute"),
+                              shard_count=len(shards),
+                              **{key: parameters.get(key, absent) for key, absent in LAYOUT_DEFAULTS.items()})
     except FileNotFoundError:
         raise GenerateError(f"{url} holds no {JOB_FILE}: it is not a ganray generate output") from None
     except (ValueError, KeyError, TypeError) as e:
